@@ -1,0 +1,210 @@
+"""The one benchmark harness: timing, memory, environment header, and the
+JSON + markdown writer every `benchmarks/<paper>.py` script uses.
+
+Speed figures are always ratios against a named peer measured in the same
+process run (`ratio_table`). Results go to `benchmarks/results/<name>.json`
+and `benchmarks/results/<name>.md` (plus any plots the script saves with
+`result_path`).
+"""
+
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+import keras
+import numpy as np
+
+RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+
+
+def environment():
+    """Device, backend and versions, for the header of every result."""
+    import keras_hub
+
+    info = {
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "keras_hub": keras_hub.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    if info["backend"] == "jax":
+        import jax
+
+        info["jax"] = jax.__version__
+        info["device"] = str(jax.devices()[0].device_kind)
+    elif info["backend"] == "tensorflow":
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+        gpus = tf.config.list_physical_devices("GPU")
+        info["device"] = "GPU" if gpus else "CPU"
+    return info
+
+
+def block(x):
+    """Waits for (possibly asynchronous) device work producing `x`."""
+    if hasattr(x, "block_until_ready"):
+        x.block_until_ready()
+    else:
+        keras.ops.convert_to_numpy(x)
+    return x
+
+
+def time_fn(fn, *, warmup=2, repeats=10):
+    """Median wall time (seconds) of `fn()` after `warmup` calls.
+
+    `fn` must return something `block` can wait for (or None).
+    """
+    for _ in range(warmup):
+        out = fn()
+        if out is not None:
+            block(out)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        if out is not None:
+            block(out)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_fit_steps(model, x, y, *, batch_size, steps=20, warmup_steps=3):
+    """Median seconds per `fit` step (compiled), measured with a callback."""
+    times = []
+
+    class _Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            times.append(time.perf_counter() - self._t)
+
+    n = batch_size * (steps + warmup_steps)
+    reps = int(np.ceil(n / len(np.asarray(_first(x)))))
+    xs = _tile(x, reps, n)
+    ys = _tile(y, reps, n)
+    model.fit(
+        xs,
+        ys,
+        batch_size=batch_size,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[_Timer()],
+    )
+    return statistics.median(times[warmup_steps:])
+
+
+def _first(x):
+    if isinstance(x, dict):
+        return next(iter(x.values()))
+    if isinstance(x, (list, tuple)):
+        return x[0]
+    return x
+
+
+def _tile(x, reps, n):
+    if isinstance(x, dict):
+        return {k: _tile(v, reps, n) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_tile(v, reps, n) for v in x]
+    x = np.asarray(x)
+    return np.concatenate([x] * reps, axis=0)[:n]
+
+
+def peak_rss_mib():
+    """Peak resident memory of this process so far (MiB, Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def variables_bytes(variables):
+    """Total bytes of a list of Keras variables (e.g. optimizer state)."""
+    total = 0
+    for v in variables:
+        dtype = np.dtype(keras.backend.standardize_dtype(v.dtype))
+        total += int(np.prod(v.shape)) * dtype.itemsize
+    return total
+
+
+def mean_std(values):
+    values = [float(v) for v in values]
+    if len(values) == 1:
+        return values[0], 0.0
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def fmt(value, digits=4):
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def markdown_table(rows, columns=None):
+    """Renders a list of dicts as a GitHub markdown table."""
+    if not rows:
+        return "(no rows)\n"
+    columns = columns or list(rows[0])
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for row in rows:
+        lines.append(
+            "| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def ratio_table(rows, *, key, value, peer):
+    """Adds `<value>_ratio` to every row: `row[value] / peer_row[value]`,
+    where `peer_row` is the row whose `key` equals `peer`."""
+    peer_rows = [r for r in rows if r[key] == peer]
+    if not peer_rows:
+        raise ValueError(f"peer {peer!r} not found in column {key!r}")
+    base = peer_rows[0][value]
+    for r in rows:
+        r[f"{value}_ratio"] = r[value] / base if base else float("nan")
+    return rows
+
+
+def result_path(name, suffix):
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    return os.path.join(RESULTS_DIR, f"{name}{suffix}")
+
+
+def write_results(name, tables, *, meta=None, notes=""):
+    """Writes `results/<name>.json` and `results/<name>.md`.
+
+    Args:
+        name: file stem, e.g. "shampoo_regression_jax".
+        tables: dict of table title -> list of row dicts.
+        meta: extra JSON-serialisable settings (steps, seeds, sizes...).
+        notes: free markdown appended after the tables.
+    Returns:
+        The markdown text (also printed by the caller if wanted).
+    """
+    env = environment()
+    payload = {"environment": env, "meta": meta or {}, "tables": tables}
+    with open(result_path(name, ".json"), "w") as f:
+        json.dump(payload, f, indent=2, default=float)
+    header = ", ".join(f"{k} {v}" for k, v in env.items())
+    md = [f"# {name}\n", f"_{header}_\n"]
+    if meta:
+        md.append(
+            "Settings: " + ", ".join(f"{k}={v}" for k, v in meta.items()) + "\n"
+        )
+    for title, rows in tables.items():
+        md.append(f"\n## {title}\n\n")
+        md.append(markdown_table(rows))
+    if notes:
+        md.append("\n" + notes + "\n")
+    text = "".join(md)
+    with open(result_path(name, ".md"), "w") as f:
+        f.write(text)
+    return text

@@ -1,0 +1,84 @@
+"""keras_gr quickstart: a local keras-hub preset, fine-tuned on a new domain.
+
+Runs offline on a laptop CPU in a few minutes:
+
+1. builds (or loads from the cache) the default local Gemma preset, trained
+   on Python's own documentation (`keras_gr.presets.build_local_preset`);
+2. loads it with `keras_hub.models.CausalLM.from_preset(folder)`;
+3. measures held-out loss / next-token accuracy on a domain the preset did
+   not see (docstrings of standard-library modules);
+4. fine-tunes with `model.compile` / `fit` (progress bar);
+5. measures again and prints before / after.
+
+Usage:
+    KERAS_BACKEND=jax python examples/quickstart.py [--epochs 3] [--tiny]
+"""
+
+import argparse
+import math
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import keras  # noqa: E402
+import keras_hub  # noqa: E402
+
+from keras_gr.data import stdlib_docstrings_corpus  # noqa: E402
+from keras_gr.presets import DEFAULT_CONFIG  # noqa: E402
+from keras_gr.presets import TINY_CONFIG  # noqa: E402
+from keras_gr.presets import build_local_preset  # noqa: E402
+from keras_gr.presets import read_preset_metadata  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny preset (seconds; smoke run)"
+    )
+    args = parser.parse_args()
+    keras.utils.set_random_seed(0)
+
+    # 1. The local preset (cached after the first run).
+    config = TINY_CONFIG if args.tiny else DEFAULT_CONFIG
+    folder = build_local_preset(**config)
+    meta = read_preset_metadata(folder)
+    print(
+        f"preset {folder}\n  {meta['parameters']:,} parameters; pydoc "
+        f"validation loss {meta['validation_loss']:.3f} vs unigram "
+        f"baseline {meta['unigram_loss']:.3f}"
+    )
+
+    # 2. Load it as any keras-hub preset.
+    lm = keras_hub.models.CausalLM.from_preset(folder)
+    lm.compile(
+        optimizer=keras.optimizers.AdamW(args.learning_rate, weight_decay=0.0),
+        sampler="greedy",
+    )
+
+    # 3. A domain the preset did not see.
+    train_docs, val_docs = stdlib_docstrings_corpus()
+    before_loss, before_acc = lm.evaluate(val_docs, batch_size=32, verbose=0)
+    prompt = "Return a new"
+    before_text = lm.generate(prompt, max_length=24)
+
+    # 4. Fine-tune with compile / fit.
+    lm.fit(train_docs, batch_size=args.batch_size, epochs=args.epochs)
+
+    # 5. Before / after.
+    after_loss, after_acc = lm.evaluate(val_docs, batch_size=32, verbose=0)
+    print("\nheld-out stdlib docstrings (next-token, masked padding):")
+    print(f"  {'':8s} {'loss':>8s} {'perplexity':>11s} {'accuracy':>9s}")
+    for name, loss, acc in (
+        ("before", before_loss, before_acc),
+        ("after", after_loss, after_acc),
+    ):
+        print(f"  {name:8s} {loss:8.3f} {math.exp(loss):11.1f} {acc:9.3f}")
+    print(f"\ngreedy before: {before_text!r}")
+    print(f"greedy after:  {lm.generate(prompt, max_length=24)!r}")
+
+
+if __name__ == "__main__":
+    main()

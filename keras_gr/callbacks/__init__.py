@@ -1,0 +1,1 @@
+"""keras_gr.callbacks: public API of this area (see ARCHITECTURE.md)."""
