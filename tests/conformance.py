@@ -269,9 +269,17 @@ def _check_fit_step(model, input_data, reference_out, name):
     targets = _targets_like(reference_out, seed=1)
     y = targets if len(targets) > 1 else targets[0]
     batch = np.shape(_as_list(input_data)[0])[0]
-    history = model.fit(
-        input_data, y, batch_size=batch, epochs=2, verbose=0, shuffle=False
-    )
+    try:
+        history = model.fit(
+            input_data, y, batch_size=batch, epochs=2, verbose=0, shuffle=False
+        )
+    except ValueError as err:  # TensorFlow refuses an all-None gradient.
+        if "No gradients" not in str(err):
+            raise
+        raise AssertionError(
+            f"{name}: a jit-compiled fit step changed no weight (no gradient "
+            "reached any trainable weight)"
+        ) from err
     losses = history.history["loss"]
     assert all(np.isfinite(losses)), f"{name}: non-finite fit loss {losses}"
     after = [np.array(w) for w in model.trainable_weights]
