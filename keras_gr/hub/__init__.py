@@ -2,9 +2,9 @@
 
 from keras_gr.hub.laurel_retrofit import LaurelGemmaBackbone
 from keras_gr.hub.laurel_retrofit import LaurelGemmaCausalLM
-from keras_gr.hub.laurel_retrofit import LaurelGPT2CausalLM
 from keras_gr.hub.laurel_retrofit import LaurelGemmaDecoderBlock
 from keras_gr.hub.laurel_retrofit import LaurelGPT2Backbone
+from keras_gr.hub.laurel_retrofit import LaurelGPT2CausalLM
 from keras_gr.hub.laurel_retrofit import LaurelTransformerDecoder
 from keras_gr.hub.laurel_retrofit import laurel_parameters
 from keras_gr.hub.laurel_retrofit import laurel_retrofit

@@ -1,0 +1,166 @@
+"""n-ary addition, the reasoning task of the looped-transformer paper.
+
+"Reasoning with Latent Thoughts: On the Power of Looped Transformers"
+(Saunshi, Dikkala, Li, Kumar, Reddi; ICLR 2025, arXiv 2502.17416): sum `n`
+zero-padded `d`-digit operands without chain of thought, e.g.
+`315+120+045+824=1304`.
+"""
+
+import numpy as np
+
+from keras_gr.data._lm_tasks import lm_arrays
+from keras_gr.data._lm_tasks import to_tf_dataset
+from keras_gr.data._lm_tasks import validate_positive_int
+
+PAD = 0
+PLUS = 11
+EQUALS = 12
+ADDITION_VOCAB_SIZE = 13
+"""Token ids: 0 padding, 1..10 the digits 0..9, 11 `+`, 12 `=`."""
+
+
+def digit_token(digit):
+    return int(digit) + 1
+
+
+def answer_width(num_operands, digits=3):
+    """Digits of the largest possible sum `n * (10^d - 1)`: the fixed answer
+    width (the paper's `315+120+045+824=1304`: 4 operands -> 4 digits)."""
+    return len(str(num_operands * (10**digits - 1)))
+
+
+def encode_addition(operands, digits=3, reverse_answer=False):
+    """Token ids of one problem and the index where its answer starts.
+
+    Args:
+        operands: a sequence of non-negative Python ints below `10**digits`.
+        digits: operand width (zero-padded).
+        reverse_answer: write the answer least-significant digit first.
+    Returns:
+        `(tokens, answer_start)` with `tokens` a list of ints.
+    """
+    tokens = []
+    for i, value in enumerate(operands):
+        if i:
+            tokens.append(PLUS)
+        tokens.extend(digit_token(c) for c in f"{int(value):0{digits}d}")
+    tokens.append(EQUALS)
+    start = len(tokens)
+    width = answer_width(len(operands), digits)
+    answer = f"{sum(int(v) for v in operands):0{width}d}"
+    if reverse_answer:
+        answer = answer[::-1]
+    tokens.extend(digit_token(c) for c in answer)
+    return tokens, start
+
+
+def decode_tokens(tokens):
+    """Inverse of the token mapping (padding dropped), for printing."""
+    chars = {PLUS: "+", EQUALS: "="}
+    chars.update({digit_token(d): str(d) for d in range(10)})
+    return "".join(chars[int(t)] for t in tokens if int(t) != PAD)
+
+
+def addition_examples(
+    num_examples,
+    num_operands,
+    digits=3,
+    seed=0,
+    reverse_answer=False,
+):
+    """Exact, seeded n-ary addition problems as NumPy arrays.
+
+    Operands are drawn uniformly from `[0, 10^digits - 1]` and written
+    zero-padded, joined by `+` and closed by `=`; the answer is the exact sum
+    (computed with Python ints), zero-padded to `answer_width(n, digits)`
+    digits so every problem with `n` operands has the same length. Rows with
+    fewer operands are right-padded with token 0. No chain of thought.
+
+    Args:
+        num_examples: number of problems.
+        num_operands: `n`, an int or a list of ints (each problem draws its
+            `n` uniformly from the list, e.g. the paper's training mixture
+            `[2, 4, 8, 16, 32]`).
+        digits: operand width. Defaults to `3` (the paper's).
+        seed: NumPy seed; the same seed gives the same problems.
+        reverse_answer: write the answer least-significant digit first (the
+            paper writes it most-significant first: `False`, the default).
+
+    Returns:
+        A dict with `tokens` (int32, `(num_examples, T)`), `answer_mask`
+        (bool, same shape, `True` on the answer tokens), `operands` (int64,
+        `(num_examples, max n)`, padded with -1), `num_operands` (int32) and
+        `answers` (int64, the sums).
+    """
+    num_examples = validate_positive_int(num_examples, "num_examples")
+    digits = validate_positive_int(digits, "digits")
+    choices = (
+        [num_operands]
+        if isinstance(num_operands, (int, np.integer))
+        else list(num_operands)
+    )
+    if not choices:
+        raise ValueError(
+            "`num_operands` must be a positive integer or a non-empty list of "
+            f"them. Received: num_operands={num_operands!r}"
+        )
+    for n in choices:
+        validate_positive_int(n, "num_operands")
+    rng = np.random.default_rng(seed)
+    ns = rng.choice(np.asarray(choices), size=num_examples)
+    max_n = int(max(choices))
+    length = max_n * (digits + 1) + answer_width(max_n, digits)
+    tokens = np.zeros((num_examples, length), dtype="int32")
+    mask = np.zeros((num_examples, length), dtype=bool)
+    operands = np.full((num_examples, max_n), -1, dtype="int64")
+    answers = np.zeros((num_examples,), dtype="int64")
+    for row, n in enumerate(ns):
+        values = rng.integers(0, 10**digits, size=int(n))
+        seq, start = encode_addition(
+            [int(v) for v in values], digits, reverse_answer
+        )
+        tokens[row, : len(seq)] = seq
+        mask[row, start : len(seq)] = True
+        operands[row, :n] = values
+        answers[row] = sum(int(v) for v in values)
+    return {
+        "tokens": tokens,
+        "answer_mask": mask,
+        "operands": operands,
+        "num_operands": ns.astype("int32"),
+        "answers": answers,
+    }
+
+
+def addition_dataset(
+    num_examples,
+    num_operands,
+    digits=3,
+    seed=0,
+    reverse_answer=False,
+    batch_size=32,
+    shuffle=True,
+):
+    """`addition_examples` as a `tf.data.Dataset` of `(x, y, sample_weight)`
+    next-token batches (weights 1 exactly on the answer targets)."""
+    data = addition_examples(
+        num_examples, num_operands, digits, seed, reverse_answer
+    )
+    return to_tf_dataset(
+        data["tokens"],
+        data["answer_mask"],
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+    )
+
+
+__all__ = [
+    "ADDITION_VOCAB_SIZE",
+    "addition_dataset",
+    "addition_examples",
+    "answer_width",
+    "decode_tokens",
+    "encode_addition",
+    "lm_arrays",
+]

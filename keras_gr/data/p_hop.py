@@ -1,0 +1,183 @@
+"""p-hop induction, the reasoning task of the looped-transformer paper.
+
+"Reasoning with Latent Thoughts: On the Power of Looped Transformers"
+(Saunshi, Dikkala, Li, Kumar, Reddi; ICLR 2025, arXiv 2502.17416), task
+from Sanford, Hsu, Telgarsky ("Transformers, parallel computation, and
+logarithmic depth", arXiv 2402.09268). With 1-indexed `v[1..n]`:
+
+```
+find_1(v, i) = max({0} U {j <= i : v[j-1] = v[i]})   (j >= 2: v[0] is unset)
+find_p(v, i) = find_1(v, find_{p-1}(v, i))
+target       = v[find_p(v, n)]
+```
+
+i.e. find the last earlier occurrence of the current token, step to the
+token after it, and repeat `p` times.
+"""
+
+import numpy as np
+
+from keras_gr.data._lm_tasks import lm_arrays
+from keras_gr.data._lm_tasks import to_tf_dataset
+from keras_gr.data._lm_tasks import validate_positive_int
+
+PAD = 0
+
+
+def p_hop_vocab_size(alphabet_size=4):
+    """Token ids: 0 padding, `1..alphabet_size` the letters, then `=`."""
+    return alphabet_size + 2
+
+
+def hop_positions(v, p):
+    """The positions `find_1(v, n), ..., find_p(v, n)` (1-indexed).
+
+    `v` is one sequence (0-indexed NumPy array holding `v[1..n]`). Uses the
+    last-occurrence table, O(n + p); a 0 means the hop does not exist (and
+    every later hop is 0 too).
+    """
+    v = np.asarray(v)
+    n = len(v)
+    # find1[i] for 1-indexed i in [1, n]: 1 + (last k < i with v[k] = v[i]),
+    # all 1-indexed; 0 if there is none.
+    find1 = np.zeros(n + 1, dtype=np.int64)
+    last = {}
+    for i in range(1, n + 1):
+        token = v[i - 1]
+        find1[i] = last[token] + 1 if token in last else 0
+        last[token] = i
+    positions = []
+    i = n
+    for _ in range(p):
+        i = int(find1[i]) if i > 0 else 0
+        positions.append(i)
+    return positions
+
+
+def p_hop_examples(
+    num_examples,
+    p,
+    seq_len,
+    alphabet_size=4,
+    seed=0,
+    allow_adjacent_repeats=False,
+    max_tries=1000,
+):
+    """Exact, seeded p-hop induction problems whose `p` hops all exist.
+
+    Each row is `v[1..n]`, a separator `=` and the answer `v[find_p(v, n)]`.
+    Sequences are drawn uniformly (letters i.i.d. uniform) and rejected until
+    all `p` hops land on a position `>= 1` (so the answer is a real token).
+    Sampling choice (the papers leave it open): by default no letter repeats
+    its left neighbour; otherwise `v[i-1] = v[i]` makes `find_1(v, i) = i`,
+    a hop that does not move, and with 4 letters a quarter of the hops would
+    be such no-ops. Then every hop moves back by at least one position, so
+    `p <= n - 2` is necessary.
+
+    Args:
+        num_examples: number of problems.
+        p: the number of hops.
+        seq_len: `n`, the length of `v`.
+        alphabet_size: number of letters. Defaults to `4` (the paper's).
+        seed: NumPy seed.
+        allow_adjacent_repeats: draw letters fully i.i.d. (a hop may then
+            stay in place). Defaults to `False`.
+        max_tries: rejection-sampling attempts per problem before giving up
+            with a `ValueError` (then `p` is too large for `seq_len`).
+
+    Returns:
+        A dict with `tokens` (int32, `(num_examples, n + 2)`), `answer_mask`
+        (bool, `True` on the answer token, the last one), `sequences` (the
+        letters `0..alphabet_size-1`, `(num_examples, n)`), `answers` (the
+        answer letter) and `hops` (`(num_examples, p)`, the 1-indexed hop
+        positions).
+    """
+    num_examples = validate_positive_int(num_examples, "num_examples")
+    p = validate_positive_int(p, "p")
+    seq_len = validate_positive_int(seq_len, "seq_len", minimum=2)
+    alphabet_size = validate_positive_int(
+        alphabet_size, "alphabet_size", minimum=2
+    )
+    if not allow_adjacent_repeats and p > seq_len - 2:
+        raise ValueError(
+            "`p` must be at most `seq_len - 2` (each hop moves back at least "
+            f"one position). Received: p={p}, seq_len={seq_len}"
+        )
+    rng = np.random.default_rng(seed)
+    sequences = np.zeros((num_examples, seq_len), dtype="int32")
+    hops = np.zeros((num_examples, p), dtype="int64")
+    for row in range(num_examples):
+        for _ in range(max_tries):
+            v = _sample_sequence(
+                rng, seq_len, alphabet_size, allow_adjacent_repeats
+            )
+            positions = hop_positions(v, p)
+            if positions[-1] > 0:
+                break
+        else:
+            raise ValueError(
+                f"`p` is too large for `seq_len`: no sequence with {p} "
+                f"existing hops in {max_tries} tries. Received: p={p}, "
+                f"seq_len={seq_len}, alphabet_size={alphabet_size}"
+            )
+        sequences[row] = v
+        hops[row] = positions
+    answers = sequences[np.arange(num_examples), hops[:, -1] - 1]
+    separator = alphabet_size + 1
+    tokens = np.concatenate(
+        [
+            sequences + 1,
+            np.full((num_examples, 1), separator, dtype="int32"),
+            (answers + 1)[:, None],
+        ],
+        axis=1,
+    ).astype("int32")
+    mask = np.zeros_like(tokens, dtype=bool)
+    mask[:, -1] = True
+    return {
+        "tokens": tokens,
+        "answer_mask": mask,
+        "sequences": sequences,
+        "answers": answers.astype("int32"),
+        "hops": hops,
+    }
+
+
+def _sample_sequence(rng, n, alphabet_size, allow_adjacent_repeats):
+    if allow_adjacent_repeats:
+        return rng.integers(0, alphabet_size, size=n)
+    # v[0] uniform, then each letter uniform among the alphabet_size - 1
+    # letters different from its left neighbour.
+    steps = rng.integers(1, alphabet_size, size=n)
+    steps[0] = rng.integers(0, alphabet_size)
+    return np.cumsum(steps) % alphabet_size
+
+
+def p_hop_dataset(
+    num_examples,
+    p,
+    seq_len,
+    alphabet_size=4,
+    seed=0,
+    batch_size=32,
+    shuffle=True,
+):
+    """`p_hop_examples` as a `tf.data.Dataset` of `(x, y, sample_weight)`
+    next-token batches (weight 1 only on the answer target)."""
+    data = p_hop_examples(num_examples, p, seq_len, alphabet_size, seed)
+    return to_tf_dataset(
+        data["tokens"],
+        data["answer_mask"],
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+    )
+
+
+__all__ = [
+    "hop_positions",
+    "lm_arrays",
+    "p_hop_dataset",
+    "p_hop_examples",
+    "p_hop_vocab_size",
+]

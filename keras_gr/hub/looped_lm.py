@@ -1,0 +1,337 @@
+"""A keras-hub Gemma decoder LM with a looped middle block.
+
+"Reasoning with Latent Thoughts: On the Power of Looped Transformers"
+(Saunshi, Dikkala, Li, Kumar, Reddi; ICLR 2025, arXiv 2502.17416),
+"middle looping": unshared first layer(s), a block of `k` layers applied
+`L` times with shared weights, unshared last layer(s).
+
+`LoopedGemmaBackbone` is a `keras_hub.models.GemmaBackbone` whose functional
+graph applies `transformer_layers` (the *distinct* layers) in the order
+`layer_schedule`; the middle block is a `keras_gr.layers.LoopedBlock`.
+`LoopedGemmaCausalLM` is a `GemmaCausalLM` whose key/value cache holds one
+slot per *application* of a layer (a looped layer sees different inputs at
+every loop, so each application keeps its own keys and values), so
+`generate()` with the cache equals uncached greedy decoding.
+"""
+
+import keras
+import keras_hub
+import numpy as np
+from keras import ops
+
+from keras_gr.layers.looped_block import LoopedBlock
+from keras_gr.layers.looped_block import _validate_num_loops
+
+
+def _validate_count(value, name, minimum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < minimum
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def layer_schedule(num_prelude_layers, num_looped_layers, num_loops, coda):
+    """Indices of the distinct layers in the order they are applied.
+
+    `layer_schedule(1, 2, 3, 1) == [0, 1, 2, 1, 2, 1, 2, 3]`.
+    """
+    prelude = list(range(num_prelude_layers))
+    middle = [num_prelude_layers + j for j in range(num_looped_layers)]
+    first_coda = num_prelude_layers + num_looped_layers
+    return (
+        prelude
+        + middle * num_loops
+        + list(range(first_coda, first_coda + coda))
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_gr")
+class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
+    """Gemma backbone with unshared prelude / coda and a looped middle.
+
+    Applies `num_prelude_layers` Gemma decoder blocks, then a block of
+    `num_looped_layers` blocks `num_loops` times (shared weights, a
+    `LoopedBlock`, no input injection: the paper's vanilla looping), then
+    `num_coda_layers` blocks, then the final RMS norm. Trainable parameters
+    equal those of a `GemmaBackbone` with `num_prelude_layers +
+    num_looped_layers + num_coda_layers` layers.
+
+    Args:
+        vocabulary_size, num_query_heads, num_key_value_heads, hidden_dim,
+            intermediate_dim, head_dim, ...: as `keras_hub.models.
+            GemmaBackbone` (the remaining Gemma options are accepted too).
+        num_prelude_layers: unshared layers before the loop. Defaults to 1.
+        num_looped_layers: `k`, distinct layers of the looped block.
+            Defaults to 1.
+        num_loops: `L`, applications of the block. Defaults to 2.
+        num_coda_layers: unshared layers after the loop. Defaults to 1.
+
+    Attributes:
+        transformer_layers: the distinct decoder blocks (prelude, middle,
+            coda), so weight-by-layer tools (e.g. the looping regulariser)
+            see each weight once.
+        layer_schedule: indices into `transformer_layers` in application
+            order; `num_applications = len(layer_schedule)` cache slots.
+        looped_block: the `LoopedBlock` wrapping the middle layers.
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_query_heads,
+        num_key_value_heads,
+        hidden_dim,
+        intermediate_dim,
+        head_dim,
+        num_prelude_layers=1,
+        num_looped_layers=1,
+        num_loops=2,
+        num_coda_layers=1,
+        query_head_dim_normalize=True,
+        use_post_ffw_norm=False,
+        use_post_attention_norm=False,
+        attention_logit_soft_cap=None,
+        final_logit_soft_cap=None,
+        use_sliding_window_attention=False,
+        sliding_window_size=4096,
+        layer_norm_epsilon=1e-6,
+        dropout=0,
+        dtype=None,
+        **kwargs,
+    ):
+        _validate_count(num_prelude_layers, "num_prelude_layers", 0)
+        _validate_count(num_looped_layers, "num_looped_layers", 1)
+        _validate_num_loops(num_loops)
+        _validate_count(num_coda_layers, "num_coda_layers", 0)
+        num_distinct = num_prelude_layers + num_looped_layers + num_coda_layers
+        gemma_options = dict(
+            query_head_dim_normalize=query_head_dim_normalize,
+            use_post_ffw_norm=use_post_ffw_norm,
+            use_post_attention_norm=use_post_attention_norm,
+            attention_logit_soft_cap=attention_logit_soft_cap,
+            final_logit_soft_cap=final_logit_soft_cap,
+            use_sliding_window_attention=use_sliding_window_attention,
+            sliding_window_size=sliding_window_size,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dropout=dropout,
+        )
+        # === Layers ===
+        # The layers are those of a plain GemmaBackbone with the distinct
+        # layer count (keras-hub's public way to make Gemma blocks); only its
+        # layers are kept, wired below in the looped order.
+        template = keras_hub.models.GemmaBackbone(
+            vocabulary_size=vocabulary_size,
+            num_layers=num_distinct,
+            num_query_heads=num_query_heads,
+            num_key_value_heads=num_key_value_heads,
+            hidden_dim=hidden_dim,
+            intermediate_dim=intermediate_dim,
+            head_dim=head_dim,
+            dtype=dtype,
+            **gemma_options,
+        )
+        self.token_embedding = template.token_embedding
+        self.transformer_layers = list(template.transformer_layers)
+        self.layer_norm = template.layer_norm
+        start = num_prelude_layers
+        self.looped_block = LoopedBlock(
+            self.transformer_layers[start : start + num_looped_layers],
+            num_loops=num_loops,
+            name="looped_block",
+        )
+        del template
+
+        # === Functional Model ===
+        token_id_input = keras.Input(
+            shape=(None,), dtype="int32", name="token_ids"
+        )
+        padding_mask_input = keras.Input(
+            shape=(None,), dtype="int32", name="padding_mask"
+        )
+        x = self.token_embedding(token_id_input)
+        x = x * ops.cast(ops.sqrt(hidden_dim), x.dtype)
+        for layer in self.transformer_layers[:start]:
+            x = layer(x, padding_mask=padding_mask_input)
+        x = self.looped_block(x, padding_mask=padding_mask_input)
+        for layer in self.transformer_layers[start + num_looped_layers :]:
+            x = layer(x, padding_mask=padding_mask_input)
+        sequence_output = self.layer_norm(x)
+        keras_hub.models.Backbone.__init__(
+            self,
+            inputs={
+                "token_ids": token_id_input,
+                "padding_mask": padding_mask_input,
+            },
+            outputs=sequence_output,
+            dtype=dtype,
+            **kwargs,
+        )
+
+        # === Config ===
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_distinct
+        self.num_query_heads = num_query_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.head_dim = head_dim
+        self.num_prelude_layers = num_prelude_layers
+        self.num_looped_layers = num_looped_layers
+        self.num_loops = num_loops
+        self.num_coda_layers = num_coda_layers
+        for key, value in gemma_options.items():
+            setattr(self, key, value)
+        self.layer_schedule = layer_schedule(
+            num_prelude_layers, num_looped_layers, num_loops, num_coda_layers
+        )
+        self.num_applications = len(self.layer_schedule)
+
+    def get_config(self):
+        config = keras_hub.models.Backbone.get_config(self)
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "num_query_heads": self.num_query_heads,
+                "num_key_value_heads": self.num_key_value_heads,
+                "hidden_dim": self.hidden_dim,
+                "intermediate_dim": self.intermediate_dim,
+                "head_dim": self.head_dim,
+                "num_prelude_layers": self.num_prelude_layers,
+                "num_looped_layers": self.num_looped_layers,
+                "num_loops": self.num_loops,
+                "num_coda_layers": self.num_coda_layers,
+                "query_head_dim_normalize": self.query_head_dim_normalize,
+                "use_post_ffw_norm": self.use_post_ffw_norm,
+                "use_post_attention_norm": self.use_post_attention_norm,
+                "attention_logit_soft_cap": self.attention_logit_soft_cap,
+                "final_logit_soft_cap": self.final_logit_soft_cap,
+                "use_sliding_window_attention": (
+                    self.use_sliding_window_attention
+                ),
+                "sliding_window_size": self.sliding_window_size,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "dropout": self.dropout,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_gr")
+class LoopedGemmaCausalLM(keras_hub.models.GemmaCausalLM):
+    """`GemmaCausalLM` over a `LoopedGemmaBackbone`.
+
+    Training (`fit`) and the uncached forward pass are those of
+    `GemmaCausalLM`. The key/value cache of `generate()` has shape
+    `(batch, num_applications, 2, max_length, num_key_value_heads,
+    head_dim)`: one slot per application of a layer, in `layer_schedule`
+    order, because a looped layer attends over different keys/values at
+    each loop. `score()` (keras-hub's per-layer intercepts) is not
+    supported.
+    """
+
+    backbone_cls = LoopedGemmaBackbone
+
+    def call_with_cache(self, token_ids, cache, cache_update_index):
+        backbone = self.backbone
+        x = backbone.token_embedding(token_ids)
+        x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
+        caches = []
+        for slot, index in enumerate(backbone.layer_schedule):
+            x, next_cache = backbone.transformer_layers[index](
+                x,
+                cache=cache[:, slot, ...],
+                cache_update_index=cache_update_index,
+            )
+            caches.append(next_cache)
+        cache = ops.stack(caches, axis=1)
+        hidden_states = x = backbone.layer_norm(x)
+        logits = backbone.token_embedding(x, reverse=True)
+        return logits, hidden_states, cache
+
+    def _build_cache(self, token_ids):
+        backbone = self.backbone
+        batch_size = ops.shape(token_ids)[0]
+        max_length = ops.shape(token_ids)[1]
+        shape = [
+            batch_size,
+            backbone.num_applications,
+            2,
+            max_length,
+            backbone.num_key_value_heads,
+            backbone.head_dim,
+        ]
+        cache = ops.zeros(shape, dtype=self.compute_dtype)
+        _, hidden_states, cache = self.call_with_cache(token_ids, cache, 0)
+        return hidden_states, cache
+
+    def score(self, *args, **kwargs):
+        raise NotImplementedError(
+            "`LoopedGemmaCausalLM.score()` is not supported (keras-hub's "
+            "per-layer intercepts assume one application per layer)."
+        )
+
+
+def source_layer_map(num_distinct, num_source):
+    """Which preset layer initialises each distinct layer: evenly spread,
+    first to first and last to last (`round(d (S - 1) / (D - 1))`)."""
+    if num_distinct == 1:
+        return [0]
+    return [
+        int(round(d * (num_source - 1) / (num_distinct - 1)))
+        for d in range(num_distinct)
+    ]
+
+
+def looped_gemma_from_preset(
+    preset,
+    num_prelude_layers=1,
+    num_looped_layers=1,
+    num_loops=2,
+    num_coda_layers=1,
+    load_weights=True,
+):
+    """Builds a `LoopedGemmaCausalLM` from a (local) Gemma preset.
+
+    The architecture (sizes, heads, norms) and the preprocessor come from
+    the preset. With `load_weights=True` the embedding and final norm are
+    the preset's, and distinct layer `d` starts from preset layer
+    `source_layer_map(D, S)[d]` (the paper trains looped models from
+    scratch: pass `load_weights=False` for random initialisation).
+
+    Args:
+        preset: a preset folder (or name) loadable by
+            `keras_hub.models.GemmaCausalLM.from_preset`.
+        num_prelude_layers, num_looped_layers, num_loops, num_coda_layers:
+            see `LoopedGemmaBackbone`.
+        load_weights: copy the preset's weights. Defaults to `True`.
+    """
+    source = keras_hub.models.GemmaCausalLM.from_preset(
+        preset, load_weights=load_weights
+    )
+    config = dict(source.backbone.get_config())
+    num_source = config.pop("num_layers")
+    for key in ("name", "trainable", "dtype"):
+        config.pop(key, None)
+    backbone = LoopedGemmaBackbone(
+        **config,
+        num_prelude_layers=num_prelude_layers,
+        num_looped_layers=num_looped_layers,
+        num_loops=num_loops,
+        num_coda_layers=num_coda_layers,
+    )
+    if load_weights:
+        src = source.backbone
+        backbone.token_embedding.set_weights(src.token_embedding.get_weights())
+        backbone.layer_norm.set_weights(src.layer_norm.get_weights())
+        mapping = source_layer_map(len(backbone.transformer_layers), num_source)
+        for layer, s in zip(backbone.transformer_layers, mapping):
+            layer.set_weights(src.transformer_layers[s].get_weights())
+    return LoopedGemmaCausalLM(
+        backbone=backbone, preprocessor=source.preprocessor
+    )

@@ -1,0 +1,171 @@
+"""Looped (and non-looped deep) linear-attention models for in-context
+linear regression."""
+
+import keras
+from keras import ops
+
+from keras_gr.layers.linear_attention import LinearAttention
+from keras_gr.layers.looped_block import LoopedBlock
+
+
+def query_prediction(z):
+    """The prediction read at the query's `y` slot of token-major prompts:
+    `-Z[query, y]`, shape `(batch, 1)`.
+
+    The minus sign is the sign convention of `LinearAttention` (the slot
+    holds `-<w_L, x_q>` under the gradient-descent construction).
+    """
+    return -z[:, -1, -1:]
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return value
+
+
+@keras.saving.register_keras_serializable(package="keras_gr")
+class LoopedICLRegressor(keras.Model):
+    """Linear-attention transformer for in-context linear regression.
+
+    The models of "On the Role of Depth and Looping for In-Context Learning
+    with Task Diversity" (Gatmiry, Saunshi, Reddi, Jegelka, Kumar; arXiv
+    2410.21698):
+
+    - `looped=True` (default): one `keras_gr.layers.LinearAttention` layer
+      `(P, Q)` applied `depth` times with shared weights, a
+      `keras_gr.layers.LoopedBlock` (`1 (x) depth`); the parameter count does
+      not depend on `depth`, and `call(..., depth=l)` runs any number of
+      loops `l`, also beyond the training depth.
+    - `looped=False`: the non-looped deep baseline, `depth` distinct layers
+      applied once each (a `LoopedBlock` of `depth` layers with
+      `num_loops=1`, i.e. `depth (x) 1`); `call(..., depth=l)` with
+      `l <= depth` reads the prediction after the first `l` layers.
+
+    The prediction is `-Z_L[query, y]` (`query_prediction`); train with a
+    squared loss on it, i.e. on the final loop's prediction only, e.g.
+    `model.compile(loss="mse")` and `fit(prompts, targets)` with the arrays
+    of `keras_gr.data.icl_regression_problems`.
+
+    Args:
+        depth: number of loops (looped) or of distinct layers (non-looped)
+            `L`. Defaults to `5`.
+        looped: whether the layers share weights. Defaults to `True`.
+        restricted: the `LinearAttention` form. Defaults to `True`.
+        init_stddev: the layers' initial noise. Defaults to `0.01`.
+        seed: optional seed of the initial noise (layer `i` gets `seed + 2i`).
+        **kwargs: base `keras.Model` arguments (`name`, ...).
+
+    Call arguments:
+        prompts: `(batch, n + 1, d + 1)` token-major prompts.
+        depth: optional Python int, the number of loops (looped) or of
+            leading layers (non-looped, at most `depth`) for this call.
+        return_all_depths: if `True`, return the predictions after every
+            loop / layer `1 .. depth`, stacked as `(batch, depth)`.
+
+    Returns:
+        `(batch, 1)` predictions (or `(batch, depth)` with
+        `return_all_depths=True`).
+
+    Example:
+
+    ```python
+    data = keras_gr.data.icl_regression_problems(4096, dim=5, kappa=10)
+    model = keras_gr.models.LoopedICLRegressor(depth=5)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(data["prompts"], data["targets"], epochs=5)
+    deeper = model(data["prompts"], depth=20)   # more loops at test time
+    ```
+
+    References:
+        - Gatmiry et al., "On the Role of Depth and Looping for In-Context
+          Learning with Task Diversity", arXiv 2410.21698.
+    """
+
+    def __init__(
+        self,
+        depth: int = 5,
+        looped: bool = True,
+        restricted: bool = True,
+        init_stddev: float = 0.01,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.depth = _positive_int(depth, "depth")
+        if not isinstance(looped, bool):
+            raise ValueError(
+                f"`looped` must be a bool. Received: looped={looped!r}"
+            )
+        self.looped = looped
+        self.restricted = restricted
+        self.init_stddev = init_stddev
+        self.seed = seed
+        num_layers = 1 if looped else depth
+        self.attention_layers = [
+            LinearAttention(
+                restricted=restricted,
+                init_stddev=init_stddev,
+                seed=None if seed is None else seed + 2 * i,
+                dtype=self.dtype_policy,
+                name=f"linear_attention_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.block = LoopedBlock(
+            self.attention_layers,
+            num_loops=depth if looped else 1,
+            dtype=self.dtype_policy,
+            name="looped_block",
+        )
+
+    def build(self, input_shape):
+        self.block.build(tuple(input_shape))
+        self.built = True
+
+    def call(self, prompts, depth=None, return_all_depths=False):
+        if depth is not None:
+            _positive_int(depth, "depth")
+            if not self.looped and depth > self.depth:
+                raise ValueError(
+                    "A non-looped model has only `depth` distinct layers. "
+                    f"Received: depth={depth} > {self.depth}"
+                )
+        if not return_all_depths:
+            if self.looped:
+                z = self.block(prompts, num_loops=depth)
+            elif depth is None or depth == self.depth:
+                z = self.block(prompts)
+            else:
+                z = prompts
+                for layer in self.attention_layers[:depth]:
+                    z = layer(z)
+            return query_prediction(z)
+        steps = self.depth if depth is None else depth
+        z = prompts
+        predictions = []
+        for i in range(steps):
+            if self.looped:
+                z = self.block.apply_block(z)
+            else:
+                z = self.attention_layers[i](z)
+            predictions.append(query_prediction(z))
+        return ops.concatenate(predictions, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1)
+
+    def get_config(self):
+        config = keras.layers.Layer.get_config(self)
+        config.update(
+            {
+                "depth": self.depth,
+                "looped": self.looped,
+                "restricted": self.restricted,
+                "init_stddev": self.init_stddev,
+                "seed": self.seed,
+            }
+        )
+        return config

@@ -1,0 +1,301 @@
+"""Tests of `keras_gr.layers.Laurel` and `LaurelStack` (arXiv 2411.07501)."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_gr.layers import Laurel
+from keras_gr.layers import LaurelStack
+from keras_gr.layers.laurel import column_orthogonal_matrix
+from keras_gr.layers.laurel import rw_weights
+from tests.conformance import check_layer
+
+D = 8
+R = 2
+K = 3
+
+
+# ---------------------------------------------------------------------------
+# independent NumPy reference
+# ---------------------------------------------------------------------------
+
+
+def np_alpha_beta(w, param):
+    a = w["alpha"]
+    if param == "additive":
+        return 1.0 + a, 1.0 + w["beta"]
+    if param == "softmax":
+        e = np.exp(np.stack([a, w["beta"]]))
+        return e[0] / e.sum(0), e[1] / e.sum(0)
+    s = 1.0 / (1.0 + np.exp(-a))
+    return s, 1.0 - s
+
+
+def np_laurel(variant, inputs, w, param="additive"):
+    x, fx = inputs[0].astype("float64"), inputs[1].astype("float64")
+    acts = [x] + [p.astype("float64") for p in inputs[2:]]
+    res = x.copy()
+    if variant in ("lr", "rw_lr"):
+        res = res + x @ w["lr_a"] @ w["lr_b"]
+    if variant == "pa":
+        res = res + sum(g * a for g, a in zip(w["gamma"], acts))
+    if variant == "rw_lr_pa":
+        res = res + sum(
+            w["gamma"][j] * (acts[j] @ w["pa_a"][j] @ w["pa_b"][j])
+            for j in range(len(acts))
+        )
+    if variant.startswith("rw"):
+        alpha, beta = np_alpha_beta(w, param)
+        return alpha * fx + beta * res
+    return fx + res
+
+
+def randomise(layer, seed=0):
+    """Sets every weight to random values; returns them by short name."""
+    rng = np.random.default_rng(seed)
+    values = {}
+    for v in layer.weights:
+        value = rng.normal(scale=0.5, size=v.shape).astype("float32")
+        v.assign(value)
+        values[v.name] = value
+    return values
+
+
+def make_inputs(variant, shape=(4, D), k=K, seed=1):
+    rng = np.random.default_rng(seed)
+    n = 2 + (k - 1 if variant.endswith("pa") else 0)
+    return [rng.normal(size=shape).astype("float32") for _ in range(n)]
+
+
+ALL = ["rw", "lr", "pa", "rw_lr", "rw_lr_pa"]
+
+
+# ---------------------------------------------------------------------------
+# pure functions
+# ---------------------------------------------------------------------------
+
+
+def test_column_orthogonal_matrix():
+    a = np.array(column_orthogonal_matrix(6, 4))
+    assert a.shape == (6, 4)
+    want = np.zeros((6, 4))
+    for i in range(6):
+        want[i, i % 4] = 1 / np.sqrt(24)
+    np.testing.assert_allclose(a, want)
+    gram = a.T @ a
+    np.testing.assert_allclose(gram, np.diag(np.diag(gram)), atol=0)
+
+
+@pytest.mark.parametrize("param", ["additive", "softmax", "sigmoid"])
+def test_rw_weights(param):
+    a = np.array([0.3, -1.0], "float32")
+    b = np.array([-0.2, 2.0], "float32")
+    alpha, beta = rw_weights(
+        keras.ops.convert_to_tensor(a), keras.ops.convert_to_tensor(b), param
+    )
+    w_alpha, w_beta = np_alpha_beta({"alpha": a, "beta": b}, param)
+    np.testing.assert_allclose(np.array(alpha), w_alpha, rtol=1e-6)
+    np.testing.assert_allclose(np.array(beta), w_beta, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# golden values, parameter counts, identity at init
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ALL)
+@pytest.mark.parametrize("param", ["additive", "softmax", "sigmoid"])
+def test_golden_against_numpy(variant, param):
+    if param != "additive" and not variant.startswith("rw"):
+        pytest.skip("rw_parametrization only matters for RW variants")
+    layer = Laurel(
+        variant=variant, rank=R, num_activations=K, rw_parametrization=param
+    )
+    inputs = make_inputs(variant)
+    layer(inputs)
+    w = randomise(layer)
+    got = np.array(layer(inputs))
+    np.testing.assert_allclose(
+        got, np_laurel(variant, inputs, w, param), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("variant", ["rw", "rw_lr", "rw_lr_pa"])
+def test_golden_per_channel_conv_features(variant):
+    # Relaxed RW (one alpha / beta per channel) on NHWC features: A, B act
+    # on the channel axis like 1x1 convolutions.
+    layer = Laurel(variant=variant, rank=R, per_channel=True)
+    inputs = make_inputs(variant, shape=(2, 3, 3, D))
+    layer(inputs)
+    w = randomise(layer, seed=4)
+    assert w["alpha"].shape == (D,)
+    got = np.array(layer(inputs))
+    np.testing.assert_allclose(
+        got, np_laurel(variant, inputs, w), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "variant, kwargs, count",
+    [
+        ("rw", {}, 2),
+        ("rw", {"rw_parametrization": "softmax"}, 2),
+        ("rw", {"rw_parametrization": "sigmoid"}, 1),
+        ("rw", {"per_channel": True}, 2 * D),
+        ("rw", {"per_channel": True, "rw_parametrization": "sigmoid"}, D),
+        ("lr", {}, 2 * R * D),
+        ("pa", {}, K),
+        ("rw_lr", {}, 2 * R * D + 2),
+        ("rw_lr_pa", {}, 2 * R * K * D + K + 2),
+    ],
+)
+def test_parameter_counts(variant, kwargs, count):
+    layer = Laurel(variant=variant, rank=R, num_activations=K, **kwargs)
+    layer(make_inputs(variant))
+    assert layer.count_params() == count
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_identity_at_init(variant):
+    layer = Laurel(variant=variant, rank=R)
+    inputs = make_inputs(variant)
+    out = np.array(layer(inputs))
+    np.testing.assert_array_equal(out, inputs[0] + inputs[1])
+
+
+@pytest.mark.parametrize("init", ["column_orthogonal", "glorot_uniform"])
+def test_low_rank_init(init):
+    layer = Laurel(variant="rw_lr_pa", rank=R, low_rank_initializer=init)
+    layer(make_inputs("rw_lr_pa"))
+    a = np.array(layer.pa_a)
+    np.testing.assert_array_equal(np.array(layer.pa_b), 0.0)
+    np.testing.assert_array_equal(np.array(layer.gamma), 1.0)
+    if init == "column_orthogonal":
+        for j in range(K):
+            np.testing.assert_allclose(a[j], column_orthogonal_matrix(D, R))
+    else:
+        assert np.count_nonzero(a) == a.size
+    pa = Laurel(variant="pa")
+    pa(make_inputs("pa"))
+    np.testing.assert_array_equal(np.array(pa.gamma), 0.0)
+
+
+def test_mixing_scalars_float32_under_mixed_precision():
+    layer = Laurel(variant="rw_lr_pa", rank=R, dtype="mixed_bfloat16")
+    inputs = [keras.ops.cast(t, "bfloat16") for t in make_inputs("rw_lr_pa")]
+    out = layer(inputs)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    for v in (layer.alpha, layer.beta, layer.gamma):
+        assert keras.backend.standardize_dtype(v.dtype) == "float32"
+
+
+# ---------------------------------------------------------------------------
+# conformance (both backends)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"variant": "rw"},
+        {"variant": "rw", "per_channel": True},
+        {"variant": "lr", "rank": R},
+        {"variant": "pa", "num_activations": 2},
+        {"variant": "rw_lr", "rank": R, "low_rank_initializer": "he_normal"},
+        {"variant": "rw_lr_pa", "rank": R, "num_activations": 2},
+    ],
+    ids=lambda k: "-".join(str(v) for v in k.values()),
+)
+def test_conformance(kwargs):
+    variant = kwargs["variant"]
+    inputs = make_inputs(variant, shape=(4, 5, D), k=2)
+    check_layer(Laurel, kwargs, inputs, expected_output_shape=(4, 5, D))
+
+
+# ---------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="`variant` must be one of"):
+        Laurel(variant="rwlr")
+    with pytest.raises(ValueError, match="`rank` must be a positive"):
+        Laurel(rank=0)
+    with pytest.raises(ValueError, match="`num_activations` must be"):
+        Laurel(variant="pa", num_activations=0)
+    with pytest.raises(ValueError, match="`rw_parametrization` must be"):
+        Laurel(rw_parametrization="tanh")
+    with pytest.raises(ValueError, match="`rank` must be at most"):
+        Laurel(variant="lr", rank=D + 1)(make_inputs("lr"))
+    with pytest.raises(ValueError, match="needs the 2 previous activations"):
+        Laurel(variant="pa", num_activations=3)(make_inputs("rw"))
+    x = np.zeros((2, D), "float32")
+    with pytest.raises(ValueError, match="must have the shape of `x`"):
+        Laurel(variant="rw")([x, np.zeros((2, D + 1), "float32")])
+    with pytest.raises(ValueError, match="list of inputs"):
+        Laurel(variant="rw")(x)
+
+
+# ---------------------------------------------------------------------------
+# LaurelStack
+# ---------------------------------------------------------------------------
+
+
+def test_stack_feeds_previous_activations():
+    keras.utils.set_random_seed(0)
+    stack = LaurelStack(variant="rw_lr_pa", rank=R, num_activations=K)
+    blocks = [keras.layers.Dense(D, activation="tanh") for _ in range(4)]
+    inputs = keras.Input((D,))
+    h = inputs
+    for block in blocks:
+        h = stack.apply(block, h)
+    model = keras.Model(inputs, h)
+    assert [layer.num_activations for layer in stack.layers] == [1, 2, 3, 3]
+    ws = [randomise(layer, seed=i) for i, layer in enumerate(stack.layers)]
+    x = np.random.default_rng(0).normal(size=(3, D)).astype("float32")
+    # NumPy replay of the stack.
+    history = []
+    h_np = x.astype("float64")
+    for block, w in zip(blocks, ws):
+        kernel, bias = (np.array(v, "float64") for v in block.weights)
+        fx = np.tanh(h_np @ kernel + bias)
+        acts = [h_np] + history[::-1][: K - 1]
+        history.append(h_np)
+        h_np = np_laurel("rw_lr_pa", [h_np, fx] + acts[1:], w)
+    np.testing.assert_allclose(np.array(model(x)), h_np, rtol=1e-4, atol=1e-5)
+    # Replaying after reset reuses the same joins (subclassed-model use).
+    stack.reset()
+    h = keras.ops.convert_to_tensor(x)
+    for block in blocks:
+        h = stack.apply(block, h)
+    assert len(stack.layers) == 4
+    np.testing.assert_allclose(np.array(h), h_np, rtol=1e-4, atol=1e-5)
+
+
+def test_stack_validates_arguments():
+    with pytest.raises(ValueError, match="`variant` must be one of"):
+        LaurelStack(variant="nope")
+
+
+def test_laurel_network_trains():
+    # End to end: a residual MLP with LAuReL joins learns a regression task.
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, D)).astype("float32")
+    y = np.sin(x @ rng.normal(size=(D, 1))).astype("float32")
+    stack = LaurelStack(variant="rw_lr_pa", rank=R, num_activations=2)
+    inputs = keras.Input((D,))
+    h = inputs
+    for _ in range(3):
+        h = stack.apply(keras.layers.Dense(D, activation="relu"), h)
+    model = keras.Model(inputs, keras.layers.Dense(1)(h))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    first = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=15, verbose=0)
+    last = model.evaluate(x, y, verbose=0)
+    assert last < 0.5 * first
+    moved = [
+        float(np.abs(np.array(layer.pa_b)).max()) for layer in stack.layers
+    ]
+    assert min(moved) > 0.0, "B_j never left zero: PA gradients are dead"

@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+
+from keras_gr.models import DDIMSampler
+from keras_gr.models import DigitsLatentDiffusion
+from keras_gr.models import latent_diffusion as ld
+
+
+class _OracleDenoiser:
+    """The exact noise predictor when the data is the single point x*."""
+
+    def __init__(self, target, alpha_bars):
+        self.target = target
+        self.alpha_bars = alpha_bars
+        self.calls = 0
+
+    def predict_on_batch(self, inputs):
+        z, t, _ = inputs
+        self.calls += 1
+        ab = self.alpha_bars[int(t[0, 0])]
+        return (z - np.sqrt(ab) * self.target) / np.sqrt(1.0 - ab)
+
+
+def test_ddim_timesteps_trailing():
+    np.testing.assert_array_equal(
+        ld.ddim_timesteps(4, 1000), [999, 749, 499, 249]
+    )
+    np.testing.assert_array_equal(ld.ddim_timesteps(1, 10), [9])
+    with pytest.raises(ValueError, match="`num_steps` must be a positive"):
+        ld.ddim_timesteps(0)
+
+
+def test_ddim_step_golden():
+    rng = np.random.default_rng(0)
+    x0, eps = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
+    ab, ab_next = 0.3, 0.8
+    z = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps
+    z_next, x0_hat = ld.ddim_step(z, eps, ab, ab_next)
+    np.testing.assert_allclose(x0_hat, x0)
+    np.testing.assert_allclose(z_next, np.sqrt(0.8) * x0 + np.sqrt(0.2) * eps)
+
+
+def test_sampler_recovers_point_mass_and_counts_calls():
+    abars = ld.scaled_linear_alpha_bars(1000)
+    target = np.random.default_rng(1).normal(size=(1, 4, 4, 2))
+    oracle = _OracleDenoiser(target, abars)
+    sampler = DDIMSampler(oracle, abars, num_steps=6)
+    noise = np.random.default_rng(2).normal(size=(3, 4, 4, 2))
+    out = sampler.sample(noise, np.zeros(3))
+    assert sampler.denoiser_calls == oracle.calls == 6
+    np.testing.assert_allclose(
+        out["latents"], np.broadcast_to(target, noise.shape), atol=1e-4
+    )
+    sampler.reset_count()
+    out = sampler.sample(noise, np.zeros(3), stop_after=4)
+    assert sampler.denoiser_calls == 4
+    np.testing.assert_allclose(
+        out["x0"], np.broadcast_to(target, noise.shape), atol=1e-4
+    )
+    with pytest.raises(ValueError, match="`stop_after`"):
+        sampler.sample(noise, np.zeros(3), stop_after=7)
+
+
+def test_noised_latent_dataset_formula_and_seed():
+    abars = ld.scaled_linear_alpha_bars(50)
+    base = np.random.default_rng(3).normal(size=(1, 2, 2, 3)).astype("float32")
+    latents = np.repeat(base, 16, axis=0)
+    labels = np.arange(16, dtype="int32")
+    ds = ld.noised_latent_dataset(latents, labels, abars, batch_size=8, seed=5)
+    (zt, t, y), eps = next(iter(ds))
+    zt, t, eps = np.asarray(zt), np.asarray(t), np.asarray(eps)
+    ab = abars[t[:, 0].astype(int)].reshape(-1, 1, 1, 1)
+    np.testing.assert_allclose(
+        zt, np.sqrt(ab) * base + np.sqrt(1 - ab) * eps, rtol=1e-5, atol=1e-5
+    )
+    (zt2, _, _), _ = next(
+        iter(ld.noised_latent_dataset(latents, labels, abars, 8, seed=5))
+    )
+    np.testing.assert_array_equal(zt, np.asarray(zt2))
+
+
+def test_digit_images():
+    images, labels = ld.load_digit_images(16)
+    assert images.shape == (1797, 16, 16, 1) and labels.shape == (1797,)
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    assert set(np.unique(labels)) == set(range(10))
+
+
+def test_bad_pipeline_arguments():
+    with pytest.raises(ValueError, match="`skip_steps`"):
+        DigitsLatentDiffusion(num_sampling_steps=3, skip_steps=3)
+    with pytest.raises(ValueError, match="`skip_steps`"):
+        DigitsLatentDiffusion(num_sampling_steps=3, skip_steps=0)
+    with pytest.raises(ValueError, match="`num_sampling_steps`"):
+        DigitsLatentDiffusion(num_sampling_steps=1, skip_steps=1)
+    with pytest.raises(ValueError, match="`crf_input`"):
+        DigitsLatentDiffusion(crf_input="eps")
+
+
+def test_tiny_pipeline_counts_denoiser_calls_and_crf_learns():
+    images, labels = ld.load_digit_images(8)
+    images, labels = images[:128], labels[:128]
+    pipe = DigitsLatentDiffusion(
+        image_size=8,
+        latent_channels=2,
+        width=8,
+        autoencoder_width=4,
+        num_sampling_steps=3,
+        skip_steps=1,
+        crf_kwargs={"num_steps": 2, "num_experts": 2},
+    )
+    pipe.fit_autoencoder(images, steps=5, batch_size=32)
+    pipe.fit_denoiser(images, labels, steps=5, batch_size=32)
+    before, after = pipe.fit_crf(num_pairs=64, steps=40, batch_size=32)
+    assert after < before
+
+    calls = []
+    original = pipe.denoiser.predict_on_batch
+
+    def counting(inputs):
+        calls.append(1)
+        return original(inputs)
+
+    pipe.denoiser.predict_on_batch = counting
+    noise = np.random.default_rng(0).normal(size=(10, 4, 4, 2))
+    lab = np.arange(10) % 10
+    expected = {"full": 3, "truncated": 2, "crf": 2, "short": 2}
+    outputs = {}
+    for method, want in expected.items():
+        calls.clear()
+        out, counted = pipe.generate(lab, noise, method)
+        assert counted == len(calls) == want, method
+        assert out.shape == (10, 8, 8, 1) and np.all(np.isfinite(out))
+        outputs[method] = out
+    # the CRF path does change the truncated output
+    assert not np.allclose(outputs["crf"], outputs["truncated"])
+    costs = pipe.cost_table()
+    assert costs["crf_params"] == pipe.crf.count_params()
+    assert costs["crf_flops"] < costs["denoiser_flops"]
+    with pytest.raises(ValueError, match="`method`"):
+        pipe.generate(lab, noise, "bogus")
