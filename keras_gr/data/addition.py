@@ -8,9 +8,9 @@ zero-padded `d`-digit operands without chain of thought, e.g.
 
 import numpy as np
 
+from keras_gr._validation import check_integer
 from keras_gr.data._lm_tasks import lm_arrays
 from keras_gr.data._lm_tasks import to_tf_dataset
-from keras_gr.data._lm_tasks import validate_positive_int
 
 PAD = 0
 PLUS = 11
@@ -92,8 +92,8 @@ def addition_examples(
         `(num_examples, max n)`, padded with -1), `num_operands` (int32) and
         `answers` (int64, the sums).
     """
-    num_examples = validate_positive_int(num_examples, "num_examples")
-    digits = validate_positive_int(digits, "digits")
+    num_examples = check_integer("num_examples", num_examples)
+    digits = check_integer("digits", digits)
     choices = (
         [num_operands]
         if isinstance(num_operands, (int, np.integer))
@@ -105,7 +105,7 @@ def addition_examples(
             f"them. Received: num_operands={num_operands!r}"
         )
     for n in choices:
-        validate_positive_int(n, "num_operands")
+        check_integer("num_operands", n)
     rng = np.random.default_rng(seed)
     ns = rng.choice(np.asarray(choices), size=num_examples)
     max_n = int(max(choices))

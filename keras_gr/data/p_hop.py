@@ -17,9 +17,9 @@ token after it, and repeat `p` times.
 
 import numpy as np
 
+from keras_gr._validation import check_integer
 from keras_gr.data._lm_tasks import lm_arrays
 from keras_gr.data._lm_tasks import to_tf_dataset
-from keras_gr.data._lm_tasks import validate_positive_int
 
 PAD = 0
 
@@ -92,12 +92,10 @@ def p_hop_examples(
         answer letter) and `hops` (`(num_examples, p)`, the 1-indexed hop
         positions).
     """
-    num_examples = validate_positive_int(num_examples, "num_examples")
-    p = validate_positive_int(p, "p")
-    seq_len = validate_positive_int(seq_len, "seq_len", minimum=2)
-    alphabet_size = validate_positive_int(
-        alphabet_size, "alphabet_size", minimum=2
-    )
+    num_examples = check_integer("num_examples", num_examples)
+    p = check_integer("p", p)
+    seq_len = check_integer("seq_len", seq_len, 2)
+    alphabet_size = check_integer("alphabet_size", alphabet_size, 2)
     if not allow_adjacent_repeats and p > seq_len - 2:
         raise ValueError(
             "`p` must be at most `seq_len - 2` (each hop moves back at least "

@@ -16,24 +16,11 @@ every loop, so each application keeps its own keys and values), so
 
 import keras
 import keras_hub
-import numpy as np
 from keras import ops
 
+from keras_gr._validation import check_integer
 from keras_gr.layers.looped_block import LoopedBlock
 from keras_gr.layers.looped_block import _validate_num_loops
-
-
-def _validate_count(value, name, minimum):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < minimum
-    ):
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. "
-            f"Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 def layer_schedule(num_prelude_layers, num_looped_layers, num_loops, coda):
@@ -105,10 +92,10 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
         dtype=None,
         **kwargs,
     ):
-        _validate_count(num_prelude_layers, "num_prelude_layers", 0)
-        _validate_count(num_looped_layers, "num_looped_layers", 1)
+        check_integer("num_prelude_layers", num_prelude_layers, 0)
+        check_integer("num_looped_layers", num_looped_layers, 1)
         _validate_num_loops(num_loops)
-        _validate_count(num_coda_layers, "num_coda_layers", 0)
+        check_integer("num_coda_layers", num_coda_layers, 0)
         num_distinct = num_prelude_layers + num_looped_layers + num_coda_layers
         gemma_options = dict(
             query_head_dim_normalize=query_head_dim_normalize,

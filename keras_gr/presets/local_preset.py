@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from keras_gr._validation import check_integer
 from keras_gr.data.corpora import pydoc_corpus
 from keras_gr.data.corpora import text_file_corpus
 
@@ -79,13 +80,6 @@ def default_cache_dir():
     return os.path.join(root, "presets")
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-
-
 def _validate(args):
     for name in (
         "vocabulary_size",
@@ -97,7 +91,7 @@ def _validate(args):
         "sequence_length",
         "batch_size",
     ):
-        _check_positive_int(name, args[name])
+        check_integer(name, args[name])
     steps = args["train_steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(
