@@ -15,6 +15,8 @@ Diagonal AdaGrad is Keras's own `keras.optimizers.Adagrad` with
 `initial_accumulator_value=0`.
 """
 
+import math
+
 import keras
 
 from keras_gr.optimizers.shampoo import _check_positive
@@ -90,9 +92,7 @@ class FullMatrixAdagrad(_StructuredPreconditioner):
         self.max_size = max_size
 
     def _route(self, variable):
-        size = 1
-        for d in variable.shape:
-            size *= int(d)
+        size = math.prod(int(d) for d in variable.shape)
         if size > self.max_size:
             path = getattr(variable, "path", None) or str(variable.name)
             raise ValueError(
@@ -159,9 +159,7 @@ class AdagradNorm(_StructuredPreconditioner):
         )
 
     def _route(self, variable):
-        size = 1
-        for d in variable.shape:
-            size *= int(d)
+        size = math.prod(int(d) for d in variable.shape)
         return (1, size, True, False)
 
     def get_config(self):
