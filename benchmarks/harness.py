@@ -101,6 +101,65 @@ def time_fit_steps(model, x, y, *, batch_size, steps=20, warmup_steps=3):
     return statistics.median(times[warmup_steps:])
 
 
+def time_fit_interleaved(entries, *, rounds=5, steps_per_round=10):
+    """Seconds per `fit` step of several compiled models, measured in turns.
+
+    `entries` maps a name to `(model, x, y, batch_size)`. Every model is
+    warmed up (compilation) first; then each round fits every model for
+    `steps_per_round` steps, in an order rotated every round, so that slow
+    drifts of the machine (other processes, a noisy virtual machine) fall
+    on all entries alike instead of on whichever ran during the slow spell.
+
+    Returns `{name: {"median": s, "min": s, "rounds": [s, ...]}}` with the
+    per-step time of each round (wall time of the round's `fit` / steps).
+    """
+    names = list(entries)
+    data = {}
+    for name in names:
+        model, x, y, batch = entries[name]
+        n = batch * steps_per_round
+        reps = int(np.ceil(n / len(np.asarray(_first(x)))))
+        data[name] = (_tile(x, reps, n), _tile(y, reps, n))
+        warm = batch * min(3, steps_per_round)
+        model.fit(
+            _slice(data[name][0], warm),
+            _slice(data[name][1], warm),
+            batch_size=batch,
+            epochs=1,
+            verbose=0,
+            shuffle=False,
+        )
+    per_round = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            model, _, _, batch = entries[name]
+            xs, ys = data[name]
+            start = time.perf_counter()
+            model.fit(
+                xs, ys, batch_size=batch, epochs=1, verbose=0, shuffle=False
+            )
+            per_round[name].append(
+                (time.perf_counter() - start) / steps_per_round
+            )
+    return {
+        name: {
+            "median": statistics.median(t),
+            "min": min(t),
+            "rounds": t,
+        }
+        for name, t in per_round.items()
+    }
+
+
+def _slice(x, n):
+    if isinstance(x, dict):
+        return {k: v[:n] for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [v[:n] for v in x]
+    return x[:n]
+
+
 def _first(x):
     if isinstance(x, dict):
         return next(iter(x.values()))

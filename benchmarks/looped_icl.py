@@ -43,7 +43,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dim", type=int, default=5)
-    parser.add_argument("--num-context", type=int, default=40)
+    parser.add_argument("--num-context", type=int, default=160)
     parser.add_argument("--kappa", type=float, default=25.0)
     parser.add_argument("--depth", type=int, default=5)
     parser.add_argument("--max-loops", type=int, default=30)
@@ -74,8 +74,8 @@ def normalised_mse(predictions, targets, reduce=np.mean):
     return reduce((predictions - targets) ** 2, axis=0) / np.mean(targets**2)
 
 
-def expansive_fraction(model, data, num_context):
-    """Fraction of prompts on which the learned restricted loop is
+def expansive_prompts(model, data, num_context):
+    """Boolean mask of the prompts on which the learned restricted loop is
     expansive: spectral radius of `I - A S` above 1, `S` the prompt's
     in-context covariance (the GD iteration matrix is `I - A^T S` when
     `u = 0`; `A^T S` and `A S` have the same eigenvalues)."""
@@ -84,7 +84,7 @@ def expansive_fraction(model, data, num_context):
     s = np.einsum("bti,btj->bij", x, x) / num_context
     eye = np.eye(a.shape[0])
     radius = np.abs(np.linalg.eigvals(eye - a @ s)).max(axis=-1)
-    return float(np.mean(radius > 1.0))
+    return radius > 1.0
 
 
 def problems(args, num, seed, shift=0.0):
@@ -184,10 +184,16 @@ def main():
             for s in args.shifts
         }
         if looped and restricted:
-            expansive[name] = {
-                s: expansive_fraction(model, tests[s], args.num_context)
-                for s in args.shifts
-            }
+            expansive[name] = {}
+            for s in args.shifts:
+                mask = expansive_prompts(model, tests[s], args.num_context)
+                curve = loss_by_depth(
+                    model,
+                    tests[s],
+                    max_depth,
+                    lambda e, axis, keep=~mask: np.mean(e[keep], axis=axis),
+                )
+                expansive[name][s] = (float(np.mean(mask)), curve)
         cost_rows.append(
             {
                 "model": name,
@@ -248,7 +254,12 @@ def main():
                 "median@max": float(median[-1]),
             }
             if looped and restricted:
-                row["expansive_prompts"] = expansive[name][s]
+                share, contractive = expansive[name][s]
+                row["expansive_prompts"] = share
+                row["contractive_mean_monotone"] = bool(
+                    np.all(np.diff(contractive) < 0)
+                )
+                row["contractive_mean@max"] = float(contractive[-1])
             monotone_rows.append(row)
 
     # 2. loss vs shift at the training depth (and looped at max loops).
@@ -273,13 +284,16 @@ def main():
         f"depth L={args.depth}, deep models read after layer l)": loop_rows,
         "Monotonicity in depth (mean and median normalised squared error; "
         "expansive_prompts: share of prompts where the looped restricted "
-        "layer's GD map I - A S has spectral radius > 1)": monotone_rows,
+        "layer's GD map I - A S has spectral radius > 1; contractive_*: "
+        "the mean over the other prompts)": monotone_rows,
         "Loss vs distribution shift (spectrum widened by 1+s)": shift_rows,
         "Parameters and fit step time (ratio to looped_restricted)": (
             cost_rows
         ),
     }
-    name = f"looped_icl_{keras.backend.backend()}"
+    name = f"looped_icl_{keras.backend.backend()}" + (
+        "_quick" if args.quick else ""
+    )
     notes = (
         f"Plot: `{plot}`. Losses are E[(y_hat - y_q)^2] / E[y_q^2] on "
         f"{args.test_prompts} fresh prompts per shift; every model trained "
@@ -354,7 +368,10 @@ def _plot(args, curves, medians, small_shift):
     ax2.set_title("robustness to a widened spectrum")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    path = harness.result_path(f"looped_icl_{keras.backend.backend()}", ".png")
+    quick = "_quick" if args.quick else ""
+    path = harness.result_path(
+        f"looped_icl_{keras.backend.backend()}{quick}", ".png"
+    )
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -64,7 +64,7 @@ def make_optimizer(name, lr):
     return keras.optimizers.AdamW(learning_rate=lr, weight_decay=0.01)
 
 
-def run(folder, name, lr, seed, data, args, scale=1.0, timing=False):
+def build(folder, name, lr, seed, args, scale=1.0):
     keras.utils.set_random_seed(seed)
     lm = keras_hub.models.CausalLM.from_preset(folder, preprocessor=None)
     lm.backbone.enable_lora(rank=args.rank)
@@ -80,59 +80,64 @@ def run(folder, name, lr, seed, data, args, scale=1.0, timing=False):
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy("acc")],
         jit_compile=True,
     )
-    (x, y), (vx, vy) = data
+    return lm, optimizer
+
+
+def train_order(data, seed, args):
+    (x, y), _ = data
     n = args.steps * args.batch_size
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(y))[:n]
-    xs = {k: v[order] for k, v in x.items()}
-    out = {}
-    if timing:
-        out["step_s"] = harness.time_fit_steps(
-            lm, xs, y[order], batch_size=args.batch_size, steps=args.steps
-        )
-        out["state_bytes"] = harness.variables_bytes(
-            [
-                v
-                for v in optimizer.variables
-                if "iteration" not in v.path and "learning_rate" not in v.path
-            ]
-        )
-        return out
-    lm.fit(xs, y[order], batch_size=args.batch_size, epochs=1, verbose=0)
+    return {k: v[order] for k, v in x.items()}, y[order]
+
+
+def run(folder, name, lr, seed, data, args, scale=1.0):
+    lm, _ = build(folder, name, lr, seed, args, scale=scale)
+    xs, ys = train_order(data, seed, args)
+    _, (vx, vy) = data
+    lm.fit(xs, ys, batch_size=args.batch_size, epochs=1, verbose=0)
     res = lm.evaluate(vx, vy, batch_size=32, verbose=0, return_dict=True)
     return {"loss": float(res["loss"]), "acc": float(res["acc"])}
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--sequence-length", type=int, default=64)
-    args = parser.parse_args()
-    if args.steps is None:
-        args.steps = 40 if args.quick else 120
-    grids = {
-        "lora_rite": [1e-3, 3e-3] if args.quick else [1e-3, 3e-3, 1e-2],
-        "adam": [1e-3, 3e-3] if args.quick else [1e-3, 3e-3, 1e-2],
-        "adamw": [1e-3, 3e-3] if args.quick else [1e-3, 3e-3, 1e-2],
-    }
-    start = time.time()
-    folder = build_local_preset(**DEFAULT_CONFIG)
-    tokenizer = keras_hub.models.CausalLMPreprocessor.from_preset(
-        folder
-    ).tokenizer
-    train_docs, val_docs = stdlib_docstrings_corpus()
-    seq = args.sequence_length
-    train = windows_from(
-        token_stream(tokenizer, train_docs), seq, count=4096, seed=0
+def state_bytes(optimizer):
+    return harness.variables_bytes(
+        [
+            v
+            for v in optimizer.variables
+            if "iteration" not in v.path and "learning_rate" not in v.path
+        ]
     )
-    val = windows_from(token_stream(tokenizer, val_docs), seq)
-    data = (train, val)
 
-    # 1. tuning on seed 0, then seeds at the best learning rate.
+
+def part_cost(folder, data, args, lrs):
+    """Step time (interleaved rounds, median) and state bytes vs Adam."""
+    entries, optimizers = {}, {}
+    for name in ("adam", "lora_rite"):
+        lm, opt = build(folder, name, lrs[name], 0, args)
+        xs, ys = train_order(data, 0, args)
+        entries[name] = (lm, xs, ys, args.batch_size)
+        optimizers[name] = opt
+    times = harness.time_fit_interleaved(
+        entries, rounds=args.timing_rounds, steps_per_round=20
+    )
+    cost = [
+        {
+            "optimizer": name,
+            "step_s": times[name]["median"],
+            "step_s_min": times[name]["min"],
+            "state_bytes": state_bytes(optimizers[name]),
+        }
+        for name in entries
+    ]
+    harness.ratio_table(cost, key="optimizer", value="step_s", peer="adam")
+    harness.ratio_table(cost, key="optimizer", value="step_s_min", peer="adam")
+    harness.ratio_table(cost, key="optimizer", value="state_bytes", peer="adam")
+    return cost
+
+
+def part_quality(folder, data, args, grids):
+    """Learning rate tuned on seed 0 (held-out loss), then the seeds."""
     tuning, quality, best = [], [], {}
     for name, grid in grids.items():
         scores = {}
@@ -142,6 +147,7 @@ def main():
             tuning.append({"optimizer": name, "lr": lr, **r})
             print("tune", name, lr, r, flush=True)
         best[name] = min(scores, key=lambda k: scores[k]["loss"])
+        edge = best[name] in (min(grid), max(grid)) and len(grid) > 2
         results = [scores[best[name]]] + [
             run(folder, name, best[name], s, data, args)
             for s in range(1, args.seeds)
@@ -152,22 +158,19 @@ def main():
             {
                 "optimizer": name,
                 "lr": best[name],
+                "lr_at_grid_edge": edge,
                 "seeds": args.seeds,
                 "held_out_loss": f"{loss_m:.4f} +- {loss_s:.4f}",
                 "held_out_acc": f"{acc_m:.4f} +- {acc_s:.4f}",
+                "loss_mean": loss_m,
+                "acc_mean": acc_m,
             }
         )
         print(quality[-1], flush=True)
+    return tuning, quality, best
 
-    # 2. cost vs Adam, same run.
-    cost = []
-    for name in ("adam", "lora_rite"):
-        r = run(folder, name, best[name], 0, data, args, timing=True)
-        cost.append({"optimizer": name, **r})
-    harness.ratio_table(cost, key="optimizer", value="step_s", peer="adam")
-    harness.ratio_table(cost, key="optimizer", value="state_bytes", peer="adam")
 
-    # 3. invariance to the factor scale.
+def part_invariance(folder, data, args, best, tuning):
     invariance = []
     for name in ("lora_rite", "adam"):
         # s = 1 is the seed-0 tuning run at the best learning rate.
@@ -191,29 +194,105 @@ def main():
             }
         )
         print(invariance[-1], flush=True)
+    return invariance
 
-    backend = keras.backend.backend()
-    md = harness.write_results(
-        f"lora_rite_{backend}",
-        {
-            "Held-out quality at equal steps (best lr per optimizer)": quality,
-            "Learning-rate tuning (seed 0)": tuning,
-            "Step time and optimizer state vs Adam": cost,
-            "Invariance: final held-out loss with a scaled by s, b by 1/s": (
-                invariance
-            ),
-        },
-        meta={
-            "steps": args.steps,
-            "batch_size": args.batch_size,
-            "sequence_length": seq,
-            "rank": args.rank,
-            "seeds": args.seeds,
-            "quick": args.quick,
-            "wall_s": round(time.time() - start, 1),
-        },
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--part", default="all", choices=["all", "quality", "cost"]
     )
-    print(md)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sequence-length", type=int, default=64)
+    parser.add_argument("--timing-rounds", type=int, default=6)
+    parser.add_argument(
+        "--lrs",
+        default="",
+        help="cost part only: 'adam=3e-3,lora_rite=1e-2' (else read from "
+        "this backend's quality results)",
+    )
+    parser.add_argument(
+        "--grid",
+        default="",
+        help="comma-separated learning rates replacing the tuning grid "
+        "(e.g. the other backend's best, to confirm it at lower cost)",
+    )
+    args = parser.parse_args()
+    if args.steps is None:
+        args.steps = 40 if args.quick else 300
+    grid = [1e-3, 3e-3] if args.quick else [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    if args.grid:
+        grid = [float(v) for v in args.grid.split(",")]
+    grids = {name: grid for name in ("lora_rite", "adam", "adamw")}
+    start = time.time()
+    folder = build_local_preset(**DEFAULT_CONFIG)
+    tokenizer = keras_hub.models.CausalLMPreprocessor.from_preset(
+        folder
+    ).tokenizer
+    train_docs, val_docs = stdlib_docstrings_corpus()
+    seq = args.sequence_length
+    train = windows_from(
+        token_stream(tokenizer, train_docs), seq, count=4096, seed=0
+    )
+    val = windows_from(token_stream(tokenizer, val_docs), seq)
+    data = (train, val)
+    backend = keras.backend.backend()
+    suffix = f"_{backend}" + ("_quick" if args.quick else "")
+    meta = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "sequence_length": seq,
+        "rank": args.rank,
+        "seeds": args.seeds,
+        "quick": args.quick,
+    }
+    tables = {}
+    if args.part in ("all", "quality"):
+        tuning, quality, best = part_quality(folder, data, args, grids)
+        tables["Held-out quality at equal steps (best lr per optimizer)"] = (
+            quality
+        )
+        tables["Learning-rate tuning (seed 0)"] = tuning
+        invariance = part_invariance(folder, data, args, best, tuning)
+        title = "Invariance: final held-out loss with a scaled by s, b by 1/s"
+        tables[title] = invariance
+        meta["lr_grid"] = grid
+        meta["wall_s"] = round(time.time() - start, 1)
+        md = harness.write_results(f"lora_rite{suffix}", tables, meta=meta)
+        print(md)
+    if args.part in ("all", "cost"):
+        if args.part == "all":
+            lrs = best
+        elif args.lrs:
+            lrs = {
+                k: float(v)
+                for k, v in (kv.split("=") for kv in args.lrs.split(","))
+            }
+        else:
+            import json
+
+            with open(harness.result_path(f"lora_rite{suffix}", ".json")) as f:
+                table = json.load(f)["tables"][
+                    "Held-out quality at equal steps (best lr per optimizer)"
+                ]
+            lrs = {r["optimizer"]: r["lr"] for r in table}
+        cost = part_cost(folder, data, args, lrs)
+        meta.update(lrs=lrs, timing_rounds=args.timing_rounds)
+        md = harness.write_results(
+            f"lora_rite_cost{suffix}",
+            {"Step time and optimizer state vs Adam": cost},
+            meta=meta,
+            notes=(
+                "step_s: median over interleaved rounds of 20 fit steps "
+                "(the two models alternate, so machine drift hits both); "
+                "step_s_min: the fastest round."
+            ),
+        )
+        print(md)
 
 
 if __name__ == "__main__":

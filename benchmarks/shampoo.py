@@ -244,65 +244,67 @@ def _compile(lm, opt):
 
 
 def part_speed(args):
-    lm, config = load_lm()
-    batch = config["batch_size"]
-    steps = 20 if args.quick else args.speed_steps
-    (x, y), _ = lm_data(lm, config["sequence_length"], batch * (steps + 3))
-    initial = [np.array(w) for w in lm.weights]
-    rows = []
+    config = None
+    entries, optimizers = {}, {}
     for name, make in SPEED_OPTIMIZERS.items():
-        for w, v in zip(lm.weights, initial):
-            w.assign(v)
+        # One model per optimizer (same preset weights), all compiled and
+        # warmed up before any timing; then interleaved timed rounds.
+        lm, config = load_lm()
+        batch = config["batch_size"]
+        if not entries:
+            (x, y), _ = lm_data(
+                lm, config["sequence_length"], batch * args.speed_steps
+            )
         opt = make()
         _compile(lm, opt)
-        # Warm-up (compilation + the first root computation).
-        lm.fit(
-            {k: v[: 3 * batch] for k, v in x.items()},
-            y[: 3 * batch],
-            batch_size=batch,
-            verbose=0,
-        )
-        start = time.perf_counter()
-        lm.fit(
-            {k: v[3 * batch :] for k, v in x.items()},
-            y[3 * batch :],
-            batch_size=batch,
-            verbose=0,
-        )
-        per_step = (time.perf_counter() - start) / steps
+        entries[name] = (lm, x, y, batch)
+        optimizers[name] = opt
+    rounds = 3 if args.quick else args.speed_rounds
+    times = harness.time_fit_interleaved(
+        entries, rounds=rounds, steps_per_round=args.speed_steps
+    )
+    rows = []
+    for name in entries:
         rows.append(
             {
                 "optimizer": name,
-                "step_seconds": per_step,
-                "state_bytes": _state_bytes(opt),
+                "step_seconds": times[name]["median"],
+                "step_seconds_min": times[name]["min"],
+                "state_bytes": _state_bytes(optimizers[name]),
             }
         )
         print(rows[-1], flush=True)
-    rows = harness.ratio_table(
-        rows, key="optimizer", value="step_seconds", peer="Adam"
-    )
-    for r in rows:
-        r["vs_Adam"] = r.pop("step_seconds_ratio")
-    muon = [r for r in rows if r["optimizer"] == "Muon"][0]["step_seconds"]
-    for r in rows:
-        r["vs_Muon"] = r["step_seconds"] / muon
+    for peer in ("Adam", "Muon"):
+        ref = [r for r in rows if r["optimizer"] == peer][0]
+        for r in rows:
+            r[f"vs_{peer}"] = r["step_seconds"] / ref["step_seconds"]
+            r[f"vs_{peer}_min"] = (
+                r["step_seconds_min"] / ref["step_seconds_min"]
+            )
+    lm = entries["Adam"][0]
     n_params = int(sum(np.prod(w.shape) for w in lm.trainable_weights))
     suffix = f"_{keras.backend.backend()}" + ("_quick" if args.quick else "")
     md = harness.write_results(
         f"shampoo_speed{suffix}",
-        {"step time (amortised over the timed steps)": rows},
+        {"step time": rows},
         meta={
             "params": n_params,
-            "batch": batch,
-            "timed_steps": steps,
+            "batch": config["batch_size"],
             "sequence_length": config["sequence_length"],
+            "steps_per_round": args.speed_steps,
+            "rounds": rounds,
         },
         notes=(
-            "step_seconds = wall time of one `fit` over the timed steps / "
-            "steps, after a 3-step warm-up (compilation and the first root), "
-            "so a root recomputed every f steps is amortised. With f=100 "
-            "and fewer than 100 timed steps, no recomputation falls in the "
-            "window (its amortised cost is < 1/100 of a f=1 root)."
+            "One model per optimizer, all compiled and warmed up (3 steps: "
+            "compilation and the first root) before timing. Then `rounds` "
+            "rounds; in each, every model runs one `fit` of "
+            "`steps_per_round` steps, in an order rotated every round, so "
+            "that drifts of this shared virtual machine hit all rows alike. "
+            "step_seconds = median over rounds of (round wall time / "
+            "steps); *_min = fastest round. With f=10 each round of "
+            f"{args.speed_steps} steps includes its share of root "
+            "recomputations; with f=100 and rounds shorter than 100 steps, "
+            "some rounds contain none (amortised cost < 1/100 of f=1's)."
         ),
     )
     print(md)
@@ -310,18 +312,60 @@ def part_speed(args):
 
 QUALITY_GRID = {
     "Adam": (lambda lr: keras.optimizers.Adam(lr), [1e-3, 3e-3, 1e-2]),
-    "Muon": (lambda lr: keras.optimizers.Muon(lr), [1e-3, 3e-3, 1e-2]),
+    "Muon": (
+        lambda lr: keras.optimizers.Muon(lr),
+        [1e-3, 3e-3, 1e-2, 3e-2],
+    ),
     "OneSidedShampoo": (
         lambda lr: OneSidedShampoo(lr, precondition_frequency=10),
-        [1e-3, 3e-3, 1e-2],
+        [1e-3, 3e-3, 1e-2, 3e-2],
     ),
 }
+
+
+def schedule(peak, steps):
+    """The same schedule for every optimizer: linear warm-up over the first
+    10% of the steps to `peak`, then cosine decay to `0.1 * peak`."""
+    warmup = max(1, steps // 10)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=steps - warmup,
+        alpha=0.1,
+        warmup_target=peak,
+        warmup_steps=warmup,
+    )
+
+
+def cached_train_eval(name, make, lr, seed, steps, batch, seq_len, checkpoints):
+    """`train_eval`, memoised in `results/shampoo_quality_runs_<backend>.json`
+    (every finished run's validation curve), so that widening a learning-rate
+    grid or adding seeds re-runs only what is new."""
+    import json
+
+    path = harness.result_path(
+        f"shampoo_quality_runs_{keras.backend.backend()}", ".json"
+    )
+    runs = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            runs = json.load(f)
+    key = f"{name}|lr={lr:g}|seed={seed}|steps={steps}|batch={batch}|"
+    key += f"seq={seq_len}|checkpoints={','.join(map(str, checkpoints))}"
+    if key not in runs:
+        curve = train_eval(make, lr, seed, steps, batch, seq_len, checkpoints)
+        if os.path.exists(path):  # another process may have added runs
+            with open(path) as f:
+                runs = json.load(f)
+        runs[key] = curve
+        with open(path, "w") as f:
+            json.dump(runs, f, indent=1)
+    return runs[key]
 
 
 def train_eval(make, lr, seed, steps, batch, seq_len, checkpoints):
     lm, _ = load_lm(fresh_seed=seed)
     (x, y), (vx, vy) = lm_data(lm, seq_len, batch * steps, seed=seed)
-    _compile(lm, make(lr))
+    _compile(lm, make(schedule(lr, steps)))
     curve = []
     done = 0
     for c in checkpoints:
@@ -340,27 +384,30 @@ def part_quality(args):
 
     steps = 30 if args.quick else args.quality_steps
     seeds = [0, 1] if args.quick else list(range(args.seeds))
-    batch, seq_len = (
-        DEFAULT_CONFIG["batch_size"],
-        DEFAULT_CONFIG["sequence_length"],
-    )
+    batch = DEFAULT_CONFIG["batch_size"]
+    seq_len = args.quality_sequence_length
     n_points = args.checkpoints
     checkpoints = sorted(
         {max(1, steps * k // n_points) for k in range(1, n_points + 1)}
     )
-    rows, curves = [], {}
+    rows, curves, tuning = [], {}, []
     for name, (make, grid) in QUALITY_GRID.items():
         if args.lrs:
             grid = [float(v) for v in args.lrs.split(",")]
         tuned = {}
         for lr in grid:
-            tuned[lr] = train_eval(
-                make, lr, seeds[0], steps, batch, seq_len, checkpoints
+            tuned[lr] = cached_train_eval(
+                name, make, lr, seeds[0], steps, batch, seq_len, checkpoints
             )
             print(name, lr, tuned[lr][-1], flush=True)
+            tuning.append(
+                {"optimizer": name, "peak_lr": lr, "val_loss": tuned[lr][-1]}
+            )
         best_lr = min(grid, key=lambda lr: tuned[lr][-1])
         runs = [tuned[best_lr]] + [
-            train_eval(make, best_lr, s, steps, batch, seq_len, checkpoints)
+            cached_train_eval(
+                name, make, best_lr, s, steps, batch, seq_len, checkpoints
+            )
             for s in seeds[1:]
         ]
         mean_curve = np.mean(np.asarray(runs), axis=0)
@@ -370,6 +417,7 @@ def part_quality(args):
             {
                 "optimizer": name,
                 "best_lr": best_lr,
+                "lr_at_grid_edge": best_lr in (min(grid), max(grid)),
                 "val_loss_mean": mean,
                 "val_loss_std": std,
                 "seeds": len(runs),
@@ -393,18 +441,24 @@ def part_quality(args):
     fig.savefig(harness.result_path(f"shampoo_quality{suffix}", ".png"))
     md = harness.write_results(
         f"shampoo_quality{suffix}",
-        {"validation loss": rows},
+        {
+            "validation loss (mean over seeds, best peak lr)": rows,
+            "peak learning-rate tuning (seed 0)": tuning,
+        },
         meta={
             "steps": steps,
             "seeds": seeds,
             "batch": batch,
+            "sequence_length": seq_len,
             "checkpoints": checkpoints,
             "lr_grid": args.lrs or {k: v[1] for k, v in QUALITY_GRID.items()},
         },
         notes=(
             "The DEFAULT_CONFIG Gemma re-initialised from its config (not "
             "the pretrained preset weights), trained from scratch. "
-            "Learning rate tuned on seed 0; steps_to_Adam_final is the "
+            "Every optimizer uses the same schedule (linear warm-up over "
+            "10% of the steps to the peak lr, cosine decay to 0.1x). "
+            "Peak learning rate tuned on seed 0; steps_to_Adam_final is the "
             "first validation checkpoint at or below Adam's final mean "
             "validation loss."
         ),
@@ -422,8 +476,16 @@ def main():
     )
     parser.add_argument("--dim", type=int, default=10)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--speed-steps", type=int, default=40)
-    parser.add_argument("--quality-steps", type=int, default=150)
+    parser.add_argument("--speed-steps", type=int, default=20)
+    parser.add_argument("--speed-rounds", type=int, default=6)
+    parser.add_argument("--quality-steps", type=int, default=200)
+    parser.add_argument(
+        "--quality-sequence-length",
+        type=int,
+        default=64,
+        help="training windows of the quality part (the preset's own "
+        "sequence length is 128; 64 halves the cost on a 2-core CPU)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--checkpoints", type=int, default=10)
     parser.add_argument(

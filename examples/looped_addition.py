@@ -6,7 +6,7 @@
 regulariser (which pulls its layers towards a looped model) on sums of
 2-digit numbers, and prints exact-match test accuracy.
 
-    KERAS_BACKEND=jax python examples/looped_addition.py [--steps 300]
+    KERAS_BACKEND=jax python examples/looped_addition.py [--steps 3000]
 """
 
 import argparse
@@ -18,7 +18,7 @@ import numpy as np
 import keras_gr
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--steps", type=int, default=300)
+parser.add_argument("--steps", type=int, default=3000)
 parser.add_argument("--digits", type=int, default=2)
 args = parser.parse_args()
 
@@ -58,8 +58,16 @@ for name, num_layers, loops, regularise in [
         reg = keras_gr.regularizers.LoopingRegularizer(
             block.block_layers, block_size=1, strength=10.0
         ).attach()
+    # Linear warm-up (10% of the steps) then cosine decay, as in
+    # benchmarks/looped_reasoning.py.
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=args.steps,
+        warmup_target=2e-3,
+        warmup_steps=max(1, args.steps // 10),
+    )
     model.compile(
-        keras.optimizers.AdamW(2e-3),
+        keras.optimizers.AdamW(schedule, weight_decay=0.01),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=True,
     )

@@ -13,4 +13,5 @@ from keras_gr.data.icl_regression import icl_regression_problems
 from keras_gr.data.p_hop import hop_positions
 from keras_gr.data.p_hop import p_hop_dataset
 from keras_gr.data.p_hop import p_hop_examples
+from keras_gr.data.p_hop import p_hop_prefix_targets
 from keras_gr.data.p_hop import p_hop_vocab_size

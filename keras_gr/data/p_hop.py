@@ -29,6 +29,22 @@ def p_hop_vocab_size(alphabet_size=4):
     return alphabet_size + 2
 
 
+def _find_one_table(v):
+    """`find_1(v, i)` for every 1-indexed `i` in `[0, n]` (entry 0 is 0).
+
+    `find_1(v, i) = 1 + (last k < i with v[k] = v[i])`, all 1-indexed, or 0
+    if there is none. One left-to-right pass with a last-occurrence dict.
+    """
+    n = len(v)
+    find1 = np.zeros(n + 1, dtype=np.int64)
+    last = {}
+    for i in range(1, n + 1):
+        token = v[i - 1]
+        find1[i] = last[token] + 1 if token in last else 0
+        last[token] = i
+    return find1
+
+
 def hop_positions(v, p):
     """The positions `find_1(v, n), ..., find_p(v, n)` (1-indexed).
 
@@ -36,22 +52,55 @@ def hop_positions(v, p):
     last-occurrence table, O(n + p); a 0 means the hop does not exist (and
     every later hop is 0 too).
     """
-    v = np.asarray(v)
-    n = len(v)
-    # find1[i] for 1-indexed i in [1, n]: 1 + (last k < i with v[k] = v[i]),
-    # all 1-indexed; 0 if there is none.
-    find1 = np.zeros(n + 1, dtype=np.int64)
-    last = {}
-    for i in range(1, n + 1):
-        token = v[i - 1]
-        find1[i] = last[token] + 1 if token in last else 0
-        last[token] = i
+    find1 = _find_one_table(np.asarray(v))
     positions = []
-    i = n
+    i = len(v)
     for _ in range(p):
         i = int(find1[i]) if i > 0 else 0
         positions.append(i)
     return positions
+
+
+def p_hop_prefix_targets(sequences, p):
+    """The p-hop answer of every prefix: `v[find_p(v, i)]` for all `i`.
+
+    A causal model reading `v[1..n]` sees at position `i` exactly the
+    prefix `v[1..i]`, which is itself a p-hop problem with answer
+    `v[find_p(v, i)]` (when its `p` hops exist). Supervising every such
+    position gives up to `n` exact training problems per sequence instead
+    of one ("dense" supervision: a choice of this library for CPU-scale
+    training, documented in `benchmarks/looped_reasoning.py`; the last
+    position is the sequence's own problem).
+
+    Args:
+        sequences: int array `(num_examples, n)` of letters (as returned in
+            `p_hop_examples(...)["sequences"]`).
+        p: the number of hops.
+
+    Returns:
+        `(targets, valid)`: int32 `(num_examples, n)` with the answer letter
+        of prefix `i` at column `i - 1` (0 where undefined) and a bool mask
+        of the prefixes whose `p` hops all exist.
+    """
+    p = check_integer("p", p)
+    sequences = np.asarray(sequences)
+    if sequences.ndim != 2:
+        raise ValueError(
+            "`sequences` must be a 2-D array (num_examples, n). Received: "
+            f"sequences.shape={sequences.shape}"
+        )
+    num, n = sequences.shape
+    targets = np.zeros((num, n), dtype="int32")
+    valid = np.zeros((num, n), dtype=bool)
+    for row in range(num):
+        find1 = _find_one_table(sequences[row])
+        pos = np.arange(1, n + 1)
+        for _ in range(p):
+            pos = find1[pos]  # find1[0] = 0 keeps a missing hop missing.
+        ok = pos >= 1
+        valid[row] = ok
+        targets[row, ok] = sequences[row, pos[ok] - 1]
+    return targets, valid
 
 
 def p_hop_examples(
@@ -174,6 +223,7 @@ def p_hop_dataset(
 
 __all__ = [
     "hop_positions",
+    "p_hop_prefix_targets",
     "lm_arrays",
     "p_hop_dataset",
     "p_hop_examples",

@@ -12,15 +12,51 @@ graph applies `transformer_layers` (the *distinct* layers) in the order
 slot per *application* of a layer (a looped layer sees different inputs at
 every loop, so each application keeps its own keys and values), so
 `generate()` with the cache equals uncached greedy decoding.
+
+Choices the paper leaves open (it trains and evaluates at one depth):
+
+- **Loops at inference.** `num_loops` (the constructor argument, saved in the
+  config) is the depth used by `fit`, `predict` and plain calls. A different
+  depth is a *per-call* override, never a mutation of the model:
+  `backbone(inputs, num_loops=L)`, `causal_lm(inputs, num_loops=L)` and
+  `causal_lm.generate(prompt, num_loops=L)`. Weights do not depend on the
+  loop count (trainable parameters are those of the distinct layers), so an
+  override with `L` gives exactly the logits of a backbone built with
+  `num_loops=L` and the same weights; the generation cache then holds
+  `len(get_layer_schedule(L))` slots. The override must be a Python integer
+  `>= 1` (it fixes the unrolled graph, so it cannot be a traced tensor);
+  `generate()` compiles one function per value and keeps them until the
+  next `compile()`. To *train* at another depth, build the model with that
+  `num_loops` and copy the weights (the variable lists are identical):
+  `LoopedGemmaBackbone.from_config({**config, "num_loops": L})` then
+  `set_weights(old.get_weights())`.
+- **Serialization.** Both classes are registered under `keras_gr`, so
+  `model.save("x.keras")` / `keras.models.load_model` round-trip them, and
+  `save_to_preset(folder)` writes a keras-hub preset that the usual keras-hub
+  entry points load back (`keras_hub.models.CausalLM.from_preset(folder)`,
+  `keras_hub.models.Backbone.from_preset(folder)`, or the classes'
+  own `from_preset`) once `keras_gr.hub` has been imported (the import
+  registers the classes; keras-hub resolves the task class from the saved
+  backbone class). `LoopedGemmaCausalLM` also saves its compile config
+  (optimizer, loss, metrics, sampler), so a loaded `.keras` file resumes
+  training with the saved optimizer state.
 """
 
 import keras
 import keras_hub
+import numpy as np
 from keras import ops
 
 from keras_gr._validation import check_integer
 from keras_gr.layers.looped_block import LoopedBlock
 from keras_gr.layers.looped_block import _validate_num_loops
+
+
+def _check_num_loops(num_loops):
+    """Validates a loop count (`int` or NumPy integer `>= 1`)."""
+    if isinstance(num_loops, np.integer):
+        num_loops = int(num_loops)
+    return _validate_num_loops(num_loops)
 
 
 def layer_schedule(num_prelude_layers, num_looped_layers, num_loops, coda):
@@ -66,6 +102,18 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
         layer_schedule: indices into `transformer_layers` in application
             order; `num_applications = len(layer_schedule)` cache slots.
         looped_block: the `LoopedBlock` wrapping the middle layers.
+
+    Call arguments:
+        inputs: a dict with `"token_ids"` and `"padding_mask"`, `(batch,
+            seq)` integer tensors.
+        num_loops: optional Python integer `>= 1` overriding `num_loops`
+            for this call only (e.g. more loops at inference than in
+            training). Same weights, so the output equals that of a
+            backbone built with this `num_loops` and the same weights.
+            Defaults to `None` (the constructor's `num_loops`).
+
+    Returns:
+        The final hidden states, `(batch, seq, hidden_dim)`.
     """
 
     def __init__(
@@ -94,7 +142,7 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
     ):
         check_integer("num_prelude_layers", num_prelude_layers, 0)
         check_integer("num_looped_layers", num_looped_layers, 1)
-        _validate_num_loops(num_loops)
+        num_loops = _check_num_loops(num_loops)
         check_integer("num_coda_layers", num_coda_layers, 0)
         num_distinct = num_prelude_layers + num_looped_layers + num_coda_layers
         gemma_options = dict(
@@ -141,14 +189,9 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
         padding_mask_input = keras.Input(
             shape=(None,), dtype="int32", name="padding_mask"
         )
-        x = self.token_embedding(token_id_input)
-        x = x * ops.cast(ops.sqrt(hidden_dim), x.dtype)
-        for layer in self.transformer_layers[:start]:
-            x = layer(x, padding_mask=padding_mask_input)
-        x = self.looped_block(x, padding_mask=padding_mask_input)
-        for layer in self.transformer_layers[start + num_looped_layers :]:
-            x = layer(x, padding_mask=padding_mask_input)
-        sequence_output = self.layer_norm(x)
+        sequence_output = self._apply_layers(
+            token_id_input, padding_mask_input, num_prelude_layers, None
+        )
         keras_hub.models.Backbone.__init__(
             self,
             inputs={
@@ -178,6 +221,51 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
             num_prelude_layers, num_looped_layers, num_loops, num_coda_layers
         )
         self.num_applications = len(self.layer_schedule)
+
+    def call(self, inputs, training=None, mask=None, num_loops=None):
+        if num_loops is None:
+            return super().call(inputs, training=training, mask=mask)
+        num_loops = _check_num_loops(num_loops)
+        # The functional graph is unrolled at the constructor's depth; another
+        # depth runs the same layers eagerly / under the caller's trace.
+        return self._apply_layers(
+            inputs["token_ids"],
+            inputs["padding_mask"],
+            self.num_prelude_layers,
+            num_loops,
+        )
+
+    def compute_output_spec(
+        self, inputs, training=None, mask=None, num_loops=None
+    ):
+        if num_loops is not None:
+            _check_num_loops(num_loops)
+        return super().compute_output_spec(inputs, training=training, mask=mask)
+
+    def get_layer_schedule(self, num_loops=None):
+        """`layer_schedule` at `num_loops` (defaults to `self.num_loops`):
+        indices into `transformer_layers`, one per cache slot."""
+        num_loops = self.num_loops if num_loops is None else num_loops
+        return layer_schedule(
+            self.num_prelude_layers,
+            self.num_looped_layers,
+            _check_num_loops(num_loops),
+            self.num_coda_layers,
+        )
+
+    def _apply_layers(self, token_ids, padding_mask, num_prelude, num_loops):
+        """Embedding, prelude, looped block (`num_loops`, `None` for the
+        block's own), coda and final norm: the backbone's forward pass."""
+        x = self.token_embedding(token_ids)
+        hidden_dim = self.token_embedding.output_dim
+        x = x * ops.cast(ops.sqrt(hidden_dim), x.dtype)
+        for layer in self.transformer_layers[:num_prelude]:
+            x = layer(x, padding_mask=padding_mask)
+        x = self.looped_block(x, num_loops=num_loops, padding_mask=padding_mask)
+        num_middle = len(self.looped_block.block_layers)
+        for layer in self.transformer_layers[num_prelude + num_middle :]:
+            x = layer(x, padding_mask=padding_mask)
+        return self.layer_norm(x)
 
     def get_config(self):
         config = keras_hub.models.Backbone.get_config(self)
@@ -214,22 +302,127 @@ class LoopedGemmaCausalLM(keras_hub.models.GemmaCausalLM):
     """`GemmaCausalLM` over a `LoopedGemmaBackbone`.
 
     Training (`fit`) and the uncached forward pass are those of
-    `GemmaCausalLM`. The key/value cache of `generate()` has shape
-    `(batch, num_applications, 2, max_length, num_key_value_heads,
-    head_dim)`: one slot per application of a layer, in `layer_schedule`
-    order, because a looped layer attends over different keys/values at
-    each loop. `score()` (keras-hub's per-layer intercepts) is not
-    supported.
+    `GemmaCausalLM`, at the backbone's `num_loops`. The key/value cache of
+    `generate()` has shape `(batch, num_applications, 2, max_length,
+    num_key_value_heads, head_dim)`: one slot per application of a layer, in
+    `layer_schedule` order, because a looped layer attends over different
+    keys/values at each loop. `score()` (keras-hub's per-layer intercepts)
+    is not supported.
+
+    A different depth at inference than in training is a per-call
+    override (see the module docstring): `causal_lm(inputs, num_loops=L)`
+    returns the logits at `L` loops and `generate(..., num_loops=L)` decodes
+    at `L` loops with a cache of `len(backbone.get_layer_schedule(L))`
+    slots; the model's config, weights and parameter count are unchanged.
+
+    Saving: `save("x.keras")` / `keras.models.load_model` and keras-hub
+    presets (`save_to_preset(folder)`, then
+    `keras_hub.models.CausalLM.from_preset(folder)` or
+    `LoopedGemmaCausalLM.from_preset(folder)`, with `keras_gr.hub`
+    imported) both restore the architecture (including `num_loops` and the
+    prelude / looped / coda split) and the weights. The compile config
+    (optimizer, loss, metrics, sampler) is saved too, so `load_model`
+    returns a compiled model whose optimizer state resumes training.
+
+    Call arguments:
+        inputs: a dict with `"token_ids"` and `"padding_mask"`.
+        num_loops: optional Python integer `>= 1` overriding the
+            backbone's `num_loops` for this call. Defaults to `None`.
+
+    Returns:
+        The logits, `(batch, seq, vocabulary_size)`.
     """
 
     backbone_cls = LoopedGemmaBackbone
 
-    def call_with_cache(self, token_ids, cache, cache_update_index):
+    def __init__(self, backbone, preprocessor=None, **kwargs):
+        # Loop count of the generate() call in progress (None: backbone's),
+        # the one `generate_function` was traced with, and the compiled
+        # generate function of every loop count used since `compile()`.
+        self._generate_num_loops = None
+        self._generate_function_num_loops = None
+        self._generate_functions = {}
+        super().__init__(backbone=backbone, preprocessor=preprocessor, **kwargs)
+
+    def call(self, inputs, training=None, mask=None, num_loops=None):
+        if num_loops is None:
+            return super().call(inputs, training=training, mask=mask)
+        hidden_states = self.backbone(
+            inputs, training=training, num_loops=num_loops
+        )
+        return self.backbone.token_embedding(hidden_states, reverse=True)
+
+    def compute_output_spec(
+        self, inputs, training=None, mask=None, num_loops=None
+    ):
+        if num_loops is not None:
+            _check_num_loops(num_loops)
+        return super().compute_output_spec(inputs, training=training, mask=mask)
+
+    def generate(
+        self,
+        inputs,
+        max_length=None,
+        stop_token_ids="auto",
+        strip_prompt=False,
+        num_loops=None,
+    ):
+        """`GemmaCausalLM.generate`, optionally at another loop count.
+
+        Args:
+            inputs, max_length, stop_token_ids, strip_prompt: see
+                `keras_hub.models.CausalLM.generate`.
+            num_loops: optional Python integer `>= 1`: decode with the
+                looped block applied this many times (cache slots follow).
+                Defaults to `None` (the backbone's `num_loops`).
+        """
+        if num_loops is not None:
+            num_loops = _check_num_loops(num_loops)
+        previous = self._generate_num_loops
+        self._generate_num_loops = num_loops
+        try:
+            return super().generate(
+                inputs,
+                max_length=max_length,
+                stop_token_ids=stop_token_ids,
+                strip_prompt=strip_prompt,
+            )
+        finally:
+            self._generate_num_loops = previous
+
+    def make_generate_function(self):
+        # One compiled function per loop count (the count is a Python int
+        # read while tracing), kept while the model is not recompiled:
+        # `compile()` / quantization reset `generate_function` to `None`.
+        num_loops = self._active_num_loops(None)
+        functions = self._generate_functions
+        current = self.generate_function
+        if (
+            current is None
+            or functions.get(self._generate_function_num_loops) is not current
+        ):
+            functions.clear()
+        if num_loops not in functions:
+            self.generate_function = None
+            functions[num_loops] = super().make_generate_function()
+        self.generate_function = functions[num_loops]
+        self._generate_function_num_loops = num_loops
+        return self.generate_function
+
+    def call_with_cache(
+        self, token_ids, cache, cache_update_index, num_loops=None
+    ):
+        """`GemmaCausalLM.call_with_cache` with one cache slot per layer
+        application; `num_loops` defaults to the `generate()` call's
+        override, else the backbone's `num_loops`."""
         backbone = self.backbone
+        schedule = backbone.get_layer_schedule(
+            self._active_num_loops(num_loops)
+        )
         x = backbone.token_embedding(token_ids)
         x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
         caches = []
-        for slot, index in enumerate(backbone.layer_schedule):
+        for slot, index in enumerate(schedule):
             x, next_cache = backbone.transformer_layers[index](
                 x,
                 cache=cache[:, slot, ...],
@@ -241,27 +434,55 @@ class LoopedGemmaCausalLM(keras_hub.models.GemmaCausalLM):
         logits = backbone.token_embedding(x, reverse=True)
         return logits, hidden_states, cache
 
-    def _build_cache(self, token_ids):
+    def _build_cache(self, token_ids, num_loops=None):
         backbone = self.backbone
+        num_loops = self._active_num_loops(num_loops)
         batch_size = ops.shape(token_ids)[0]
         max_length = ops.shape(token_ids)[1]
         shape = [
             batch_size,
-            backbone.num_applications,
+            len(backbone.get_layer_schedule(num_loops)),
             2,
             max_length,
             backbone.num_key_value_heads,
             backbone.head_dim,
         ]
         cache = ops.zeros(shape, dtype=self.compute_dtype)
-        _, hidden_states, cache = self.call_with_cache(token_ids, cache, 0)
+        _, hidden_states, cache = self.call_with_cache(
+            token_ids, cache, 0, num_loops=num_loops
+        )
         return hidden_states, cache
+
+    def _active_num_loops(self, num_loops):
+        if num_loops is not None:
+            return _check_num_loops(num_loops)
+        if self._generate_num_loops is not None:
+            return self._generate_num_loops
+        return self.backbone.num_loops
 
     def score(self, *args, **kwargs):
         raise NotImplementedError(
             "`LoopedGemmaCausalLM.score()` is not supported (keras-hub's "
             "per-layer intercepts assume one application per layer)."
         )
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config and getattr(self, "sampler", None) is not None:
+            config = dict(config)
+            config["sampler"] = keras_hub.samplers.serialize(self.sampler)
+        return config
+
+    def compile_from_config(self, config):
+        # keras-hub's `compile()` is custom, so Keras skips it on load; here
+        # the saved arguments are replayed and the optimizer built, so that
+        # `load_model` restores its state (resumable training).
+        config = dict(config)
+        sampler = config.pop("sampler", "greedy")
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config, sampler=sampler)
+        if self.built and getattr(self, "optimizer", None) is not None:
+            self.optimizer.build(self.trainable_variables)
 
 
 def source_layer_map(num_distinct, num_source):

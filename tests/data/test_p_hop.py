@@ -5,6 +5,7 @@ from keras_gr.data import hop_positions
 from keras_gr.data import lm_arrays
 from keras_gr.data import p_hop_dataset
 from keras_gr.data import p_hop_examples
+from keras_gr.data import p_hop_prefix_targets
 from keras_gr.data import p_hop_vocab_size
 
 
@@ -94,3 +95,28 @@ def test_bad_arguments(kwargs, name):
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
         p_hop_examples(**args)
+
+
+@pytest.mark.parametrize("p", [1, 2, 4])
+def test_prefix_targets_by_direct_search(p):
+    data = p_hop_examples(60, p, 14, seed=10 + p, allow_adjacent_repeats=True)
+    targets, valid = p_hop_prefix_targets(data["sequences"], p)
+    for row in range(60):
+        v = list(data["sequences"][row])
+        for i in range(1, 15):
+            hops = _brute_force(v[:i], p)
+            exists = hops[-1] >= 1
+            assert valid[row, i - 1] == exists, (row, i)
+            if exists:
+                assert targets[row, i - 1] == v[hops[-1] - 1]
+        # The last prefix is the sequence's own problem.
+        assert valid[row, -1]
+        assert targets[row, -1] == data["answers"][row]
+    assert 0 < valid.mean() < 1  # short prefixes lack their hops
+
+
+def test_prefix_targets_bad_input():
+    with pytest.raises(ValueError, match="`p`"):
+        p_hop_prefix_targets(np.zeros((2, 5), "int32"), 0)
+    with pytest.raises(ValueError, match="`sequences`"):
+        p_hop_prefix_targets(np.zeros((5,), "int32"), 1)

@@ -1,3 +1,5 @@
+import re
+
 import keras
 import keras_hub
 import numpy as np
@@ -28,6 +30,9 @@ def test_layer_schedule_and_map():
         1,
     ]
     assert source_layer_map(4, 4) == [0, 1, 2, 3]
+    backbone = LoopedGemmaBackbone(**SMALL, num_prelude_layers=2, num_loops=2)
+    assert backbone.get_layer_schedule() == backbone.layer_schedule
+    assert backbone.get_layer_schedule(4) == [0, 1, 2, 2, 2, 2, 3]
 
 
 def test_params_equal_unlooped_and_forward_by_hand():
@@ -49,20 +54,74 @@ def test_params_equal_unlooped_and_forward_by_hand():
         keras.ops.convert_to_numpy(want),
         atol=1e-5,
     )
+    # Call-time override: the middle layer 5 times, same parameters.
+    got = looped({"token_ids": tokens, "padding_mask": mask}, num_loops=5)
+    x = looped.token_embedding(tokens) * np.sqrt(16.0).astype("float32")
+    for index in [0, 1, 1, 1, 1, 1, 2]:
+        x = looped.transformer_layers[index](x, padding_mask=mask)
+    want = looped.layer_norm(x)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(got),
+        keras.ops.convert_to_numpy(want),
+        atol=1e-5,
+    )
+    assert looped.count_params() == plain.count_params()
 
 
-def _greedy_uncached(lm, prompt, total):
+def _greedy_uncached(lm, prompt, total, num_loops=None):
     """Greedy decoding by full forward passes (no cache): a fixed padded
-    length, so a causal model's logits at position t see tokens <= t only."""
+    length, so a causal model's logits at position t see tokens <= t only.
+    `num_loops` goes through the call-time override."""
     tokens = np.zeros((1, total), dtype="int32")
     tokens[0, : len(prompt)] = prompt
-    for t in range(len(prompt), total):
-        mask = (np.arange(total) < t).astype("int32")[None]
-        logits = lm.predict_on_batch(
-            {"token_ids": tokens, "padding_mask": mask}
-        )
-        tokens[0, t] = int(np.argmax(np.asarray(logits)[0, t - 1]))
+    preprocessor, lm.preprocessor = lm.preprocessor, None
+    try:
+        for t in range(len(prompt), total):
+            mask = (np.arange(total) < t).astype("int32")[None]
+            inputs = {"token_ids": tokens, "padding_mask": mask}
+            if num_loops is None:
+                logits = lm.predict_on_batch(inputs)
+            else:
+                logits = lm(inputs, num_loops=num_loops)
+            logits = keras.ops.convert_to_numpy(logits)
+            tokens[0, t] = int(np.argmax(logits[0, t - 1]))
+    finally:
+        lm.preprocessor = preprocessor
     return tokens[0].tolist()
+
+
+def _cached_greedy(lm, prompt, total, num_loops=None):
+    """`generate()` on token ids (preprocessor detached, no stop token)."""
+    token_ids = np.zeros((1, total), dtype="int32")
+    token_ids[0, : len(prompt)] = prompt
+    padding = np.zeros_like(token_ids)
+    padding[0, : len(prompt)] = 1
+    preprocessor, lm.preprocessor = lm.preprocessor, None
+    try:
+        out = lm.generate(
+            {"token_ids": token_ids, "padding_mask": padding},
+            stop_token_ids=None,
+            num_loops=num_loops,
+        )
+    finally:
+        lm.preprocessor = preprocessor
+    return [int(t) for t in np.asarray(out["token_ids"])[0]]
+
+
+def _numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _perturb(model, seed):
+    """Moves every weight away from its preset value (seeded), so a
+    round trip that silently reloaded the preset would be caught."""
+    rng = np.random.default_rng(seed)
+    model.set_weights(
+        [
+            w + 0.05 * rng.standard_normal(w.shape).astype(w.dtype)
+            for w in model.get_weights()
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,31 +136,80 @@ def looped_lm(tiny_preset):
     )
 
 
+PROMPT = [2, 17, 33, 9]
+TOTAL = 10
+
+
 def test_cached_generation_equals_uncached_greedy(looped_lm):
     lm = looped_lm
     assert isinstance(lm, LoopedGemmaCausalLM)
     assert lm.backbone.num_applications == 5
-    prompt = [2, 17, 33, 9]
-    total = 12
-    token_ids = np.zeros((1, total), dtype="int32")
-    token_ids[0, : len(prompt)] = prompt
-    padding = np.zeros_like(token_ids)
-    padding[0, : len(prompt)] = 1
-    lm.compile(sampler="greedy")
-    preprocessor, lm.preprocessor = lm.preprocessor, None
-    try:
-        out = lm.generate(
-            {"token_ids": token_ids, "padding_mask": padding},
-            stop_token_ids=None,
-        )
-        cached = [int(t) for t in np.asarray(out["token_ids"])[0]]
-        want = _greedy_uncached(lm, prompt, total)
-    finally:
-        lm.preprocessor = preprocessor
-    assert cached == want
+    lm.compile(sampler="greedy", jit_compile=True)
+    default = _cached_greedy(lm, PROMPT, TOTAL)
+    assert default == _greedy_uncached(lm, PROMPT, TOTAL)
+    default_function = lm.generate_function
+    # Generate-time override: more loops than in training, cache follows.
+    deeper = _cached_greedy(lm, PROMPT, TOTAL, num_loops=5)
+    assert deeper == _greedy_uncached(lm, PROMPT, TOTAL, num_loops=5)
+    # The override is per call: the default depth is back (no stale
+    # compiled function).
+    assert _cached_greedy(lm, PROMPT, TOTAL) == default
+    # ... and its compiled function is reused, not retraced.
+    assert lm.generate_function is default_function
     # The cache really has one slot per application.
-    _, cache = lm._build_cache(keras.ops.convert_to_tensor(token_ids))
+    token_ids = keras.ops.convert_to_tensor(np.zeros((1, TOTAL), "int32"))
+    _, cache = lm._build_cache(token_ids)
     assert tuple(cache.shape)[1] == 5
+    _, cache = lm._build_cache(token_ids, num_loops=5)
+    assert tuple(cache.shape)[1] == len(lm.backbone.get_layer_schedule(5))
+    assert tuple(cache.shape)[1] == 7
+    assert lm.backbone.num_loops == 3
+
+
+def test_loop_override_equals_backbone_built_with_that_depth(looped_lm):
+    lm = looped_lm
+    inputs = {
+        "token_ids": np.array([[2, 17, 33, 9, 40, 0]], dtype="int32"),
+        "padding_mask": np.array([[1, 1, 1, 1, 1, 0]], dtype="int32"),
+    }
+    default = _numpy(lm(inputs))
+    params = lm.count_params()
+    trainable = sum(int(np.prod(w.shape)) for w in lm.trainable_weights)
+    for num_loops in (1, 5):
+        got = _numpy(lm(inputs, num_loops=num_loops))
+        config = dict(lm.backbone.get_config(), num_loops=num_loops)
+        backbone = LoopedGemmaBackbone.from_config(config)
+        backbone.set_weights(lm.backbone.get_weights())
+        other = LoopedGemmaCausalLM(backbone=backbone)
+        np.testing.assert_allclose(
+            got, _numpy(other(inputs)), rtol=1e-5, atol=1e-5
+        )
+        # The override really changes the depth.
+        assert np.abs(got - default).max() > 1e-3
+        hidden = lm.backbone(inputs, num_loops=np.int64(num_loops))
+        np.testing.assert_allclose(
+            _numpy(hidden), _numpy(backbone(inputs)), rtol=1e-5, atol=1e-5
+        )
+    # Nothing was built or changed by the overrides.
+    assert lm.count_params() == params
+    assert sum(int(np.prod(w.shape)) for w in lm.trainable_weights) == (
+        trainable
+    )
+    assert lm.backbone.num_loops == 3
+    np.testing.assert_array_equal(_numpy(lm(inputs)), default)
+    # The override in the functional API (a symbolic call).
+    token_ids = keras.Input(shape=(None,), dtype="int32")
+    padding_mask = keras.Input(shape=(None,), dtype="int32")
+    symbolic = {"token_ids": token_ids, "padding_mask": padding_mask}
+    hidden = lm.backbone(symbolic, num_loops=5)
+    functional = keras.Model(symbolic, hidden)
+    assert functional.count_params() == lm.backbone.count_params()
+    np.testing.assert_allclose(
+        _numpy(functional(inputs)),
+        _numpy(lm.backbone(inputs, num_loops=5)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_generate_strings_and_fit(looped_lm, tiny_preset):
@@ -124,6 +232,117 @@ def test_generate_strings_and_fit(looped_lm, tiny_preset):
     history = lm.fit(data, batch_size=8, epochs=4, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < losses[0]
+    # After a jit-compiled fit, the (jit-compiled) override still decodes
+    # exactly as uncached greedy at that depth.
+    assert _cached_greedy(lm, PROMPT, TOTAL, num_loops=2) == (
+        _greedy_uncached(lm, PROMPT, TOTAL, num_loops=2)
+    )
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "3", True, None])
+def test_bad_num_loops_override(looped_lm, bad):
+    lm = looped_lm
+    inputs = {
+        "token_ids": np.array([[2, 17, 33]], dtype="int32"),
+        "padding_mask": np.ones((1, 3), dtype="int32"),
+    }
+    message = re.escape(
+        f"`num_loops` must be a positive integer (>= 1). "
+        f"Received: num_loops={bad!r}"
+    )
+    if bad is not None:  # None means "the default" for the overrides.
+        with pytest.raises(ValueError, match=message):
+            lm(inputs, num_loops=bad)
+        with pytest.raises(ValueError, match=message):
+            lm.backbone(inputs, num_loops=bad)
+        with pytest.raises(ValueError, match=message):
+            lm.generate("the", max_length=6, num_loops=bad)
+        with pytest.raises(ValueError, match=message):
+            lm.backbone.get_layer_schedule(bad)
+    with pytest.raises(ValueError, match=message):
+        LoopedGemmaBackbone(**SMALL, num_loops=bad)
+
+
+def _fit_one_step(lm, data):
+    lm.fit(data, batch_size=len(data), epochs=1, shuffle=False, verbose=0)
+
+
+def test_keras_save_load_and_resume_training(tiny_preset, tmp_path):
+    keras.utils.set_random_seed(1)
+    lm = looped_gemma_from_preset(
+        tiny_preset,
+        num_prelude_layers=1,
+        num_looped_layers=1,
+        num_loops=3,
+        num_coda_layers=0,
+    )
+    _perturb(lm.backbone, seed=1)
+    lm.preprocessor.sequence_length = 12
+    lm.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    data = ["def foo(x): return x + 1", "class Bar: pass"] * 2
+    _fit_one_step(lm, data)
+    path = str(tmp_path / "looped.keras")
+    lm.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is LoopedGemmaCausalLM
+    assert type(loaded.backbone) is LoopedGemmaBackbone
+    assert loaded.backbone.get_config() == lm.backbone.get_config()
+    assert loaded.backbone.layer_schedule == [0, 1, 1, 1]
+    inputs = {
+        "token_ids": np.array([[2, 17, 33, 9, 40, 0]], dtype="int32"),
+        "padding_mask": np.array([[1, 1, 1, 1, 1, 0]], dtype="int32"),
+    }
+    np.testing.assert_array_equal(_numpy(loaded(inputs)), _numpy(lm(inputs)))
+    np.testing.assert_array_equal(
+        _numpy(loaded(inputs, num_loops=5)), _numpy(lm(inputs, num_loops=5))
+    )
+    assert loaded.generate("the", max_length=10) == lm.generate(
+        "the", max_length=10
+    )
+    # The optimizer state came back too, so training resumes exactly.
+    assert loaded.optimizer is not None
+    assert int(_numpy(loaded.optimizer.iterations)) == 1
+    for a, b in zip(loaded.optimizer.variables, lm.optimizer.variables):
+        np.testing.assert_array_equal(_numpy(a), _numpy(b))
+    _fit_one_step(lm, data)
+    _fit_one_step(loaded, data)
+    for a, b in zip(loaded.get_weights(), lm.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_keras_hub_preset_round_trip(looped_lm, tmp_path):
+    lm = looped_lm
+    folder = str(tmp_path / "looped_preset")
+    lm.save_to_preset(folder)
+    inputs = {
+        "token_ids": np.array([[2, 17, 33, 9, 40, 0]], dtype="int32"),
+        "padding_mask": np.array([[1, 1, 1, 1, 1, 0]], dtype="int32"),
+    }
+    want = _numpy(lm(inputs))
+    # keras-hub's generic entry point resolves the registered subclass.
+    for loaded in (
+        keras_hub.models.CausalLM.from_preset(folder),
+        LoopedGemmaCausalLM.from_preset(folder),
+    ):
+        assert type(loaded) is LoopedGemmaCausalLM
+        config = loaded.backbone.get_config()
+        assert config == lm.backbone.get_config()
+        assert (
+            config["num_prelude_layers"],
+            config["num_looped_layers"],
+            config["num_loops"],
+            config["num_coda_layers"],
+        ) == (1, 1, 3, 1)
+        np.testing.assert_array_equal(_numpy(loaded(inputs)), want)
+    backbone = keras_hub.models.Backbone.from_preset(folder)
+    assert type(backbone) is LoopedGemmaBackbone
+    np.testing.assert_array_equal(
+        _numpy(backbone(inputs)), _numpy(lm.backbone(inputs))
+    )
 
 
 def test_bad_arguments():
