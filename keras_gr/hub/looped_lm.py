@@ -44,19 +44,11 @@ Choices the paper leaves open (it trains and evaluates at one depth):
 
 import keras
 import keras_hub
-import numpy as np
 from keras import ops
 
 from keras_gr._validation import check_integer
 from keras_gr.layers.looped_block import LoopedBlock
 from keras_gr.layers.looped_block import _validate_num_loops
-
-
-def _check_num_loops(num_loops):
-    """Validates a loop count (`int` or NumPy integer `>= 1`)."""
-    if isinstance(num_loops, np.integer):
-        num_loops = int(num_loops)
-    return _validate_num_loops(num_loops)
 
 
 def layer_schedule(num_prelude_layers, num_looped_layers, num_loops, coda):
@@ -142,7 +134,7 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
     ):
         check_integer("num_prelude_layers", num_prelude_layers, 0)
         check_integer("num_looped_layers", num_looped_layers, 1)
-        num_loops = _check_num_loops(num_loops)
+        num_loops = _validate_num_loops(num_loops)
         check_integer("num_coda_layers", num_coda_layers, 0)
         num_distinct = num_prelude_layers + num_looped_layers + num_coda_layers
         gemma_options = dict(
@@ -225,7 +217,7 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
     def call(self, inputs, training=None, mask=None, num_loops=None):
         if num_loops is None:
             return super().call(inputs, training=training, mask=mask)
-        num_loops = _check_num_loops(num_loops)
+        num_loops = _validate_num_loops(num_loops)
         # The functional graph is unrolled at the constructor's depth; another
         # depth runs the same layers eagerly / under the caller's trace.
         return self._apply_layers(
@@ -239,7 +231,7 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
         self, inputs, training=None, mask=None, num_loops=None
     ):
         if num_loops is not None:
-            _check_num_loops(num_loops)
+            _validate_num_loops(num_loops)
         return super().compute_output_spec(inputs, training=training, mask=mask)
 
     def get_layer_schedule(self, num_loops=None):
@@ -249,7 +241,7 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
         return layer_schedule(
             self.num_prelude_layers,
             self.num_looped_layers,
-            _check_num_loops(num_loops),
+            _validate_num_loops(num_loops),
             self.num_coda_layers,
         )
 
@@ -356,7 +348,7 @@ class LoopedGemmaCausalLM(keras_hub.models.GemmaCausalLM):
         self, inputs, training=None, mask=None, num_loops=None
     ):
         if num_loops is not None:
-            _check_num_loops(num_loops)
+            _validate_num_loops(num_loops)
         return super().compute_output_spec(inputs, training=training, mask=mask)
 
     def generate(
@@ -377,7 +369,7 @@ class LoopedGemmaCausalLM(keras_hub.models.GemmaCausalLM):
                 Defaults to `None` (the backbone's `num_loops`).
         """
         if num_loops is not None:
-            num_loops = _check_num_loops(num_loops)
+            num_loops = _validate_num_loops(num_loops)
         previous = self._generate_num_loops
         self._generate_num_loops = num_loops
         try:
@@ -455,7 +447,7 @@ class LoopedGemmaCausalLM(keras_hub.models.GemmaCausalLM):
 
     def _active_num_loops(self, num_loops):
         if num_loops is not None:
-            return _check_num_loops(num_loops)
+            return _validate_num_loops(num_loops)
         if self._generate_num_loops is not None:
             return self._generate_num_loops
         return self.backbone.num_loops

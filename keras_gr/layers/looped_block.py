@@ -3,20 +3,24 @@
 import inspect
 
 import keras
+import numpy as np
 from keras import ops
 
 
 def _validate_num_loops(num_loops, name="num_loops"):
+    """Returns `num_loops` as a Python `int` (NumPy integers accepted: the
+    count fixes the unrolled graph, so it must be concrete, never a
+    tensor); raises `ValueError` unless it is an integer `>= 1`."""
     if (
         isinstance(num_loops, bool)
-        or not isinstance(num_loops, int)
+        or not isinstance(num_loops, (int, np.integer))
         or num_loops < 1
     ):
         raise ValueError(
             f"`{name}` must be a positive integer (>= 1). "
             f"Received: {name}={num_loops!r}"
         )
-    return num_loops
+    return int(num_loops)
 
 
 def _accepted_kwargs(layer):
