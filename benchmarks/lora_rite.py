@@ -22,6 +22,7 @@ Run: `KERAS_BACKEND=jax python -m benchmarks.lora_rite [--quick]`.
 """
 
 import argparse
+import json
 import time
 
 import keras
@@ -273,8 +274,6 @@ def main():
                 for k, v in (kv.split("=") for kv in args.lrs.split(","))
             }
         else:
-            import json
-
             with open(harness.result_path(f"lora_rite{suffix}", ".json")) as f:
                 table = json.load(f)["tables"][
                     "Held-out quality at equal steps (best lr per optimizer)"

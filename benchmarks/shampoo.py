@@ -21,6 +21,7 @@ Run: `KERAS_BACKEND=jax .venv/bin/python -m benchmarks.shampoo [--quick]`.
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -340,8 +341,6 @@ def cached_train_eval(name, make, lr, seed, steps, batch, seq_len, checkpoints):
     """`train_eval`, memoised in `results/shampoo_quality_runs_<backend>.json`
     (every finished run's validation curve), so that widening a learning-rate
     grid or adding seeds re-runs only what is new."""
-    import json
-
     path = harness.result_path(
         f"shampoo_quality_runs_{keras.backend.backend()}", ".json"
     )
