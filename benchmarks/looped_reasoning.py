@@ -83,7 +83,7 @@ def pad_to(array, length):
     return out
 
 
-def task_data(task, cfg, quick):
+def task_data(task, cfg):
     if task == "p_hop":
         vocab = p_hop_vocab_size(4)
         train = p_hop_examples(
@@ -199,10 +199,10 @@ def model_rows(cfg):
     ]
 
 
-def timing_only(task, cfg, quick):
+def timing_only(task, cfg):
     """Step time and parameters of the untrained models of a task (same
     computation as trained ones), interleaved rounds, without training."""
-    vocab, (x, y, _), _ = task_data(task, cfg, quick)
+    vocab, (x, y, _), _ = task_data(task, cfg)
     batch = cfg["batch_size"]
     entries, rows = {}, []
     for name, kk, ll, reg in model_rows(cfg):
@@ -219,8 +219,8 @@ def timing_only(task, cfg, quick):
     return rows
 
 
-def run_task(task, cfg, quick):
-    vocab, train, tests = task_data(task, cfg, quick)
+def run_task(task, cfg):
+    vocab, train, tests = task_data(task, cfg)
     k = cfg["k"]
     models = model_rows(cfg)
     rows, entries = [], {}
@@ -302,7 +302,7 @@ def main():
     if args.timing_only:
         for task in args.tasks.split(","):
             tables[f"{task}: parameters and fit step time"] = timing_only(
-                task, configs[task], quick
+                task, configs[task]
             )
         md = harness.write_results(
             name + "_timing",
@@ -316,7 +316,7 @@ def main():
         return
     paper = {"p_hop": PAPER_P_HOP, "addition": PAPER_ADDITION}
     for task in args.tasks.split(","):
-        rows = run_task(task, configs[task], quick)
+        rows = run_task(task, configs[task])
         tables[f"{task}: test exact-match accuracy (%), this run"] = rows
         tables[f"{task}: the paper's accuracy (%)"] = [
             {"model": m, "accuracy": a} for m, a in paper[task].items()
