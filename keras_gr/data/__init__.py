@@ -5,6 +5,9 @@ from keras_gr.data._lm_tasks import lm_arrays
 from keras_gr.data.addition import ADDITION_VOCAB_SIZE
 from keras_gr.data.addition import addition_dataset
 from keras_gr.data.addition import addition_examples
+from keras_gr.data.corpora import CORPUS_SOURCES
+from keras_gr.data.corpora import LabelledCorpus
+from keras_gr.data.corpora import multi_source_corpus
 from keras_gr.data.corpora import pydoc_corpus
 from keras_gr.data.corpora import stdlib_docstrings_corpus
 from keras_gr.data.corpora import text_file_corpus
