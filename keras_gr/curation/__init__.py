@@ -1,0 +1,14 @@
+"""keras_gr.curation: embedding-based data curation.
+
+Sequence embedders, k-means in `keras.ops`, balanced selection, semantic
+deduplication and the evaluation measures of "Analyzing Similarity Metrics
+for Data Selection for Language Model Pretraining" (arXiv 2502.02494).
+"""
+
+from keras_gr.curation.kmeans import KMeans
+from keras_gr.curation.sequence_embedder import BackboneEmbedder
+from keras_gr.curation.sequence_embedder import FunctionEmbedder
+from keras_gr.curation.sequence_embedder import HashedNgramEmbedder
+from keras_gr.curation.sequence_embedder import RandomEmbedder
+from keras_gr.curation.sequence_embedder import SequenceEmbedder
+from keras_gr.curation.sequence_embedder import masked_mean
