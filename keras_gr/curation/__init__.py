@@ -5,10 +5,21 @@ deduplication and the evaluation measures of "Analyzing Similarity Metrics
 for Data Selection for Language Model Pretraining" (arXiv 2502.02494).
 """
 
+from keras_gr.curation.evaluation import curation_quality
+from keras_gr.curation.evaluation import loss_correlation
+from keras_gr.curation.evaluation import pretraining_loss
+from keras_gr.curation.evaluation import sequence_losses
+from keras_gr.curation.evaluation import source_separation
+from keras_gr.curation.evaluation import spearman
 from keras_gr.curation.kmeans import KMeans
+from keras_gr.curation.selection import balanced_quotas
+from keras_gr.curation.selection import balanced_selection
+from keras_gr.curation.selection import reference_similarity_selection
+from keras_gr.curation.selection import semantic_dedup
 from keras_gr.curation.sequence_embedder import BackboneEmbedder
 from keras_gr.curation.sequence_embedder import FunctionEmbedder
 from keras_gr.curation.sequence_embedder import HashedNgramEmbedder
 from keras_gr.curation.sequence_embedder import RandomEmbedder
 from keras_gr.curation.sequence_embedder import SequenceEmbedder
 from keras_gr.curation.sequence_embedder import masked_mean
+from keras_gr.curation.sequence_embedder import tokenized_dataset

@@ -58,9 +58,14 @@ def kmeans_plusplus(x, uniforms):
     Returns:
         `(k, d)` initial centroids.
     """
+    x = ops.convert_to_tensor(x, "float32")
+    uniforms = ops.convert_to_tensor(uniforms, "float32")
     n = ops.shape(x)[0]
     k, trials = ops.shape(uniforms)
-    first = ops.cast(ops.minimum(ops.floor(uniforms[0, 0] * n), n - 1), "int32")
+    first = ops.cast(
+        ops.floor(uniforms[0, 0] * ops.cast(n, "float32")), "int32"
+    )
+    first = ops.minimum(first, n - 1)
     first_point = ops.take(x, first[None], axis=0)
     min_dist = squared_distances(x, first_point)[:, 0]
     centroids = ops.zeros((k, ops.shape(x)[1]), x.dtype)
@@ -70,7 +75,7 @@ def kmeans_plusplus(x, uniforms):
     def body(i, state):
         centroids, min_dist = state
         cdf = ops.cumsum(min_dist)
-        targets = uniforms[i] * cdf[-1]
+        targets = ops.take(uniforms, i, axis=0) * cdf[-1]
         candidates = ops.minimum(
             ops.searchsorted(cdf, targets, side="right"), n - 1
         )
@@ -125,6 +130,8 @@ def lloyd(x, centroids, max_iter, tolerance, spherical=False):
         `inertia` (sum of squared distances) are those of the returned
         centroids.
     """
+    x = ops.convert_to_tensor(x, "float32")
+    centroids = ops.convert_to_tensor(centroids, "float32")
 
     def cond(i, centroids, shift):
         return ops.logical_and(i < max_iter, shift > tolerance)
@@ -155,11 +162,13 @@ def minibatch_kmeans(x, centroids, batch_indices, spherical=False):
         `(centroids, labels, inertia)` with labels and inertia over all of
         `x` for the final centroids.
     """
+    x = ops.convert_to_tensor(x, "float32")
+    centroids = ops.convert_to_tensor(centroids, "float32")
     k = ops.shape(centroids)[0]
 
     def body(i, state):
         centroids, counts = state
-        batch = ops.take(x, batch_indices[i], axis=0)
+        batch = ops.take(x, ops.take(batch_indices, i, axis=0), axis=0)
         labels, _ = assign(batch, centroids)
         sums = ops.segment_sum(batch, labels, num_segments=k)
         batch_counts = ops.segment_sum(

@@ -174,7 +174,6 @@ class BackboneEmbedder(SequenceEmbedder):
         self.tokenizer = tokenizer
         self.output_dim = int(backbone.token_embedding.output_dim)
         self._model = self._pooling_model()
-        self._packer = None
 
     @classmethod
     def from_preset(cls, preset, **kwargs):
@@ -213,40 +212,11 @@ class BackboneEmbedder(SequenceEmbedder):
             {"token_ids": token_ids, "padding_mask": padding_mask}
         )
 
-    def _pack(self, strings):
-        import keras_hub
-        import tensorflow as tf
-
-        if self._packer is None:
-            start = getattr(self.tokenizer, "start_token_id", None)
-            pad = getattr(self.tokenizer, "pad_token_id", None) or 0
-            self._packer = keras_hub.layers.StartEndPacker(
-                sequence_length=self.sequence_length,
-                start_value=start,
-                pad_value=pad,
-                return_padding_mask=True,
-            )
-        token_ids, padding_mask = self._packer(self.tokenizer(strings))
-        return {
-            "token_ids": token_ids,
-            "padding_mask": tf.cast(padding_mask, "int32"),
-        }
-
     def dataset(self, texts, batch_size=64):
-        """The `tf.data` pipeline `embed` runs: batches of packed token ids
-        and padding masks, every batch exactly `batch_size` long (the last
-        one padded by repeating its final text)."""
-        import tensorflow as tf
-
-        texts = _as_text_list(texts)
-        batch_size = check_integer("batch_size", batch_size)
-        pad = (-len(texts)) % batch_size
-        texts = texts + [texts[-1]] * pad
-        ds = tf.data.Dataset.from_tensor_slices(tf.constant(texts))
-        ds = ds.batch(batch_size).map(
-            self._pack, num_parallel_calls=tf.data.AUTOTUNE
+        """The `tf.data` pipeline `embed` runs (see `tokenized_dataset`)."""
+        return tokenized_dataset(
+            self.tokenizer, texts, self.sequence_length, batch_size
         )
-        return ds.prefetch(tf.data.AUTOTUNE)
 
     def embed(self, texts, batch_size=64, verbose=0):
         texts = _as_text_list(texts)
@@ -254,6 +224,44 @@ class BackboneEmbedder(SequenceEmbedder):
             self.dataset(texts, batch_size), verbose=verbose
         )
         return np.asarray(out, "float32")[: len(texts)]
+
+
+def tokenized_dataset(tokenizer, texts, sequence_length, batch_size=64):
+    """Texts -> a `tf.data` dataset of `{"token_ids", "padding_mask"}`
+    batches for a keras-hub model.
+
+    Each text is tokenised by `tokenizer`, gets the tokenizer's start token
+    (when it has one) and is truncated / padded to `sequence_length` with
+    its pad token. Every batch is exactly `batch_size` long: the last one is
+    filled up by repeating the final text, so a compiled `predict` never
+    retraces and a `keras.distribution.DataParallel` batch always divides
+    across devices; drop the extra rows from the result
+    (`[:len(texts)]`).
+    """
+    import keras_hub
+    import tensorflow as tf
+
+    texts = _as_text_list(texts)
+    sequence_length = check_integer("sequence_length", sequence_length)
+    batch_size = check_integer("batch_size", batch_size)
+    packer = keras_hub.layers.StartEndPacker(
+        sequence_length=sequence_length,
+        start_value=getattr(tokenizer, "start_token_id", None),
+        pad_value=getattr(tokenizer, "pad_token_id", None) or 0,
+        return_padding_mask=True,
+    )
+
+    def pack(strings):
+        token_ids, padding_mask = packer(tokenizer(strings))
+        return {
+            "token_ids": tf.cast(token_ids, "int32"),
+            "padding_mask": tf.cast(padding_mask, "int32"),
+        }
+
+    texts = texts + [texts[-1]] * ((-len(texts)) % batch_size)
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(texts))
+    ds = ds.batch(batch_size).map(pack, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
