@@ -342,8 +342,23 @@ def pretraining_loss(
     seeded by `seed` too, so two selections compared at the same seed start
     from the same initial model.
 
+    Args:
+        train_texts: texts to pretrain on.
+        validation_texts: texts to evaluate on, or a dict of named lists of
+            texts (then a dict of losses is returned).
+        tokenizer: a keras-hub tokenizer (its vocabulary sizes the model).
+        num_layers, hidden_dim, num_heads, intermediate_dim: the Gemma
+            size. Default to `2`, `64`, `2`, `256`.
+        sequence_length: window length. Defaults to `64`.
+        steps: optimizer steps. Defaults to `300`.
+        batch_size: windows per step. Defaults to `16`.
+        learning_rate: peak learning rate. Defaults to `3e-3`.
+        seed: integer seed of the windows and the initial weights.
+            Defaults to `0`.
+        verbose: `fit`'s verbosity. Defaults to `0`.
+
     Returns:
-        The validation loss, a float.
+        The validation loss (a float), or a dict of them.
     """
     import keras
     import keras_hub
@@ -354,28 +369,24 @@ def pretraining_loss(
     learning_rate = check_number(
         "learning_rate", learning_rate, minimum=0.0, min_inclusive=False
     )
-    train = _token_stream(tokenizer, _as_text_list(train_texts, "train_texts"))
-    val = _token_stream(
-        tokenizer, _as_text_list(validation_texts, "validation_texts")
-    )
-    for name, stream in (("train_texts", train), ("validation_texts", val)):
-        if len(stream) < sequence_length + 1:
+    named = isinstance(validation_texts, dict)
+    if not named:
+        validation_texts = {"validation_texts": validation_texts}
+    streams = {"train_texts": train_texts, **validation_texts}
+    for name, texts in streams.items():
+        streams[name] = _token_stream(tokenizer, _as_text_list(texts, name))
+        if len(streams[name]) < sequence_length + 1:
             raise ValueError(
                 f"`{name}` must hold at least sequence_length + 1 = "
-                f"{sequence_length + 1} tokens. Received: {len(stream)}"
+                f"{sequence_length + 1} tokens. Received: "
+                f"{len(streams[name])}"
             )
+    train = streams.pop("train_texts")
     rng = np.random.default_rng(seed)
     starts = rng.integers(
         0, len(train) - sequence_length, (steps * batch_size,)
     )
     windows = train[starts[:, None] + np.arange(sequence_length + 1)]
-    n_val = (len(val) - 1) // sequence_length
-    val_windows = np.stack(
-        [
-            val[i * sequence_length : i * sequence_length + sequence_length + 1]
-            for i in range(n_val)
-        ]
-    )
 
     def split(w):
         x = {
@@ -414,11 +425,16 @@ def pretraining_loss(
     model.fit(
         x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=verbose
     )
-    vx, vy = split(val_windows)
-    scores = model.evaluate(
-        vx, vy, batch_size=batch_size, verbose=0, return_dict=True
-    )
-    return float(scores["loss"])
+    losses = {}
+    for name, stream in streams.items():
+        n_val = (len(stream) - 1) // sequence_length
+        starts = np.arange(n_val)[:, None] * sequence_length
+        vx, vy = split(stream[starts + np.arange(sequence_length + 1)])
+        scores = model.evaluate(
+            vx, vy, batch_size=batch_size, verbose=0, return_dict=True
+        )
+        losses[name] = float(scores["loss"])
+    return losses if named else losses["validation_texts"]
 
 
 def curation_quality(
