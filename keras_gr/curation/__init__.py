@@ -23,3 +23,24 @@ from keras_gr.curation.sequence_embedder import RandomEmbedder
 from keras_gr.curation.sequence_embedder import SequenceEmbedder
 from keras_gr.curation.sequence_embedder import masked_mean
 from keras_gr.curation.sequence_embedder import tokenized_dataset
+
+__all__ = [
+    "curation_quality",
+    "loss_correlation",
+    "pretraining_loss",
+    "sequence_losses",
+    "source_separation",
+    "spearman",
+    "KMeans",
+    "balanced_quotas",
+    "balanced_selection",
+    "reference_similarity_selection",
+    "semantic_dedup",
+    "BackboneEmbedder",
+    "FunctionEmbedder",
+    "HashedNgramEmbedder",
+    "RandomEmbedder",
+    "SequenceEmbedder",
+    "masked_mean",
+    "tokenized_dataset",
+]

@@ -77,6 +77,15 @@ class SequenceEmbedder:
 
     Subclasses set `output_dim` and implement `_embed_batch(list_of_str)`
     (or override `embed`).
+
+    Example:
+
+    >>> class LengthEmbedder(SequenceEmbedder):
+    ...     output_dim = 1
+    ...     def _embed_batch(self, texts):
+    ...         return [[len(t)] for t in texts]
+    >>> LengthEmbedder().embed(["a", "abc", "ab"], batch_size=2).tolist()
+    [[1.0], [3.0], [2.0]]
     """
 
     output_dim = None
@@ -134,12 +143,21 @@ class BackboneEmbedder(SequenceEmbedder):
         sequence_length: tokens per text after truncation. Defaults to
             `128`.
 
-    Example (with a local preset folder):
+    Example (an untrained one-layer Gemma on bytes; with a preset folder,
+    `BackboneEmbedder.from_preset(folder, sequence_length=64)`):
 
-    ```python
-    embedder = BackboneEmbedder.from_preset(folder, sequence_length=64)
-    vectors = embedder.embed(["def f(x):", "The for statement"])
-    ```
+    >>> import keras_hub
+    >>> backbone = keras_hub.models.GemmaBackbone(
+    ...     vocabulary_size=256, num_layers=1, num_query_heads=1,
+    ...     num_key_value_heads=1, hidden_dim=8, intermediate_dim=16,
+    ...     head_dim=8)
+    >>> tokenizer = keras_hub.tokenizers.ByteTokenizer()
+    >>> embedder = BackboneEmbedder(backbone, tokenizer, sequence_length=16)
+    >>> v = embedder.embed(["abc", "cab", "xyz"])
+    >>> v.shape, bool(np.allclose(v[0], v[1], atol=1e-6))
+    ((3, 8), True)
+
+    The token-embedding mean ignores order: "abc" and "cab" embed alike.
     """
 
     def __init__(
@@ -160,16 +178,9 @@ class BackboneEmbedder(SequenceEmbedder):
                     f"backbone of type {type(backbone).__name__}"
                 )
         num_layers = len(backbone.transformer_layers)
-        if (
-            isinstance(layer_index, bool)
-            or not isinstance(layer_index, (int, np.integer))
-            or not -1 <= layer_index < num_layers
-        ):
-            raise ValueError(
-                f"`layer_index` must be -1 or an integer in [0, "
-                f"{num_layers}). Received: layer_index={layer_index!r}"
-            )
-        self.layer_index = int(layer_index)
+        self.layer_index = check_integer(
+            "layer_index", layer_index, minimum=-1, maximum=num_layers - 1
+        )
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.output_dim = int(backbone.token_embedding.output_dim)
@@ -237,6 +248,17 @@ def tokenized_dataset(tokenizer, texts, sequence_length, batch_size=64):
     retraces and a `keras.distribution.DataParallel` batch always divides
     across devices; drop the extra rows from the result
     (`[:len(texts)]`).
+
+    Example:
+
+    >>> import keras_hub
+    >>> tokenizer = keras_hub.tokenizers.ByteTokenizer()
+    >>> ds = tokenized_dataset(tokenizer, ["ab", "c"], 4, batch_size=3)
+    >>> batch = next(iter(ds))
+    >>> batch["token_ids"].numpy().tolist()
+    [[97, 98, 0, 0], [99, 0, 0, 0], [99, 0, 0, 0]]
+    >>> batch["padding_mask"].numpy().tolist()
+    [[1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]]
     """
     import keras_hub
     import tensorflow as tf

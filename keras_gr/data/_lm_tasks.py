@@ -16,6 +16,12 @@ def lm_arrays(tokens, answer_mask):
         `(x, y, sample_weight)`: `x = tokens[:, :-1]`, `y = tokens[:, 1:]`
         (int32) and `sample_weight = answer_mask[:, 1:]` (float32), so that
         `sample_weight[b, t] = 1` exactly when `y[b, t]` is an answer token.
+
+    Example:
+
+    >>> x, y, w = lm_arrays([[5, 6, 7, 8]], [[False, False, True, True]])
+    >>> x.tolist(), y.tolist(), w.tolist()
+    ([[5, 6, 7]], [[6, 7, 8]], [[0.0, 1.0, 1.0]])
     """
     tokens = np.asarray(tokens, dtype="int32")
     answer_mask = np.asarray(answer_mask, dtype=bool)
@@ -32,6 +38,13 @@ def exact_match(predicted, y, sample_weight):
     `predicted` are argmax token ids of a teacher-forced forward pass; an
     exact match under teacher forcing is the same event as an exact match of
     greedy decoding.
+
+    Example:
+
+    >>> y = [[1, 2, 3], [1, 2, 3]]
+    >>> weight = [[0, 1, 1], [0, 1, 1]]
+    >>> exact_match([[9, 2, 3], [1, 2, 4]], y, weight)  # 2nd row: 4 != 3
+    0.5
     """
     predicted = np.asarray(predicted)
     w = np.asarray(sample_weight) > 0

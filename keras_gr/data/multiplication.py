@@ -123,7 +123,15 @@ def multiplication_dataset(
     shuffle: bool = True,
 ):
     """`multiplication_examples` as a `tf.data.Dataset` of `(x, y,
-    sample_weight)` next-token batches (weights 1 on the answer targets)."""
+    sample_weight)` next-token batches (weights 1 on the answer targets).
+
+    Example:
+
+    >>> ds = multiplication_dataset(8, digits=2, batch_size=4)
+    >>> x, y, weight = next(iter(ds))
+    >>> tuple(x.shape), tuple(y.shape), tuple(weight.shape)
+    ((4, 7), (4, 7), (4, 7))
+    """
     data = multiplication_examples(num_examples, digits, seed)
     return to_tf_dataset(
         data["tokens"],

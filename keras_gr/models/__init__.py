@@ -1,7 +1,57 @@
-"""keras_gr.models: public API of this area (see ARCHITECTURE.md)."""
+"""keras_gr.models: end-to-end models built from keras_gr parts.
 
+The in-context-learning regressor (arXiv 2410.21698), the digits latent
+diffusion pipeline (arXiv 2412.18596), the model routers of arXiv
+2502.08773 (`ClusterRouter`, `LearnedMapRouter`, `KNNRouter`, `ZeroRouter`,
+`OracleRouter`, `RoutedGenerator`), SALT distillation and data selection,
+and SoftSRV synthetic-data generation. See ARCHITECTURE.md for where this
+sits.
+"""
+
+from keras_gr.models.base_router import Router
+from keras_gr.models.cluster_router import ClusterRouter
+from keras_gr.models.diffusion_sampler import DiffusionSampler
+from keras_gr.models.diffusion_sampler import NoiseSchedule
+from keras_gr.models.knn_router import KNNRouter
 from keras_gr.models.latent_diffusion import ClassConditionalUNet
 from keras_gr.models.latent_diffusion import DDIMSampler
 from keras_gr.models.latent_diffusion import DigitsLatentDiffusion
+from keras_gr.models.learned_map_router import LearnedMapRouter
 from keras_gr.models.looped_icl import LoopedICLRegressor
 from keras_gr.models.looped_icl import query_prediction
+from keras_gr.models.oracle_router import OracleRouter
+from keras_gr.models.routed_generator import RoutedGenerator
+from keras_gr.models.salt_distiller import SaltDistiller
+from keras_gr.models.salt_selection import salt_scores_from_logits
+from keras_gr.models.salt_selection import salt_selection_scores
+from keras_gr.models.salt_selection import select_top_fraction
+from keras_gr.models.salt_selection import teacher_topk_targets
+from keras_gr.models.softsrv import HardPromptGenerator
+from keras_gr.models.softsrv import SoftPrompt
+from keras_gr.models.softsrv import SoftSRV
+from keras_gr.models.zero_router import ZeroRouter
+
+__all__ = [
+    "Router",
+    "ClusterRouter",
+    "DiffusionSampler",
+    "NoiseSchedule",
+    "KNNRouter",
+    "ClassConditionalUNet",
+    "DDIMSampler",
+    "DigitsLatentDiffusion",
+    "LearnedMapRouter",
+    "LoopedICLRegressor",
+    "query_prediction",
+    "OracleRouter",
+    "RoutedGenerator",
+    "SaltDistiller",
+    "salt_scores_from_logits",
+    "salt_selection_scores",
+    "select_top_fraction",
+    "teacher_topk_targets",
+    "HardPromptGenerator",
+    "SoftPrompt",
+    "SoftSRV",
+    "ZeroRouter",
+]

@@ -260,6 +260,42 @@ class Router(keras.Model):
         self.embedding_dim = int(val.shape[1])
         return train, train_correct, val, correct
 
+    def add_model(
+        self, name: str, validation_correctness, cost: float
+    ) -> "Router":
+        """Adds an LLM to the pool with no training step.
+
+        Args:
+            name: a new model name.
+            validation_correctness: `(n_val,)` correctness in [0, 1] of the
+                new model on the validation prompts given to `fit`, in the
+                same order.
+            cost: its cost per query (>= 0).
+
+        Returns:
+            The router.
+        """
+        cost = self._check_new_model(name, cost)
+        correct = check_correctness(
+            "validation_correctness",
+            validation_correctness,
+            num_rows=self._num_validation(),
+            ndim=1,
+        )
+        self._add_column(correct)
+        self.model_names.append(str(name))
+        self.costs = np.append(self.costs, cost)
+        return self
+
+    def _num_validation(self):
+        """The number of validation prompts `fit` saw."""
+        raise NotImplementedError
+
+    def _add_column(self, correctness):
+        """Adds the features of a model with `(n_val,)` validation
+        `correctness` to the subclass's model features."""
+        raise NotImplementedError
+
     def remove_model(self, name: str) -> "Router":
         """Drops a model from the pool (e.g. to route among unseen LLMs
         only, after adding them). Returns the router."""

@@ -8,7 +8,6 @@ from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr.curation import KMeans
 from keras_gr.models.base_router import Router
-from keras_gr.models.base_router import check_correctness
 
 
 def cluster_errors(clusters, errors, num_clusters):
@@ -173,32 +172,16 @@ class ClusterRouter(Router):
             dtype="int64",
         )
 
-    def add_model(self, name: str, validation_correctness, cost: float):
-        """Adds an LLM from its correctness on the validation prompts.
+    def _num_validation(self):
+        return len(self.validation_clusters)
 
-        Args:
-            name: a new model name.
-            validation_correctness: `(n_val,)` correctness in [0, 1] on the
-                validation prompts given to `fit`, in the same order.
-            cost: its cost per query (>= 0).
-
-        Returns:
-            The router (no training step is run).
-        """
-        cost = self._check_new_model(name, cost)
-        correct = check_correctness(
-            "validation_correctness",
-            validation_correctness,
-            num_rows=len(self.validation_clusters),
-            ndim=1,
-        )
+    def _add_column(self, correctness):
         column = cluster_errors(
-            self.validation_clusters, 1.0 - correct[:, None], self.num_clusters
+            self.validation_clusters,
+            1.0 - correctness[:, None],
+            self.num_clusters,
         )
         self.psi = np.concatenate([self.psi, column], axis=1)
-        self.model_names.append(str(name))
-        self.costs = np.append(self.costs, cost)
-        return self
 
     def _remove_column(self, index):
         self.psi = np.delete(self.psi, index, axis=1)

@@ -7,7 +7,6 @@ from keras import ops
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr.models.base_router import Router
-from keras_gr.models.base_router import check_correctness
 
 
 def knn_errors(embeddings, reference, reference_errors, k, metric):
@@ -109,22 +108,13 @@ class KNNRouter(Router):
         self.validation_errors = 1.0 - correct
         return self
 
-    def add_model(self, name: str, validation_correctness, cost: float):
-        """Adds an LLM from its `(n_val,)` validation correctness and cost
-        (no training step). Returns the router."""
-        cost = self._check_new_model(name, cost)
-        correct = check_correctness(
-            "validation_correctness",
-            validation_correctness,
-            num_rows=len(self.validation_embeddings),
-            ndim=1,
-        )
+    def _num_validation(self):
+        return len(self.validation_embeddings)
+
+    def _add_column(self, correctness):
         self.validation_errors = np.concatenate(
-            [self.validation_errors, 1.0 - correct[:, None]], axis=1
+            [self.validation_errors, 1.0 - correctness[:, None]], axis=1
         )
-        self.model_names.append(str(name))
-        self.costs = np.append(self.costs, cost)
-        return self
 
     def _remove_column(self, index):
         self.validation_errors = np.delete(

@@ -9,7 +9,6 @@ from keras_gr._validation import check_integer
 from keras_gr._validation import check_positive
 from keras_gr.curation import KMeans
 from keras_gr.models.base_router import Router
-from keras_gr.models.base_router import check_correctness
 
 
 def soft_cluster_errors(assignment, errors, epsilon=1e-6):
@@ -212,22 +211,13 @@ class LearnedMapRouter(Router):
         psi = soft_cluster_errors(phi, ops.convert_to_tensor(errors, "float32"))
         return np.asarray(ops.convert_to_numpy(psi), "float64")
 
-    def add_model(self, name: str, validation_correctness, cost: float):
-        """Adds an LLM from its `(n_val,)` validation correctness and cost:
-        its `Psi` with the trained `Phi`, no training step. Returns the
-        router."""
-        cost = self._check_new_model(name, cost)
-        correct = check_correctness(
-            "validation_correctness",
-            validation_correctness,
-            num_rows=len(self.validation_embeddings),
-            ndim=1,
-        )
-        column = self._psi_of(1.0 - correct[:, None])
+    def _num_validation(self):
+        return len(self.validation_embeddings)
+
+    def _add_column(self, correctness):
+        # The new model's `Psi` through the trained `Phi`: no training.
+        column = self._psi_of(1.0 - correctness[:, None])
         self.psi = np.concatenate([self.psi, column], axis=1)
-        self.model_names.append(str(name))
-        self.costs = np.append(self.costs, cost)
-        return self
 
     def _remove_column(self, index):
         self.psi = np.delete(self.psi, index, axis=1)

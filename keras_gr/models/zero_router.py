@@ -5,7 +5,6 @@ import numpy as np
 from keras import ops
 
 from keras_gr.models.base_router import Router
-from keras_gr.models.base_router import check_correctness
 
 
 @keras.saving.register_keras_serializable(package="keras_gr")
@@ -73,20 +72,11 @@ class ZeroRouter(Router):
         self.num_validation = int(len(val))
         return self
 
-    def add_model(self, name: str, validation_correctness, cost: float):
-        """Adds an LLM from its `(n_val,)` validation correctness and cost.
-        Returns the router."""
-        cost = self._check_new_model(name, cost)
-        correct = check_correctness(
-            "validation_correctness",
-            validation_correctness,
-            num_rows=self.num_validation,
-            ndim=1,
-        )
-        self.mean_errors = np.append(self.mean_errors, 1.0 - correct.mean())
-        self.model_names.append(str(name))
-        self.costs = np.append(self.costs, cost)
-        return self
+    def _num_validation(self):
+        return self.num_validation
+
+    def _add_column(self, correctness):
+        self.mean_errors = np.append(self.mean_errors, 1.0 - correctness.mean())
 
     def _remove_column(self, index):
         self.mean_errors = np.delete(self.mean_errors, index)

@@ -1,7 +1,22 @@
-"""keras_gr.optimizers: public API of this area (see ARCHITECTURE.md)."""
+"""keras_gr.optimizers: Keras optimizers.
+
+`OneSidedShampoo`, `Shampoo`, `AdagradNorm` and `FullMatrixAdagrad`
+("Structured Preconditioners in Adaptive Optimization", arXiv 2503.10537)
+and `LoraRite` (LoRA Done RITE, arXiv 2410.20625). Works with the `jax`
+extra alone (no TensorFlow, no keras-hub). See ARCHITECTURE.md for where
+this sits.
+"""
 
 from keras_gr.optimizers.adagrad_family import AdagradNorm
 from keras_gr.optimizers.adagrad_family import FullMatrixAdagrad
 from keras_gr.optimizers.lora_rite import LoraRite
 from keras_gr.optimizers.shampoo import OneSidedShampoo
 from keras_gr.optimizers.shampoo import Shampoo
+
+__all__ = [
+    "AdagradNorm",
+    "FullMatrixAdagrad",
+    "LoraRite",
+    "OneSidedShampoo",
+    "Shampoo",
+]
