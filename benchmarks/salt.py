@@ -1,0 +1,512 @@
+"""SALT benchmark: small-LM distillation and data selection for pretraining.
+
+"A Little Help Goes a Long Way: Efficient LLM Training by Leveraging Small
+LMs" (Rawat et al., arXiv 2410.18779). Pretrains the same student Gemma on
+the offline multi-source corpus (`keras_gr.data.multi_source_corpus`:
+pydoc prose, standard-library code and docstrings), same steps and seeds:
+
+- `baseline`: next-token CE only (`SaltDistiller` with `kd_weight=0`);
+- `salt`: KD from the small teacher for the first `n_kd` steps, then CE;
+- `salt_ds`: as `salt`, the KD phase fed the teacher's top-scored
+  sequences (SALT_DS), the full data after;
+- `kd_always`: KD never switched off (`schedule="constant"`);
+- `salt_weak_teacher`: `salt` with a much weaker teacher.
+
+Reports the first evaluated step at which each run reaches the same-seed
+baseline's final validation CE, the final validation CE, and wall-clock
+(training steps, plus the teacher's pretraining and the scoring pass),
+with the per-step cost in the KD phase and after the switch (the teacher's
+forward pass is skipped after `n_kd`).
+
+Run: `KERAS_BACKEND=jax python -m benchmarks.salt [--quick]`.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import keras
+import keras_hub
+import numpy as np
+
+from benchmarks.harness import mean_std
+from benchmarks.harness import result_path
+from benchmarks.harness import write_results
+from keras_gr.callbacks import KDSchedule
+from keras_gr.data import PhasedDataset
+from keras_gr.data import multi_source_corpus
+from keras_gr.models import SaltDistiller
+from keras_gr.models import salt_selection_scores
+from keras_gr.models import select_top_fraction
+from keras_gr.presets import build_local_preset
+from keras_gr.presets import read_preset_metadata
+
+FULL = dict(
+    docs_per_source=600,
+    vocabulary_size=1024,
+    sequence_length=64,
+    batch_size=16,
+    pool=2048,
+    steps=120,
+    n_kd=30,
+    eval_every=15,
+    val_sequences=64,
+    seeds=(0, 1, 2),
+    teacher=dict(
+        num_layers=2,
+        hidden_dim=64,
+        num_heads=2,
+        head_dim=32,
+        intermediate_dim=256,
+        train_steps=300,
+    ),
+    weak_teacher=dict(
+        num_layers=1,
+        hidden_dim=32,
+        num_heads=1,
+        head_dim=32,
+        intermediate_dim=64,
+        train_steps=60,
+    ),
+    student=dict(
+        num_layers=4,
+        hidden_dim=128,
+        num_heads=4,
+        head_dim=32,
+        intermediate_dim=512,
+    ),
+    kd_weight=0.5,
+    temperature=1.0,
+    select_fraction=0.5,
+    learning_rate=2e-3,
+)
+QUICK = dict(
+    FULL,
+    docs_per_source=150,
+    pool=512,
+    steps=24,
+    n_kd=8,
+    eval_every=8,
+    val_sequences=32,
+    seeds=(0,),
+    teacher=dict(FULL["teacher"], train_steps=40),
+    weak_teacher=dict(FULL["weak_teacher"], train_steps=10),
+)
+
+PAPER = {
+    "setting": "2.8B student, 1.5B teacher, the Pile, 208k steps",
+    "n_kd": "36k steps (~17%; robust 20k-60k)",
+    "baseline quality reached at": "~70% of the steps",
+    "wall-clock saved": "~25-28%",
+    "too-weak teacher (0.5B)": "helps less",
+}
+
+
+def _corpus_file(cfg, folder):
+    corpus = multi_source_corpus(
+        max_documents_per_source=cfg["docs_per_source"]
+    )
+    path = os.path.join(folder, f"salt_corpus_{cfg['docs_per_source']}.txt")
+    # One paragraph per document (blank lines inside a document removed),
+    # so build_local_preset's paragraph split keeps documents whole.
+    docs = [
+        "\n".join(line for line in d.splitlines() if line.strip())
+        for d in corpus.train_texts + corpus.validation_texts
+    ]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(docs) + "\n")
+    return corpus, path
+
+
+def _windows(tokenizer, texts, seq, limit, seed):
+    stream = []
+    for ids in tokenizer(texts):
+        ids = np.asarray(ids).tolist()
+        stream.extend([2] + ids + [1])
+    stream = np.asarray(stream, "int32")
+    n = (len(stream) - 1) // seq
+    idx = np.arange(n)[:, None] * seq + np.arange(seq + 1)[None, :]
+    windows = stream[idx]
+    if limit and len(windows) > limit:
+        pick = np.random.default_rng(seed).choice(len(windows), limit, False)
+        windows = windows[np.sort(pick)]
+    x = {
+        "token_ids": windows[:, :-1],
+        "padding_mask": np.ones((len(windows), seq), bool),
+    }
+    return x, windows[:, 1:], np.ones((len(windows), seq), "float32")
+
+
+def _student(vocab, spec, seed):
+    keras.utils.set_random_seed(seed)
+    return keras_hub.models.GemmaCausalLM(
+        backbone=keras_hub.models.GemmaBackbone(
+            vocabulary_size=vocab,
+            num_layers=spec["num_layers"],
+            num_query_heads=spec["num_heads"],
+            num_key_value_heads=spec["num_heads"],
+            hidden_dim=spec["hidden_dim"],
+            intermediate_dim=spec["intermediate_dim"],
+            head_dim=spec["head_dim"],
+            dropout=0.0,
+        ),
+        preprocessor=None,
+    )
+
+
+class _StepTimer(keras.callbacks.Callback):
+    def __init__(self, n_kd):
+        super().__init__()
+        self.n_kd = n_kd
+        self.times = []
+        self._start = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        float(logs["loss"])  # waits for the step
+        self.times.append(time.perf_counter() - self._start)
+
+
+def _run(variant, cfg, teacher, data, val, selected, seed, vocab):
+    x, y, w = data
+    steps, n_kd, every = cfg["steps"], cfg["n_kd"], cfg["eval_every"]
+    kwargs = dict(
+        kd_weight=cfg["kd_weight"],
+        n_kd_steps=n_kd,
+        temperature=cfg["temperature"],
+    )
+    if variant == "baseline":
+        kwargs["kd_weight"] = 0.0
+    if variant == "kd_always":
+        kwargs["schedule"] = "constant"
+    student = _student(vocab, cfg["student"], 1000 + seed)
+    distiller = SaltDistiller(student, teacher, **kwargs)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=steps - steps // 10,
+        alpha=0.1,
+        warmup_target=cfg["learning_rate"],
+        warmup_steps=steps // 10,
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.AdamW(
+            schedule, weight_decay=0.01, global_clipnorm=1.0
+        )
+    )
+    sel = selected if variant == "salt_ds" else np.arange(len(y))
+    ds = PhasedDataset(
+        x,
+        y,
+        w,
+        selected=sel,
+        n_kd_steps=n_kd,
+        batch_size=cfg["batch_size"],
+        total_steps=steps,
+        seed=seed,
+    )
+    timer = _StepTimer(n_kd)
+    history = distiller.fit(
+        ds,
+        epochs=steps // every,
+        steps_per_epoch=every,
+        shuffle=False,
+        verbose=0,
+        validation_data=val,
+        validation_batch_size=32,
+        callbacks=[timer, KDSchedule(release_teacher=False)],
+    )
+    val_ce = history.history["val_ce_loss"]
+    t = timer.times
+    kd_phase = [s for i, s in enumerate(t) if i < n_kd and i > 0]
+    after = [s for i, s in enumerate(t) if i >= n_kd + 1]
+    return {
+        "val_curve": [float(v) for v in val_ce],
+        "train_seconds": float(sum(t[1:])),
+        "step_kd_phase": statistics.median(kd_phase) if kd_phase else 0.0,
+        "step_after": statistics.median(after),
+    }
+
+
+def main(quick=False):
+    cfg = QUICK if quick else FULL
+    tag = "_quick" if quick else ""
+    backend = keras.backend.backend()
+    cache = os.path.join(
+        os.environ.get("KERAS_GR_CACHE")
+        or os.path.join(os.path.expanduser("~"), ".cache", "keras_gr"),
+        "salt",
+    )
+    os.makedirs(cache, exist_ok=True)
+    corpus, text_file = _corpus_file(cfg, cache)
+    common = dict(
+        vocabulary_size=cfg["vocabulary_size"],
+        sequence_length=cfg["sequence_length"],
+        batch_size=cfg["batch_size"],
+        learning_rate=3e-3,
+        verbose=0,
+    )
+    t_folder = build_local_preset(text_file, **common, **cfg["teacher"])
+    w_folder = build_local_preset(text_file, **common, **cfg["weak_teacher"])
+    teacher = keras_hub.models.CausalLM.from_preset(t_folder)
+    weak = keras_hub.models.CausalLM.from_preset(w_folder)
+    tokenizer = teacher.preprocessor.tokenizer
+    if weak.preprocessor.tokenizer.get_vocabulary() != (
+        tokenizer.get_vocabulary()
+    ):
+        raise RuntimeError("teacher presets built different tokenizers")
+    vocab = tokenizer.vocabulary_size()
+    t_meta, w_meta = (
+        read_preset_metadata(t_folder),
+        read_preset_metadata(w_folder),
+    )
+    seq = cfg["sequence_length"]
+    data = _windows(tokenizer, corpus.train_texts, seq, cfg["pool"], 0)
+    vx, vy, vw = _windows(
+        tokenizer, corpus.validation_texts, seq, cfg["val_sequences"], 1
+    )
+    start = time.perf_counter()
+    scores = salt_selection_scores(
+        teacher, data[0], data[1], data[2], k=10, batch_size=64, verbose=0
+    )
+    scoring_seconds = time.perf_counter() - start
+    selected = select_top_fraction(scores, cfg["select_fraction"])
+
+    variants = ["baseline", "salt", "salt_ds", "kd_always", "salt_weak_teacher"]
+    runs = {v: [] for v in variants}
+    for seed in cfg["seeds"]:
+        for variant in variants:
+            t = weak if variant == "salt_weak_teacher" else teacher
+            runs[variant].append(
+                _run(
+                    variant,
+                    cfg,
+                    t,
+                    data,
+                    (vx, vy, vw),
+                    selected,
+                    seed,
+                    vocab,
+                )
+            )
+            print(
+                variant,
+                seed,
+                [round(v, 3) for v in runs[variant][-1]["val_curve"]],
+                flush=True,
+            )
+
+    every = cfg["eval_every"]
+    rows = []
+    for variant in variants:
+        reach, final, wall, total = [], [], [], []
+        for i, r in enumerate(runs[variant]):
+            target = runs["baseline"][i]["val_curve"][-1]
+            hit = next(
+                (
+                    (j + 1) * every
+                    for j, v in enumerate(r["val_curve"])
+                    if v <= target
+                ),
+                None,
+            )
+            reach.append(hit if hit is not None else float("nan"))
+            final.append(r["val_curve"][-1])
+            wall.append(r["train_seconds"])
+            extra = 0.0
+            if variant != "baseline":
+                meta = w_meta if variant == "salt_weak_teacher" else t_meta
+                extra += meta["build_seconds"]
+            if variant == "salt_ds":
+                extra += scoring_seconds
+            total.append(r["train_seconds"] + extra)
+        f_mean, f_std = mean_std(final)
+        reach_ok = [v for v in reach if v == v]
+        rows.append(
+            {
+                "variant": variant,
+                "final val CE (mean)": f_mean,
+                "final val CE (std)": f_std,
+                "step reaching baseline final (mean)": (
+                    statistics.mean(reach_ok) if reach_ok else "never"
+                ),
+                "runs reaching it": f"{len(reach_ok)}/{len(reach)}",
+                "share of steps": (
+                    statistics.mean(reach_ok) / cfg["steps"]
+                    if reach_ok
+                    else "n/a"
+                ),
+                "train s (mean)": statistics.mean(wall),
+                "train+teacher+scoring s (mean)": statistics.mean(total),
+                "s/step KD phase": statistics.mean(
+                    r["step_kd_phase"] for r in runs[variant]
+                ),
+                "s/step after n_kd": statistics.mean(
+                    r["step_after"] for r in runs[variant]
+                ),
+            }
+        )
+    base_step = rows[0]["s/step after n_kd"]
+    for row in rows:
+        row["KD-phase step / baseline step"] = (
+            row["s/step KD phase"] / base_step
+        )
+        row["after-switch step / baseline step"] = (
+            row["s/step after n_kd"] / base_step
+        )
+    curves = {
+        v: np.mean([r["val_curve"] for r in runs[v]], axis=0).tolist()
+        for v in variants
+    }
+    _plot(curves, every, f"salt_{backend}{tag}")
+
+    teacher_rows = [
+        {
+            "model": name,
+            "layers x width": f"{m['config']['num_layers']}x"
+            f"{m['config']['hidden_dim']}",
+            "parameters": m["parameters"],
+            "pretraining steps": m["config"]["train_steps"],
+            "validation loss (own split)": m["validation_loss"],
+            "build seconds": m["build_seconds"],
+        }
+        for name, m in (("teacher", t_meta), ("weak teacher", w_meta))
+    ]
+    teacher_rows.append(
+        {
+            "model": "student",
+            "layers x width": f"{cfg['student']['num_layers']}x"
+            f"{cfg['student']['hidden_dim']}",
+            "parameters": int(
+                _student(vocab, cfg["student"], 0).count_params()
+            ),
+            "pretraining steps": cfg["steps"],
+        }
+    )
+    verdict = _verdicts(rows, cfg)
+    notes = (
+        "Paper (Rawat et al., arXiv 2410.18779): "
+        + "; ".join(f"{k}: {v}" for k, v in PAPER.items())
+        + ".\n\n"
+        + f"Scoring pass (SALT_DS, k=10, {len(scores)} sequences): "
+        f"{scoring_seconds:.1f} s; selected the top "
+        f"{cfg['select_fraction']:.0%}.\n\n"
+        + "Wall-clock: `train s` is the sum of the measured training steps "
+        "(validation excluded); the total adds the teacher's pretraining "
+        "(its preset build time, as recorded when it was built) and, for "
+        "SALT_DS, the scoring pass. Per-step times are medians; the "
+        "baseline's step is the reference for the ratios.\n\n"
+        + "Verdicts:\n\n"
+        + "\n".join(f"- {v}" for v in verdict)
+    )
+    meta = {
+        k: cfg[k]
+        for k in (
+            "docs_per_source",
+            "vocabulary_size",
+            "sequence_length",
+            "batch_size",
+            "pool",
+            "steps",
+            "n_kd",
+            "eval_every",
+            "val_sequences",
+            "kd_weight",
+            "temperature",
+            "select_fraction",
+            "learning_rate",
+        )
+    }
+    meta["seeds"] = list(cfg["seeds"])
+    md = write_results(
+        f"salt_{backend}{tag}",
+        {
+            "Models": teacher_rows,
+            "Pretraining, same steps (mean over seeds)": rows,
+            "Validation CE curves (mean over seeds)": [
+                {"step": (i + 1) * every, **{v: curves[v][i] for v in variants}}
+                for i in range(len(curves["baseline"]))
+            ],
+        },
+        meta=meta,
+        notes=notes,
+    )
+    print(md)
+
+
+def _verdicts(rows, cfg):
+    by = {r["variant"]: r for r in rows}
+    out = []
+    base = by["baseline"]["final val CE (mean)"]
+    for name in ("salt", "salt_ds"):
+        r = by[name]
+        share = r["share of steps"]
+        if isinstance(share, float) and share <= 0.8:
+            word = "reproduced" if share <= 0.75 else "partly reproduced"
+        elif isinstance(share, float):
+            word = "partly reproduced" if share < 1.0 else "not reproduced"
+        else:
+            word = "not reproduced"
+        out.append(
+            f"{name} reaches the baseline's final validation CE at "
+            f"{share if isinstance(share, str) else f'{share:.0%}'} of the "
+            f"steps (paper: ~70%): {word}; final CE "
+            f"{r['final val CE (mean)']:.3f} vs baseline {base:.3f}."
+        )
+    weak, salt = by["salt_weak_teacher"], by["salt"]
+    better = weak["final val CE (mean)"] > salt["final val CE (mean)"]
+    out.append(
+        "A too-weak teacher helps less (paper): "
+        + ("reproduced" if better else "not reproduced")
+        + f" (final CE {weak['final val CE (mean)']:.3f} vs "
+        f"{salt['final val CE (mean)']:.3f} with the stronger teacher)."
+    )
+    ka = by["kd_always"]
+    out.append(
+        "Switching KD off matters (the student outgrows the small "
+        "teacher): kd_always final CE "
+        f"{ka['final val CE (mean)']:.3f} vs salt "
+        f"{salt['final val CE (mean)']:.3f}; "
+        + (
+            "reproduced"
+            if ka["final val CE (mean)"] > salt["final val CE (mean)"]
+            else "not reproduced at this scale"
+        )
+        + "."
+    )
+    out.append(
+        "Teacher skipped after n_kd (the source of the wall-clock saving): "
+        f"salt step costs {salt['KD-phase step / baseline step']:.2f}x the "
+        "baseline's during KD and "
+        f"{salt['after-switch step / baseline step']:.2f}x after the switch."
+    )
+    return out
+
+
+def _plot(curves, every, name):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant, curve in curves.items():
+        steps = [(i + 1) * every for i in range(len(curve))]
+        ax.plot(steps, curve, marker="o", label=variant)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation CE (nats/token)")
+    ax.set_title("SALT on the offline multi-source corpus")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(result_path(name, ".png"), dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    main(parser.parse_args().quick)

@@ -1,0 +1,215 @@
+"""Two-phase training data: a selected subset for the first `n_kd` steps,
+the full data after, inside one `fit` call (SALT_DS, arXiv 2410.18779).
+
+Keras callbacks cannot change a batch's data, so the phase is a property of
+the data itself: batch `g` (the global training step) is a pure function of
+`g`. Steps `g < n_kd` draw from the selected rows, later steps from all
+rows; each phase walks through seeded permutations of its pool (a new
+permutation each time the pool is used up), so the run is reproducible and
+can resume at any step (`start_step`, set by
+`keras_gr.callbacks.PhasedDataSync` after `BackupAndRestore`).
+"""
+
+import keras
+import numpy as np
+
+from keras_gr._validation import check_array
+from keras_gr._validation import check_integer
+
+
+def _phase_rows(pool_size, positions, seed, tag):
+    """Rows at stream `positions` of an endless sequence of seeded
+    permutations of `range(pool_size)` (permutation `e` for epoch `e`)."""
+    epochs = positions // pool_size
+    offsets = positions % pool_size
+    out = np.empty(len(positions), "int64")
+    for epoch in np.unique(epochs):
+        perm = np.random.default_rng([seed, tag, int(epoch)]).permutation(
+            pool_size
+        )
+        picked = epochs == epoch
+        out[picked] = perm[offsets[picked]]
+    return out
+
+
+class PhasedBatches:
+    """The step -> rows schedule of a two-phase run.
+
+    Step `g < n_kd_steps` takes rows `selected[...]` (positions `g * B` to
+    `g * B + B - 1` of the selected stream); step `g >= n_kd_steps` takes
+    positions `(g - n_kd) * B ...` of the full stream.
+
+    Args:
+        num_rows: rows of the full data (`N >= 1`).
+        selected: indices of the KD-phase subset (non-empty, in `[0, N)`).
+        n_kd_steps: `n_kd >= 0`.
+        batch_size: `B >= 1`.
+        seed: permutation seed. Defaults to `0`.
+
+    Example:
+
+    >>> batches = PhasedBatches(10, [2, 5], n_kd_steps=1, batch_size=2)
+    >>> sorted(batches.rows(0).tolist())
+    [2, 5]
+    >>> batches.phase(1)
+    'full'
+    """
+
+    def __init__(self, num_rows, selected, n_kd_steps, batch_size, seed=0):
+        self.num_rows = check_integer("num_rows", num_rows)
+        selected = check_array("selected", selected, ndim=1).astype("int64")
+        if selected.min() < 0 or selected.max() >= self.num_rows:
+            raise ValueError(
+                f"`selected` must hold row indices in [0, {self.num_rows}). "
+                f"Received: selected with min {selected.min()} and max "
+                f"{selected.max()}"
+            )
+        self.selected = selected
+        self.n_kd_steps = check_integer("n_kd_steps", n_kd_steps, minimum=0)
+        self.batch_size = check_integer("batch_size", batch_size)
+        self.seed = check_integer("seed", seed, minimum=0)
+
+    def phase(self, step):
+        """`"selected"` or `"full"`."""
+        return "selected" if step < self.n_kd_steps else "full"
+
+    def rows(self, step):
+        """Row indices (into the full data) of the batch at global `step`."""
+        step = check_integer("step", step, minimum=0)
+        if step < self.n_kd_steps:
+            pos = step * self.batch_size + np.arange(self.batch_size)
+            return self.selected[
+                _phase_rows(len(self.selected), pos, self.seed, 0)
+            ]
+        pos = (step - self.n_kd_steps) * self.batch_size + np.arange(
+            self.batch_size
+        )
+        return _phase_rows(self.num_rows, pos, self.seed, 1)
+
+
+def _take(data, rows):
+    if data is None:
+        return None
+    if isinstance(data, dict):
+        return {key: np.asarray(value)[rows] for key, value in data.items()}
+    return np.asarray(data)[rows]
+
+
+def _num_rows(data):
+    if isinstance(data, dict):
+        lengths = {len(v) for v in data.values()}
+        if len(lengths) != 1:
+            raise ValueError(
+                "Every array of `x` must have the same number of rows. "
+                f"Received: lengths {sorted(lengths)}"
+            )
+        return lengths.pop()
+    return len(data)
+
+
+class PhasedDataset(keras.utils.PyDataset):
+    """A `keras.utils.PyDataset` serving the selected rows for exactly the
+    first `n_kd_steps` steps of a run and all rows after (SALT_DS).
+
+    Batch `i` of the stream is the batch of global step `start_step + i`
+    (see `PhasedBatches`). Fit it as one run of `total_steps` steps:
+    `fit(ds, epochs=E, steps_per_epoch=total_steps // E, shuffle=False)`
+    (the batches are already shuffled; Keras would otherwise reorder a
+    PyDataset's batches and break the phase boundary), with
+    `keras_gr.callbacks.PhasedDataSync(ds)` so that a run resumed by
+    `BackupAndRestore` continues at the right step. `as_tf_dataset()` gives
+    the same stream as a `tf.data.Dataset`.
+
+    Args:
+        x: an array or a dict of arrays with `N` rows.
+        y: targets (array or dict with `N` rows) or `None`. Defaults to
+            `None`.
+        sample_weight: `(N, ...)` weights or `None`. Defaults to `None`.
+        selected: indices of the KD-phase rows (e.g.
+            `keras_gr.models.select_top_fraction(scores, 0.5)`).
+        n_kd_steps: steps served from `selected`.
+        batch_size: rows per batch.
+        total_steps: length of the run in steps (`>= 1`).
+        seed: permutation seed. Defaults to `0`.
+        start_step: global step of batch 0. Defaults to `0`.
+        **kwargs: `keras.utils.PyDataset` arguments (`workers`, ...).
+
+    Example:
+
+    >>> import numpy as np
+    >>> ds = PhasedDataset(np.arange(8), np.arange(8), selected=[0, 1],
+    ...                    n_kd_steps=2, batch_size=2, total_steps=4)
+    >>> sorted(ds[0][0].tolist()), len(ds)
+    ([0, 1], 4)
+    """
+
+    def __init__(
+        self,
+        x,
+        y=None,
+        sample_weight=None,
+        *,
+        selected,
+        n_kd_steps: int,
+        batch_size: int,
+        total_steps: int,
+        seed: int = 0,
+        start_step: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        num_rows = _num_rows(x)
+        if num_rows == 0:
+            raise ValueError(
+                "`x` must not be empty: the dataset has no rows. Received: "
+                "x with 0 rows"
+            )
+        for name, data in (("y", y), ("sample_weight", sample_weight)):
+            if data is not None and _num_rows(data) != num_rows:
+                raise ValueError(
+                    f"`{name}` must have as many rows as `x` ({num_rows}). "
+                    f"Received: {name} with {_num_rows(data)} rows"
+                )
+        self.x, self.y, self.sample_weight = x, y, sample_weight
+        self.batches = PhasedBatches(
+            num_rows, selected, n_kd_steps, batch_size, seed
+        )
+        self.total_steps = check_integer("total_steps", total_steps)
+        self.start_step = check_integer("start_step", start_step, minimum=0)
+
+    def __len__(self):
+        return self.total_steps
+
+    def batch_at(self, step):
+        """The `(x, y, sample_weight)` batch of global `step` (without
+        trailing `None`s)."""
+        rows = self.batches.rows(step)
+        out = (
+            _take(self.x, rows),
+            _take(self.y, rows),
+            _take(self.sample_weight, rows),
+        )
+        while out and out[-1] is None:
+            out = out[:-1]
+        return out
+
+    def __getitem__(self, index):
+        return self.batch_at(self.start_step + int(index))
+
+    def as_tf_dataset(self):
+        """The same stream as a `tf.data.Dataset` (`from_generator`; the
+        generator reads `start_step` each time iteration starts)."""
+        import tensorflow as tf
+
+        first = self.batch_at(0)
+        signature = keras.tree.map_structure(
+            lambda a: tf.TensorSpec((None,) + a.shape[1:], a.dtype), first
+        )
+
+        def generator():
+            for step in range(self.start_step, self.total_steps):
+                yield self.batch_at(step)
+
+        return tf.data.Dataset.from_generator(
+            generator, output_signature=signature
+        )

@@ -1,0 +1,211 @@
+"""Knowledge-distillation losses for language models, as pure `keras.ops`.
+
+The maths of SALT ("A Little Help Goes a Long Way: Efficient LLM Training by
+Leveraging Small LMs", Rawat et al., arXiv 2410.18779): a small teacher LM
+supplies soft labels for the early steps of a larger student's pretraining,
+
+    L_t = (1 - w_t) * CE(y, p_S) + w_t * KD(p_T, p_S; tau),
+
+with `w_t = w` for `t < n_kd` and `0` after (or a linear decay to 0 at
+`n_kd`). The functions here are per-token and unreduced; `masked_mean`
+reduces them with the one padding mask that both terms share.
+
+Choices the paper leaves open, made here:
+
+- The KD term is a KL divergence (cross-entropy to the teacher distribution
+  equals the forward KL up to the teacher's entropy, a constant for the
+  student, so gradients agree). Forward `KL(p_T || p_S)` (the paper's, and
+  the usual "soft label" loss) or reverse `KL(p_S || p_T)`.
+- Temperature: both distributions are softened, `p = softmax(z / tau)`, and
+  the KL is multiplied by `tau^2` (Hinton et al. 2015) so that its gradient
+  scale does not shrink as `tau` grows; at `tau = 1` it is the plain KL.
+- Offline top-k targets keep the teacher's `k` largest log-probabilities
+  (at temperature `tau`) per position. The missing mass is not dropped or
+  renormalised away: it is kept as one extra "rest" bucket, and the KL is
+  taken between the `k + 1`-bucket coarsenings of the two distributions
+  (the student's rest bucket is `1 - sum_k p_S`). This is a true KL (>= 0,
+  zero when the student matches the teacher on the buckets), it never
+  rewards the student for putting mass it should not, and at `k = V` the
+  rest bucket is empty so it equals the full KL exactly.
+"""
+
+from keras import ops
+
+from keras_gr._validation import check_choice
+from keras_gr._validation import check_fraction
+from keras_gr._validation import check_integer
+from keras_gr._validation import check_positive
+
+DIVERGENCES = ("forward", "reverse")
+SCHEDULES = ("constant", "step", "linear")
+
+_TINY = 1e-30
+
+
+def _log_softmax(logits, temperature):
+    logits = ops.cast(logits, "float32") / temperature
+    return ops.log_softmax(logits, axis=-1)
+
+
+def distillation_divergence(
+    teacher_logits, student_logits, temperature=1.0, divergence="forward"
+):
+    """Per-token KL between teacher and student next-token distributions.
+
+    `forward`: `tau^2 * sum_v p_T(v) (log p_T(v) - log p_S(v))`;
+    `reverse`: `tau^2 * sum_v p_S(v) (log p_S(v) - log p_T(v))`, where
+    `p = softmax(logits / tau)`. Computed in float32 from log-softmax (no
+    clipping), so it is exact for any logits and exactly 0 when the two
+    distributions agree.
+
+    Args:
+        teacher_logits: `(..., V)` teacher logits (treated as constants:
+            wrapped in `stop_gradient`).
+        student_logits: `(..., V)` student logits.
+        temperature: `tau > 0`. Defaults to `1.0`.
+        divergence: `"forward"` or `"reverse"`. Defaults to `"forward"`.
+
+    Returns:
+        A float32 tensor of shape `(...)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[0.0, 1.0, 2.0]])
+    >>> float(distillation_divergence(z, z)[0])
+    0.0
+    """
+    temperature = check_positive("temperature", temperature)
+    check_choice("divergence", divergence, DIVERGENCES)
+    log_t = ops.stop_gradient(_log_softmax(teacher_logits, temperature))
+    log_s = _log_softmax(student_logits, temperature)
+    if divergence == "forward":
+        kl = ops.sum(ops.exp(log_t) * (log_t - log_s), axis=-1)
+    else:
+        kl = ops.sum(ops.exp(log_s) * (log_s - log_t), axis=-1)
+    return kl * (temperature**2)
+
+
+def teacher_topk(teacher_logits, k, temperature=1.0):
+    """The teacher's `k` most likely tokens and their log-probabilities at
+    temperature `tau`: `(ids int32 (..., k), log_probs float32 (..., k))`.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> ids, logp = teacher_topk(np.array([[0.0, 3.0, 1.0]]), k=2)
+    >>> keras.ops.convert_to_numpy(ids).tolist()
+    [[1, 2]]
+    """
+    k = check_integer("k", k)
+    temperature = check_positive("temperature", temperature)
+    log_p = _log_softmax(teacher_logits, temperature)
+    values, ids = ops.top_k(log_p, k, sorted=True)
+    return ops.cast(ids, "int32"), values
+
+
+def _log1mexp_of_logsumexp(log_values):
+    """`log(1 - sum(exp(log_values)))` along the last axis, floored."""
+    mass = ops.sum(ops.exp(log_values), axis=-1)
+    return ops.log(ops.maximum(1.0 - mass, _TINY)), mass
+
+
+def topk_distillation_divergence(
+    topk_ids,
+    topk_log_probs,
+    student_logits,
+    temperature=1.0,
+    divergence="forward",
+):
+    """Per-token KL from stored top-k teacher targets ("rest" bucket kept).
+
+    With teacher top-k log-probabilities `l_1..l_k` (at temperature `tau`)
+    for tokens `i_1..i_k`, rest mass `r_T = 1 - sum_j exp(l_j)`, and the
+    student's tempered log-probabilities `s` with rest mass
+    `r_S = 1 - sum_j exp(s_{i_j})`, the forward loss is
+
+        tau^2 * [ sum_j e^{l_j} (l_j - s_{i_j}) + r_T (log r_T - log r_S) ]
+
+    and the reverse one swaps the roles. At `k = V` it equals
+    `distillation_divergence` exactly (both rest masses are 0).
+
+    Args:
+        topk_ids: `(..., k)` integer token ids.
+        topk_log_probs: `(..., k)` teacher log-probabilities at `tau`.
+        student_logits: `(..., V)` student logits.
+        temperature: `tau > 0`; must be the one the targets were made at.
+            Defaults to `1.0`.
+        divergence: `"forward"` or `"reverse"`. Defaults to `"forward"`.
+
+    Returns:
+        A float32 tensor of shape `(...)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[0.0, 3.0, 1.0]])
+    >>> ids, logp = teacher_topk(z, k=3)
+    >>> round(float(topk_distillation_divergence(ids, logp, z)[0]), 6)
+    0.0
+    """
+    temperature = check_positive("temperature", temperature)
+    check_choice("divergence", divergence, DIVERGENCES)
+    log_t = ops.stop_gradient(ops.cast(topk_log_probs, "float32"))
+    log_s_all = _log_softmax(student_logits, temperature)
+    log_s = ops.take_along_axis(log_s_all, ops.cast(topk_ids, "int32"), axis=-1)
+    log_rest_t, mass_t = _log1mexp_of_logsumexp(log_t)
+    log_rest_s, mass_s = _log1mexp_of_logsumexp(log_s)
+    rest_t = ops.maximum(1.0 - mass_t, 0.0)
+    rest_s = ops.maximum(1.0 - mass_s, 0.0)
+    if divergence == "forward":
+        kl = ops.sum(ops.exp(log_t) * (log_t - log_s), axis=-1)
+        kl = kl + rest_t * (log_rest_t - log_rest_s)
+    else:
+        kl = ops.sum(ops.exp(log_s) * (log_s - log_t), axis=-1)
+        kl = kl + rest_s * (log_rest_s - log_rest_t)
+    return kl * (temperature**2)
+
+
+def masked_mean(values, mask=None):
+    """`sum(values * mask) / max(sum(mask), 1)` in float32 (plain mean when
+    `mask` is `None`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> float(masked_mean(np.array([1.0, 2.0, 9.0]), np.array([1, 1, 0])))
+    1.5
+    """
+    values = ops.cast(values, "float32")
+    if mask is None:
+        return ops.mean(values)
+    mask = ops.cast(mask, "float32")
+    return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def kd_weight_schedule(step, kd_weight, n_kd_steps, schedule="step"):
+    """The SALT KD weight `w_t` at (0-based) training step `step`.
+
+    `"constant"`: `w` at every step (KD never switched off);
+    `"step"` (the paper): `w` for `t < n_kd`, then exactly `0`;
+    `"linear"`: `w * max(0, 1 - t / n_kd)`, reaching `0` at `t = n_kd`.
+
+    Works on Python numbers and on tensors (then it returns a float32
+    tensor and can run inside a compiled train step).
+
+    Example:
+
+    >>> [float(kd_weight_schedule(t, 0.5, 2)) for t in range(3)]
+    [0.5, 0.5, 0.0]
+    """
+    kd_weight = check_fraction("kd_weight", kd_weight, allow_zero=True)
+    n_kd_steps = check_integer("n_kd_steps", n_kd_steps, minimum=0)
+    check_choice("schedule", schedule, SCHEDULES)
+    step = ops.cast(step, "float32")
+    w = ops.convert_to_tensor(kd_weight, "float32")
+    if schedule == "constant":
+        return w + 0.0 * step
+    if schedule == "step":
+        return ops.where(step < n_kd_steps, w, 0.0)
+    frac = 1.0 - step / max(n_kd_steps, 1)
+    return ops.where(step < n_kd_steps, w * ops.maximum(frac, 0.0), 0.0)
