@@ -16,6 +16,12 @@ Three parts (`--part regression|speed|quality|all`):
 3. quality: the same LM trained from a fresh initialisation for the same
    number of steps with each optimizer (learning rate tuned on seed 0 over
    a small grid), validation loss averaged over seeds.
+4. scale (`--part scale`, not in `all`): an MLP 1024-3072-3072-1024
+   (`--scale-widths`; the 3072 x 3072 kernel is above the old 2048 limit) and
+   the 4-layer width-512 MLP, median and worst step of OneSidedShampoo
+   (before blocking/staggering, after with eigh, after with the Newton
+   root) vs Keras Adam and Muon, interleaved, with the preconditioned
+   fraction of the parameters.
 
 Run: `KERAS_BACKEND=jax .venv/bin/python -m benchmarks.shampoo [--quick]`.
 """
@@ -311,6 +317,172 @@ def part_speed(args):
     print(md)
 
 
+# ---------------------------------------------------------------------------
+# 4. scale: step time (median and worst step) at widths 1024-4096
+# ---------------------------------------------------------------------------
+
+
+def scale_model(widths, seed=0):
+    """An MLP `widths[0] -> ... -> widths[-1]` (tanh), one Dense per step."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((widths[0],))
+    x = inputs
+    for i, w in enumerate(widths[1:]):
+        last = i == len(widths) - 2
+        x = keras.layers.Dense(w, activation=None if last else "tanh")(x)
+    return keras.Model(inputs, x)
+
+
+SCALE_OPTIMIZERS = {
+    "Adam": lambda: keras.optimizers.Adam(1e-3),
+    "Muon": lambda: keras.optimizers.Muon(1e-3),
+    # The behaviour before blocking: sides above 2048 fall back to Adam,
+    # every root on the same step.
+    "OneSidedShampoo before (no blocks, no stagger)": lambda: OneSidedShampoo(
+        1e-3,
+        precondition_frequency=10,
+        max_preconditioner_dim=2048,
+        blocking=False,
+        stagger_roots=False,
+    ),
+    "OneSidedShampoo eigh (blocks 1024, staggered)": lambda: OneSidedShampoo(
+        1e-3, precondition_frequency=10
+    ),
+    "OneSidedShampoo newton (blocks 1024, staggered)": lambda: OneSidedShampoo(
+        1e-3, precondition_frequency=10, root_method="newton"
+    ),
+}
+
+
+def _interleaved_step_times(entries, rounds, steps):
+    """Per-step wall times of several compiled models, in rotated rounds.
+
+    `entries`: name -> (model, x, y, batch). Every model is warmed up first
+    (compilation, the all-roots first step and a few more steps); then in
+    each round every model runs `steps` steps (one `fit`), timed step by
+    step with a callback. Returns name -> list of step seconds.
+    """
+
+    class Timer(keras.callbacks.Callback):
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.out.append(time.perf_counter() - self._t)
+
+    names = list(entries)
+    for name in names:
+        model, x, y, batch = entries[name]
+        model.fit(x[: 3 * batch], y[: 3 * batch], batch_size=batch, verbose=0)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            model, x, y, batch = entries[name]
+            model.fit(
+                x[: steps * batch],
+                y[: steps * batch],
+                batch_size=batch,
+                verbose=0,
+                shuffle=False,
+                callbacks=[Timer(times[name])],
+            )
+    return times
+
+
+def part_scale(args):
+    """Width 1024-4096 MLP and the width-512 MLP of the issue: median and
+    worst step of OneSidedShampoo vs Adam and Muon, preconditioned
+    fraction, before (no blocking, no stagger) and after."""
+    backend = keras.backend.backend()
+    suffix = f"_{backend}" + ("_quick" if args.quick else "")
+    wide = [int(w) for w in args.scale_widths.split(",")]
+    cases = {
+        "wide": dict(widths=wide, batch=args.scale_batch),
+        "mlp512": dict(widths=[512] * 5, batch=512),
+    }
+    cases = {k: v for k, v in cases.items() if k in args.scale_cases.split(",")}
+    rng = np.random.default_rng(0)
+    tables, meta = {}, {}
+    for case, spec in cases.items():
+        widths, batch = spec["widths"], spec["batch"]
+        n = batch * args.scale_steps
+        x = rng.normal(size=(n, widths[0])).astype("float32")
+        y = rng.normal(size=(n, widths[-1])).astype("float32")
+        entries, opts = {}, {}
+        for name, make in SCALE_OPTIMIZERS.items():
+            if case == "wide" and "newton" in name and not args.scale_newton:
+                continue  # 40 x 3 batched 1024^3 products: slow on a CPU
+            if case == "wide" and name == "Muon" and not args.scale_muon:
+                # 5 Newton-Schulz iterations on every kernel, each 3
+                # products of its full size: ~1 TFLOP per step at widths
+                # 1024-3072-3072-1024, ~85x Adam's step at batch 128: too
+                # slow for a 2-core CPU (measured on the width-512 MLP).
+                continue
+            model = scale_model(widths)
+            opt = make()
+            model.compile(optimizer=opt, loss="mse", jit_compile=True)
+            entries[name] = (model, x, y, batch)
+            opts[name] = opt
+        times = _interleaved_step_times(
+            entries, args.scale_rounds, args.scale_steps
+        )
+        adam = times["Adam"]
+        rows = []
+        for name, t in times.items():
+            opt = opts[name]
+            fraction = 0.0
+            if hasattr(opt, "preconditioning_summary"):
+                fraction = opt.preconditioning_summary()[
+                    "preconditioned_fraction"
+                ]
+            row = {
+                "optimizer": name,
+                "median_s": float(np.median(t)),
+                "worst_s": float(np.max(t)),
+                "median_vs_Adam": float(np.median(t) / np.median(adam)),
+                "worst_vs_Adam": float(np.max(t) / np.max(adam)),
+                "worst_vs_Adam_median": float(np.max(t) / np.median(adam)),
+                "median_vs_Muon": (
+                    float(np.median(t) / np.median(times["Muon"]))
+                    if "Muon" in times
+                    else None
+                ),
+                "preconditioned_fraction": fraction,
+                "state_bytes": _state_bytes(opt),
+            }
+            rows.append(row)
+            print(case, row, flush=True)
+        params = int(
+            sum(np.prod(w.shape) for w in entries["Adam"][0].trainable_weights)
+        )
+        tables[f"{case}: widths {widths}, batch {batch}"] = rows
+        meta[case] = {"widths": widths, "batch": batch, "params": params}
+    meta.update(rounds=args.scale_rounds, steps_per_round=args.scale_steps)
+    md = harness.write_results(
+        f"shampoo_scale{suffix}",
+        tables,
+        meta=meta,
+        notes=(
+            "Per-step wall times (callback around each compiled `fit` "
+            "step), all models compiled and warmed up first (3 steps, "
+            "including the first step, where every root is computed), "
+            "then `rounds` rounds in which every model runs "
+            "`steps_per_round` steps in an order rotated every round. "
+            "median_s / worst_s: median / maximum over all timed steps; "
+            "worst_vs_Adam_median = worst step / Adam's median step (the "
+            "spike). Root frequency 10. `before` = the pre-blocking "
+            "behaviour (a factor only on sides <= 2048, all roots on the "
+            "same step). CPU only, on a 2-core machine shared with other "
+            "jobs: ratios, not absolute times, are the result."
+        ),
+    )
+    print(md)
+
+
 QUALITY_GRID = {
     "Adam": (lambda lr: keras.optimizers.Adam(lr), [1e-3, 3e-3, 1e-2]),
     "Muon": (
@@ -471,7 +643,7 @@ def main():
     parser.add_argument(
         "--part",
         default="all",
-        choices=["all", "regression", "speed", "quality"],
+        choices=["all", "regression", "speed", "quality", "scale"],
     )
     parser.add_argument("--dim", type=int, default=10)
     parser.add_argument("--steps", type=int, default=200)
@@ -484,6 +656,21 @@ def main():
         default=64,
         help="training windows of the quality part (the preset's own "
         "sequence length is 128; 64 halves the cost on a 2-core CPU)",
+    )
+    parser.add_argument("--scale-steps", type=int, default=10)
+    parser.add_argument("--scale-rounds", type=int, default=3)
+    parser.add_argument("--scale-batch", type=int, default=64)
+    parser.add_argument("--scale-widths", default="1024,3072,3072,1024")
+    parser.add_argument(
+        "--scale-cases",
+        default="wide,mlp512",
+        help="comma-separated cases of the scale part: wide, mlp512",
+    )
+    parser.add_argument("--scale-newton", action="store_true")
+    parser.add_argument(
+        "--scale-muon",
+        action="store_true",
+        help="also time Keras Muon on the wide MLP (always on width 512)",
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--checkpoints", type=int, default=10)

@@ -58,8 +58,14 @@ for name, optimizer in optimizers.items():
     val = model.evaluate(x_val, y_val, verbose=0)
     print(f"{name:>16}: validation MSE {val:.4f}")
 
-# The optimizer state: one m x m statistic and root per kernel (m = the
-# smaller side), plus the Adam moments.
-for v in optimizers["OneSidedShampoo"].variables:
-    if "statistics" in v.name:
-        print("preconditioner statistics:", v.name, tuple(v.shape))
+# What is preconditioned: one (blocks, m, m) statistic and root per kernel
+# (m = the smaller side, split into blocks of at most
+# `max_preconditioner_dim`); biases and norms get the Adam update.
+summary = optimizers["OneSidedShampoo"].preconditioning_summary()
+for row in summary["variables"]:
+    what = row["factors"] if row["preconditioned"] else row["reason"]
+    print(f"{row['path']:>32} {str(row['shape']):>10}: {what}")
+print(
+    f"preconditioned: {100 * summary['preconditioned_fraction']:.1f}% of "
+    f"{summary['parameters']} parameters"
+)

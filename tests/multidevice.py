@@ -5,6 +5,11 @@ before JAX initialises, so multi-device checks run in a subprocess. The
 snippet stores a JSON-serialisable value in `RESULT`; `run_on_devices`
 returns it. Sockets are blocked in the child as in the parent test run.
 
+Mark every test that calls it `@pytest.mark.multidevice`: the child always
+runs JAX, so `tests/conftest.py` runs these tests in the JAX pass of a
+two-backend run only (the TensorFlow pass skips them instead of starting
+the same subprocesses again).
+
 Example:
 
     result = run_on_devices('''
@@ -20,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Sequence
+from typing import Any
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SENTINEL = "__KERAS_GR_RESULT__"
@@ -40,7 +47,9 @@ print({_SENTINEL!r} + _json.dumps(RESULT))
 """
 
 
-def run_on_devices(code, num_devices=8, timeout=600):
+def run_on_devices(
+    code: str, num_devices: int = 8, timeout: float = 600
+) -> Any:
     """Executes `code` under JAX with `num_devices` CPU devices.
 
     Returns the JSON-decoded value of the snippet's `RESULT` variable.
@@ -98,7 +107,9 @@ def trajectory(make_optimizer, distribution=None, epochs=2):
 which trains the conformance regression model and returns it."""
 
 
-def assert_same_weights(a, b, atol=1e-5, rtol=1e-5):
+def assert_same_weights(
+    a: Sequence[Any], b: Sequence[Any], atol: float = 1e-5, rtol: float = 1e-5
+) -> None:
     """Asserts two lists of arrays (e.g. weights from two runs) agree."""
     import numpy as np
 

@@ -133,6 +133,18 @@ def test_check_optimizer_catches_state_not_restored():
         )
 
 
+def test_weights_resume_still_checks_the_saved_state():
+    with pytest.raises(AssertionError, match="save/load"):
+        conformance._check_save_resume(
+            ForgetfulAdam,
+            {"learning_rate": 0.01},
+            conformance.make_regression_model,
+            *conformance.regression_data(),
+            atol=1e-6,
+            resume_via="weights",
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_gr_tests")
 class AmnesicAdam(keras.optimizers.Adam):
     """Records its custom `boost` argument nowhere."""

@@ -19,7 +19,7 @@ import math
 
 import keras
 
-from keras_gr.optimizers.shampoo import _check_positive
+from keras_gr import _validation
 from keras_gr.optimizers.shampoo import _StructuredPreconditioner
 
 _THEORY = dict(
@@ -48,7 +48,8 @@ class FullMatrixAdagrad(_StructuredPreconditioner):
     paper writes `(F + eps I)^(-1/2)`; the floor is the same for the large
     eigenvalues and keeps the rank-deficient early statistics
     reproducible). A non-finite root keeps the previous one; a non-finite
-    gradient leaves the variable and its state unchanged. State: two `k x k`
+    gradient anywhere in the step leaves every variable and all state
+    unchanged. State: two `k x k`
     float32 matrices (statistics and the cached root) per variable, which is
     why variables larger than `max_size` entries are refused at `build`.
 
@@ -61,6 +62,17 @@ class FullMatrixAdagrad(_StructuredPreconditioner):
             `1024`.
         **kwargs: base `keras.optimizers.Optimizer` arguments.
 
+    Example:
+
+    >>> import numpy as np, keras
+    >>> from keras_gr.optimizers import FullMatrixAdagrad
+    >>> w = keras.Variable(np.zeros((2, 2), "float32"))
+    >>> opt = FullMatrixAdagrad(learning_rate=0.5)
+    >>> _ = opt.apply_gradients([(np.ones((2, 2), "float32"), w)])
+    >>> np.round(np.asarray(w), 3)  # F = g g^T (rank 1): F^(-1/2) g = g / 2
+    array([[-0.25, -0.25],
+           [-0.25, -0.25]], dtype=float32)
+
     References:
         - Duchi, Hazan, Singer, "Adaptive Subgradient Methods for Online
           Learning and Stochastic Optimization", JMLR 2011.
@@ -70,15 +82,15 @@ class FullMatrixAdagrad(_StructuredPreconditioner):
 
     def __init__(
         self,
-        learning_rate=0.1,
-        epsilon=1e-6,
-        relative_epsilon=1e-6,
-        max_size=1024,
-        name="full_matrix_adagrad",
+        learning_rate: float = 0.1,
+        epsilon: float = 1e-6,
+        relative_epsilon: float = 1e-6,
+        max_size: int = 1024,
+        name: str = "full_matrix_adagrad",
         **kwargs,
     ):
-        _check_positive("epsilon", epsilon)
-        _check_positive("max_size", max_size, integer=True)
+        epsilon = _validation.check_positive("epsilon", epsilon)
+        max_size = _validation.check_integer("max_size", max_size)
         settings = dict(_THEORY)
         super().__init__(
             learning_rate,
@@ -88,7 +100,7 @@ class FullMatrixAdagrad(_StructuredPreconditioner):
             **settings,
             **kwargs,
         )
-        self.relative_epsilon = float(relative_epsilon)
+        self.relative_epsilon = self.relative_matrix_epsilon
         self.max_size = max_size
 
     def _route(self, variable):
@@ -102,7 +114,7 @@ class FullMatrixAdagrad(_StructuredPreconditioner):
                 f"`max_size`={self.max_size}. Raise `max_size` (memory "
                 f"{2 * 4 * size * size} bytes) or use OneSidedShampoo."
             )
-        return (size, 1, True, False)
+        return (size, 1), (True, False)
 
     def get_config(self):
         config = super().get_config()
@@ -134,6 +146,16 @@ class AdagradNorm(_StructuredPreconditioner):
         epsilon: floor of the accumulated squared norm. Defaults to `1e-10`.
         **kwargs: base `keras.optimizers.Optimizer` arguments.
 
+    Example:
+
+    >>> import numpy as np, keras
+    >>> from keras_gr.optimizers import AdagradNorm
+    >>> w = keras.Variable(np.zeros((3,), "float32"))
+    >>> opt = AdagradNorm(learning_rate=1.0)
+    >>> _ = opt.apply_gradients([(np.array([3.0, 0.0, 4.0], "float32"), w)])
+    >>> np.asarray(w)  # G / ||G|| on the first step
+    array([-0.6,  0. , -0.8], dtype=float32)
+
     References:
         - Ward, Wu, Bottou, "AdaGrad stepsizes: sharp convergence over
           nonconvex landscapes", arXiv:1806.01811.
@@ -143,12 +165,12 @@ class AdagradNorm(_StructuredPreconditioner):
 
     def __init__(
         self,
-        learning_rate=0.1,
-        epsilon=1e-10,
-        name="adagrad_norm",
+        learning_rate: float = 0.1,
+        epsilon: float = 1e-10,
+        name: str = "adagrad_norm",
         **kwargs,
     ):
-        _check_positive("epsilon", epsilon)
+        epsilon = _validation.check_positive("epsilon", epsilon)
         super().__init__(
             learning_rate,
             matrix_epsilon=epsilon,
@@ -160,7 +182,7 @@ class AdagradNorm(_StructuredPreconditioner):
 
     def _route(self, variable):
         size = math.prod(int(d) for d in variable.shape)
-        return (1, size, True, False)
+        return (1, size), (True, False)
 
     def get_config(self):
         config = super().get_config()

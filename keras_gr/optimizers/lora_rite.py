@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_gr import _validation
+from keras_gr.optimizers import _backend
 from keras_gr.optimizers.matrix_functions import DEFAULT_PINV_RCOND
 from keras_gr.optimizers.matrix_functions import DEFAULT_RELATIVE_FLOOR
 from keras_gr.optimizers.matrix_functions import safe_eigh
@@ -46,13 +48,18 @@ def escaped_mass(previous, transported):
 
     `d = min(max_i (lambda_i(V) - lambda_i(V~))_+, (tr V - tr V~)_+)` with
     eigenvalues sorted ascending, `V` the previous second moment and `V~`
-    the one transported into the new basis.
+    the one transported into the new basis. Leading axes are a batch (one
+    scalar per matrix).
     """
     lam_prev, _ = safe_eigh(previous)
     lam_new, _ = safe_eigh(transported)
-    top = ops.max(ops.maximum(lam_prev - lam_new, 0.0))
-    trace = ops.maximum(ops.trace(previous) - ops.trace(transported), 0.0)
+    top = ops.max(ops.maximum(lam_prev - lam_new, 0.0), axis=-1)
+    trace = ops.maximum(_trace(previous) - _trace(transported), 0.0)
     return ops.minimum(top, trace)
+
+
+def _trace(x):
+    return ops.trace(ops.cast(x, "float32"), axis1=-2, axis2=-1)
 
 
 def precondition(
@@ -69,13 +76,17 @@ def precondition(
     relative to the largest eigenvalue stops float rounding in the null
     space of a rank-deficient second moment (fewer rows than the rank,
     early steps) from being amplified by `1 / epsilon`. `epsilon` sits
-    outside the square root, as in Adam.
+    outside the square root, as in Adam. Leading axes are a batch (`rho`
+    then has the batch shape).
     """
     lam, vec = safe_eigh(second_moment)
-    lam_max = ops.maximum(ops.max(lam), 0.0)
+    lam_max = ops.maximum(ops.max(lam, axis=-1, keepdims=True), 0.0)
     lam = ops.maximum(lam, relative_floor * lam_max)
+    rho = ops.expand_dims(ops.cast(rho, "float32"), -1)
     scale = 1.0 / (ops.sqrt(ops.maximum(lam, 0.0) + rho) + epsilon)
-    inv_root = ops.matmul(vec * ops.expand_dims(scale, 0), ops.transpose(vec))
+    inv_root = ops.matmul(
+        vec * ops.expand_dims(scale, -2), ops.swapaxes(vec, -1, -2)
+    )
     return ops.matmul(unmagnified, inv_root)
 
 
@@ -96,26 +107,29 @@ def lora_rite_side(
 
     Paper convention, shown for `A` (`m x r`) with the other factor
     `B = U_B R_B` (`n x r`): `unmagnified = dL/dA R_B^-1`, `basis = U_B(t)`,
-    `previous_basis = U_B(t-1)` (zeros before the first step).
+    `previous_basis = U_B(t-1)` (zeros before the first step). Leading
+    axes are a batch of same-shaped pairs (`rho` has the batch shape).
 
     Returns:
         `(second_moment, momentum, rho)`: the new state; the factor's update
         is `A -= lr * M(t) R_B^-T` with `M(t)` the new momentum.
     """
-    rows = unmagnified.shape[0]
-    p = ops.matmul(ops.transpose(basis), previous_basis)
+    rows = unmagnified.shape[-2]
+    p = ops.matmul(ops.swapaxes(basis, -1, -2), previous_basis)
     transported = symmetrize(
-        ops.matmul(ops.matmul(p, second_moment), ops.transpose(p))
+        ops.matmul(ops.matmul(p, second_moment), ops.swapaxes(p, -1, -2))
     )
     if use_escaped_mass:
         rho = beta2_t * (rho + escaped_mass(second_moment, transported))
     else:
         rho = ops.zeros_like(rho)
-    gram = ops.matmul(ops.transpose(unmagnified), unmagnified) / float(rows)
+    gram = ops.matmul(ops.swapaxes(unmagnified, -1, -2), unmagnified)
+    gram = gram / float(rows)
     second_moment = beta2_t * transported + (1.0 - beta2_t) * gram
     s = precondition(unmagnified, second_moment, rho, epsilon, relative_floor)
     momentum = (
-        beta1_t * ops.matmul(momentum, ops.transpose(p)) + (1.0 - beta1_t) * s
+        beta1_t * ops.matmul(momentum, ops.swapaxes(p, -1, -2))
+        + (1.0 - beta1_t) * s
     )
     return second_moment, momentum, rho
 
@@ -189,9 +203,27 @@ class LoraRite(keras.optimizers.Optimizer):
       variable (it, like the clipping, breaks exact invariance).
     - `fallback="adam"` is Keras's `Adam` (`beta_1`, `beta_2`,
       `fallback_epsilon`, same learning rate); `"sgd"` is plain SGD.
-    - Multi-replica `tf.distribute` strategies are not supported for the
-      LoRA pairs (the joint update runs outside `merge_call`); JAX
-      distribution (SPMD) is unaffected.
+    - Multi-replica `tf.distribute` strategies (e.g. `MirroredStrategy`
+      with 2+ replicas) are refused at `build` with a `ValueError` when
+      the model has LoRA pairs (the joint update runs on each replica's
+      local gradients, outside the all-reduce, and the replicas would
+      drift apart silently); a model without pairs trains as with Keras
+      Adam. JAX distribution (SPMD, `keras.distribution`) is unaffected.
+    - *Non-finite steps*: the whole step (every LoRA factor, every
+      fallback variable and all state) is skipped when any gradient, or
+      any factor's new second moment, momentum, escaped mass or update, is
+      NaN/Inf (e.g. gradients so large that their squares overflow).
+      `epsilon` must be positive: it is the only thing that keeps
+      `1 / (sqrt(lambda) + epsilon)` finite on the null space of a
+      rank-deficient second moment (Keras's zero-initialised `B`).
+    - All matrix products of the step run at the highest matmul precision
+      (`jax.default_matmul_precision("highest")` under JAX).
+    - *Cost at scale*: the QR, pseudo-inverse and eigendecompositions of
+      all pairs of the same shape (e.g. the query/value projections of
+      every layer of a transformer) are done in one batched call each;
+      under JAX gradient accumulation (where Keras runs the update on every
+      micro-step and keeps the last) they sit in a `cond` taken once per
+      optimizer step.
 
     State per pair: the momentum of each factor (`m r + n r`), the previous
     basis of each side (`max(m, r) r + max(n, r) r`), two `r x r` second
@@ -202,7 +234,7 @@ class LoraRite(keras.optimizers.Optimizer):
         beta_1: momentum decay. Defaults to `0.9`.
         beta_2: second-moment decay. Defaults to `0.999`.
         epsilon: added outside the square root of the second moment's
-            eigenvalues. Defaults to `1e-6`.
+            eigenvalues; must be positive. Defaults to `1e-6`.
         escaped_mass: whether to track the second-moment mass lost by basis
             changes (the paper's `rho`). Defaults to `True`.
         unmagnified_clipnorm: global-norm clip of the unmagnified gradients
@@ -223,18 +255,19 @@ class LoraRite(keras.optimizers.Optimizer):
             `ema_overwrite_frequency`, `loss_scale_factor`,
             `gradient_accumulation_steps`, `name`).
 
-    Example:
+    Example (a keras-hub model works the same way:
+    `lm.backbone.enable_lora(rank=8)`, then compile with `LoraRite`):
 
-    ```python
-    lm = keras_hub.models.CausalLM.from_preset(folder)
-    lm.backbone.enable_lora(rank=8)
-    lm.compile(
-        optimizer=keras_gr.optimizers.LoraRite(learning_rate=1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=True,
-    )
-    lm.fit(x, y)
-    ```
+    >>> import keras, numpy as np
+    >>> from keras_gr.optimizers import LoraRite
+    >>> dense = keras.layers.Dense(4)
+    >>> model = keras.Sequential([keras.Input((8,)), dense])
+    >>> dense.enable_lora(2)
+    >>> opt = LoraRite(learning_rate=1e-2)
+    >>> model.compile(optimizer=opt, loss="mse")
+    >>> _ = model.fit(np.ones((4, 8)), np.ones((4, 4)), verbose=0)
+    >>> [tuple(v.shape) for v in opt.lora_pairs[0]]
+    [(8, 2), (2, 4)]
 
     References:
         - Yen et al., "LoRA Done RITE: Robust Invariant Transformation
@@ -244,17 +277,17 @@ class LoraRite(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        learning_rate=1e-3,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-6,
-        escaped_mass=True,
-        unmagnified_clipnorm=None,
-        update_skip_threshold=None,
-        pinv_rcond=DEFAULT_PINV_RCOND,
-        relative_floor=DEFAULT_RELATIVE_FLOOR,
-        fallback="adam",
-        fallback_epsilon=1e-7,
+        learning_rate: float = 1e-3,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-6,
+        escaped_mass: bool = True,
+        unmagnified_clipnorm: float | None = None,
+        update_skip_threshold: float | None = None,
+        pinv_rcond: float = DEFAULT_PINV_RCOND,
+        relative_floor: float = DEFAULT_RELATIVE_FLOOR,
+        fallback: str = "adam",
+        fallback_epsilon: float = 1e-7,
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
@@ -267,6 +300,12 @@ class LoraRite(keras.optimizers.Optimizer):
         name="lora_rite",
         **kwargs,
     ):
+        if not callable(learning_rate) and not isinstance(
+            learning_rate, keras.optimizers.schedules.LearningRateSchedule
+        ):
+            learning_rate = _validation.check_positive(
+                "learning_rate", learning_rate
+            )
         super().__init__(
             learning_rate=learning_rate,
             name=name,
@@ -282,64 +321,58 @@ class LoraRite(keras.optimizers.Optimizer):
             **kwargs,
         )
         for arg, value in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(
-                    f"`{arg}` must be a float in [0, 1). "
-                    f"Received: {arg}={value!r}"
-                )
-        for arg, value in (
-            ("epsilon", epsilon),
-            ("fallback_epsilon", fallback_epsilon),
-        ):
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(
-                    f"`{arg}` must be a non-negative float. "
-                    f"Received: {arg}={value!r}"
-                )
+            _validation.check_number(
+                arg, value, minimum=0.0, maximum=1.0, max_inclusive=False
+            )
+        # `epsilon = 0` makes `1 / (sqrt(lambda) + epsilon)` infinite on the
+        # null space of the second moment (a zero `B`, the first step).
+        _validation.check_positive("epsilon", epsilon)
+        _validation.check_positive("fallback_epsilon", fallback_epsilon)
         for arg, value in (
             ("unmagnified_clipnorm", unmagnified_clipnorm),
             ("update_skip_threshold", update_skip_threshold),
         ):
-            if value is not None and (
-                not isinstance(value, (int, float)) or value <= 0
-            ):
-                raise ValueError(
-                    f"`{arg}` must be a positive float or None. "
-                    f"Received: {arg}={value!r}"
-                )
-        if not isinstance(pinv_rcond, (int, float)) or not (
-            0 <= pinv_rcond < 1
+            if value is not None:
+                _validation.check_positive(arg, value)
+        for arg, value in (
+            ("pinv_rcond", pinv_rcond),
+            ("relative_floor", relative_floor),
         ):
-            raise ValueError(
-                "`pinv_rcond` must be a float in [0, 1). "
-                f"Received: pinv_rcond={pinv_rcond!r}"
+            _validation.check_number(
+                arg, value, minimum=0.0, maximum=1.0, max_inclusive=False
             )
-        if not isinstance(relative_floor, (int, float)) or not (
-            0 <= relative_floor < 1
-        ):
-            raise ValueError(
-                "`relative_floor` must be a float in [0, 1). "
-                f"Received: relative_floor={relative_floor!r}"
-            )
-        if fallback not in FALLBACKS:
-            raise ValueError(
-                f"`fallback` must be one of {FALLBACKS}. "
-                f"Received: fallback={fallback!r}"
-            )
+        _validation.check_choice("fallback", fallback, FALLBACKS)
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
         self.epsilon = float(epsilon)
         self.escaped_mass = bool(escaped_mass)
+        if unmagnified_clipnorm is not None:
+            unmagnified_clipnorm = float(unmagnified_clipnorm)
         self.unmagnified_clipnorm = unmagnified_clipnorm
-        self.update_skip_threshold = update_skip_threshold
+        self.update_skip_threshold = (
+            None
+            if update_skip_threshold is None
+            else float(update_skip_threshold)
+        )
         self.pinv_rcond = float(pinv_rcond)
         self.relative_floor = float(relative_floor)
         self.fallback = fallback
         self.fallback_epsilon = float(fallback_epsilon)
+        self._step_finite = None
 
     def build(self, var_list):
         if self.built:
             return
+        replicas = _backend.distributed_replicas(self)
+        if replicas > 1 and find_lora_pairs(var_list):
+            raise ValueError(
+                "LoraRite does not support multi-replica `tf.distribute` "
+                "strategies for LoRA pairs: the joint pair update would run "
+                "on each replica's local gradients, and the replicas would "
+                "drift apart silently. Use one replica, or the JAX backend "
+                "with `keras.distribution` (SPMD). Received: a strategy "
+                f"with num_replicas_in_sync={replicas}"
+            )
         super().build(var_list)
         pairs = find_lora_pairs(var_list)
         pair_of_a = {a: (a, b) for a, b in pairs}
@@ -398,14 +431,24 @@ class LoraRite(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         """The fallback update of one non-LoRA variable (Adam or SGD)."""
+        finite = self._step_finite
+        if finite is None:
+            finite = ops.all(ops.isfinite(gradient))
         lr = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
+        gradient = ops.where(
+            ops.isfinite(gradient), gradient, ops.zeros_like(gradient)
+        )
         if self.fallback == "sgd":
-            self.assign_sub(variable, ops.multiply(gradient, lr))
+            w = ops.convert_to_tensor(variable)
+            self.assign(variable, ops.where(finite, w - gradient * lr, w))
             return
         index = self._get_variable_index(variable)
-        m = self._fallback_momentums[index]
-        v = self._fallback_velocities[index]
+        m_var = self._fallback_momentums[index]
+        v_var = self._fallback_velocities[index]
+        m = ops.convert_to_tensor(m_var)
+        v = ops.convert_to_tensor(v_var)
+        w = ops.convert_to_tensor(variable)
         local_step = ops.cast(self.iterations + 1, variable.dtype)
         beta_1_power = ops.power(
             ops.cast(self.beta_1, variable.dtype), local_step
@@ -414,26 +457,34 @@ class LoraRite(keras.optimizers.Optimizer):
             ops.cast(self.beta_2, variable.dtype), local_step
         )
         alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-        self.assign_add(
-            m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1)
+        m_new = m + (gradient - m) * (1 - self.beta_1)
+        v_new = v + (ops.square(gradient) - v) * (1 - self.beta_2)
+        var_new = w - (m_new * alpha) / (
+            ops.sqrt(v_new) + self.fallback_epsilon
         )
-        self.assign_add(
-            v,
-            ops.multiply(
-                ops.subtract(ops.square(gradient), v), 1 - self.beta_2
-            ),
-        )
-        self.assign_sub(
-            variable,
-            ops.divide(
-                ops.multiply(m, alpha),
-                ops.add(ops.sqrt(v), self.fallback_epsilon),
-            ),
-        )
+        # The guard checks the results too (squares of huge gradients
+        # overflow); such a variable keeps its value and state.
+        for x in (m_new, v_new, var_new):
+            finite = ops.logical_and(finite, ops.all(ops.isfinite(x)))
+        self.assign(m_var, ops.where(finite, m_new, m))
+        self.assign(v_var, ops.where(finite, v_new, v))
+        self.assign(variable, ops.where(finite, var_new, w))
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # The single place where LoRA pairs are updated jointly; everything
-        # else goes through the backend's own per-variable path.
+        # else goes through the backend's own per-variable path. One finite
+        # flag for the whole step: a NaN/Inf gradient anywhere leaves every
+        # variable and all state unchanged.
+        flags = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
+        self._step_finite = None
+        if flags and _backend.distributed_replicas(self) == 1:
+            self._step_finite = ops.all(ops.stack(flags))
+        try:
+            self._update_all(grads, trainable_variables, learning_rate)
+        finally:
+            self._step_finite = None
+
+    def _update_all(self, grads, trainable_variables, learning_rate):
         position = {
             self._get_variable_index(v): k
             for k, v in enumerate(trainable_variables)
@@ -449,7 +500,10 @@ class LoraRite(keras.optimizers.Optimizer):
                 )
             )
         if self._lora_pairs:
-            self._update_lora_pairs(pair_grads, learning_rate)
+            # A non-finite LoRA result skips the fallback variables too.
+            self._step_finite = self._update_lora_pairs(
+                pair_grads, learning_rate
+            )
         other = [
             (g, v)
             for g, v in zip(grads, trainable_variables)
@@ -462,92 +516,184 @@ class LoraRite(keras.optimizers.Optimizer):
             )
 
     def _update_lora_pairs(self, pair_grads, learning_rate):
+        # The variables the pair step writes, in a fixed order: per pair,
+        # per factor (A then B): momentum, second moment, basis, rho and
+        # the factor itself.
+        variables = self._trainable_variables
+        targets = []
+        for (a_index, b_index, *_), state in zip(
+            self._lora_pairs, self._lora_state
+        ):
+            for k, index in enumerate((a_index, b_index)):
+                v_var, m_var, basis_var, rho_var = state[4 * k : 4 * k + 4]
+                targets += [m_var, v_var, basis_var, rho_var]
+                targets.append(variables[index])
+
+        def compute():
+            return self._pair_values(pair_grads, learning_rate)
+
+        def keep():
+            flag = self._step_finite
+            if flag is None:
+                flag = ops.convert_to_tensor(True)
+            return [_read(t) for t in targets] + [flag]
+
+        acc = self.gradient_accumulation_steps
+        if acc and keras.backend.backend() == "jax":
+            # Keras's JAX optimizer runs this on every micro-step and keeps
+            # the last one only: decompose once per optimizer step.
+            last_micro = ops.equal(ops.mod(self._iterations + 1, acc), 0)
+            values = ops.cond(last_micro, compute, keep)
+        else:
+            values = compute()
+        for target, value in zip(targets, values[:-1]):
+            self.assign(target, ops.cast(value, target.dtype))
+        return values[-1]
+
+    def _pair_values(self, pair_grads, learning_rate):
+        """New values of the pair step's targets (see `_update_lora_pairs`)
+        and, last, the step's finite flag; the decompositions are batched
+        over pairs of the same shape."""
         lr = ops.cast(learning_rate, "float32")
         step = ops.cast(self.iterations + 1, "float32")
         beta1_t = bias_corrected_decay(self.beta_1, step)
         beta2_t = bias_corrected_decay(self.beta_2, step)
         variables = self._trainable_variables
+        groups = {}
+        for k, (_, _, m, n, r) in enumerate(self._lora_pairs):
+            groups.setdefault((m, n, r), []).append(k)
 
-        # Pass 1: factorisations and unmagnified gradients of every factor.
-        prepared = []
-        for (a_index, b_index, m, n, r), (grad_a, grad_b) in zip(
-            self._lora_pairs, pair_grads
-        ):
-            var_a, var_b = variables[a_index], variables[b_index]
-            a = ops.reshape(ops.cast(_read(var_a), "float32"), (m, r))
-            b = ops.transpose(
-                ops.reshape(ops.cast(_read(var_b), "float32"), (r, n))
-            )
-            q_a, r_a = thin_qr(a)
-            q_b, r_b = thin_qr(b)
-            r_a_pinv = safe_pinv(r_a, self.pinv_rcond)
-            r_b_pinv = safe_pinv(r_b, self.pinv_rcond)
-            unmag_a = ops.matmul(grad_a, r_b_pinv)
-            unmag_b = ops.matmul(ops.transpose(grad_b), r_a_pinv)
-            prepared.append(
-                [[unmag_a, q_b, r_b_pinv], [unmag_b, q_a, r_a_pinv]]
-            )
+        # Pass 1: batched factorisations and unmagnified gradients.
+        prepared = {}
+        with _backend.highest_matmul_precision():
+            for (m, n, r), members in groups.items():
+                a = ops.stack(
+                    [
+                        ops.reshape(
+                            _read(variables[self._lora_pairs[k][0]]), (m, r)
+                        )
+                        for k in members
+                    ]
+                )
+                b = ops.stack(
+                    [
+                        ops.transpose(
+                            ops.reshape(
+                                _read(variables[self._lora_pairs[k][1]]),
+                                (r, n),
+                            )
+                        )
+                        for k in members
+                    ]
+                )
+                grad_a = ops.stack([pair_grads[k][0] for k in members])
+                grad_b = ops.stack([pair_grads[k][1] for k in members])
+                q_a, r_a = thin_qr(a)
+                q_b, r_b = thin_qr(b)
+                r_a_pinv = safe_pinv(r_a, self.pinv_rcond)
+                r_b_pinv = safe_pinv(r_b, self.pinv_rcond)
+                unmag_a = ops.matmul(grad_a, r_b_pinv)
+                unmag_b = ops.matmul(ops.swapaxes(grad_b, -1, -2), r_a_pinv)
+                prepared[(m, n, r)] = [
+                    [unmag_a, q_b, r_b_pinv],
+                    [unmag_b, q_a, r_a_pinv],
+                ]
 
         if self.unmagnified_clipnorm is not None:
             squares = [
                 ops.sum(ops.square(side[0]))
-                for sides in prepared
+                for sides in prepared.values()
                 for side in sides
             ]
             norm = ops.sqrt(ops.sum(ops.stack(squares)))
             scale = ops.minimum(
                 1.0, self.unmagnified_clipnorm / ops.maximum(norm, 1e-30)
             )
-            for sides in prepared:
+            for sides in prepared.values():
                 for side in sides:
                     side[0] = side[0] * scale
 
-        # Pass 2: the LoRA-RITE step of each factor, then the assignments.
+        # Pass 2: the batched LoRA-RITE step of each side.
         threshold = (
             float("inf")
             if self.update_skip_threshold is None
             else float(self.update_skip_threshold)
         )
-        for (a_index, b_index, m, n, r), sides, state in zip(
-            self._lora_pairs, prepared, self._lora_state
-        ):
-            factors = (
-                (variables[a_index], (m, r), False),
-                (variables[b_index], (r, n), True),
-            )
-            for k, (var, shape_2d, transpose) in enumerate(factors):
-                unmag, basis, other_r_pinv = sides[k]
-                v_var, m_var, basis_var, rho_var = state[4 * k : 4 * k + 4]
-                old_v = _read(v_var)
-                old_m = _to_rows(_read(m_var), shape_2d, transpose)
-                old_basis = _read(basis_var)
-                old_rho = _read(rho_var)
-                new_v, new_m, new_rho = lora_rite_side(
-                    unmag,
-                    basis,
-                    old_basis,
-                    old_v,
-                    old_m,
-                    old_rho,
-                    beta1_t,
-                    beta2_t,
-                    self.epsilon,
-                    self.escaped_mass,
-                    self.relative_floor,
+        finite = [] if self._step_finite is None else [self._step_finite]
+        results = {}
+        for (m, n, r), members in groups.items():
+            for k, (shape_2d, transpose) in enumerate(
+                (((m, r), False), ((r, n), True))
+            ):
+                unmag, basis, other_r_pinv = prepared[(m, n, r)][k]
+                states = [
+                    self._lora_state[j][4 * k : 4 * k + 4] for j in members
+                ]
+                old_v = ops.stack([_read(st[0]) for st in states])
+                old_m = ops.stack(
+                    [
+                        _to_rows(_read(st[1]), shape_2d, transpose)
+                        for st in states
+                    ]
                 )
-                rms = ops.sqrt(ops.mean(ops.square(unmag)))
-                ok = ops.logical_and(
-                    ops.all(ops.isfinite(unmag)), rms <= threshold
+                old_basis = ops.stack([_read(st[2]) for st in states])
+                old_rho = ops.stack([_read(st[3]) for st in states])
+                with _backend.highest_matmul_precision():
+                    new_v, new_m, new_rho = lora_rite_side(
+                        unmag,
+                        basis,
+                        old_basis,
+                        old_v,
+                        old_m,
+                        old_rho,
+                        beta1_t,
+                        beta2_t,
+                        self.epsilon,
+                        self.escaped_mass,
+                        self.relative_floor,
+                    )
+                    delta = lr * ops.matmul(
+                        new_m, ops.swapaxes(other_r_pinv, -1, -2)
+                    )
+                # The guard checks the inputs *and* the results.
+                for x in (unmag, new_v, new_m, new_rho, delta):
+                    finite.append(ops.all(ops.isfinite(x)))
+                rms = ops.sqrt(ops.mean(ops.square(unmag), axis=(-2, -1)))
+                results[(m, n, r, k)] = (
+                    (old_m, old_v, old_basis, old_rho),
+                    (new_m, new_v, basis, new_rho),
+                    delta,
+                    rms <= threshold,
                 )
-                delta = ops.matmul(new_m, ops.transpose(other_r_pinv))
-                delta = ops.where(ok, lr * delta, ops.zeros_like(delta))
-                new_m = ops.where(ok, new_m, old_m)
-                self.assign(m_var, _from_rows(new_m, m_var.shape, transpose))
-                self.assign(v_var, ops.where(ok, new_v, old_v))
-                self.assign(basis_var, ops.where(ok, basis, old_basis))
-                self.assign(rho_var, ops.where(ok, new_rho, old_rho))
-                delta = _from_rows(delta, var.shape, transpose)
-                self.assign_sub(var, ops.cast(delta, var.dtype))
+
+        # The whole step is skipped if anything (any gradient, any factor's
+        # new state or update) is not finite; `update_skip_threshold` skips
+        # single factors.
+        all_finite = ops.all(ops.stack(finite))
+        per_pair = {}
+        for (m, n, r), members in groups.items():
+            for k, transpose in enumerate((False, True)):
+                old, new, delta, small = results[(m, n, r, k)]
+                for slot, j in enumerate(members):
+                    ok = ops.logical_and(all_finite, small[slot])
+                    index = self._lora_pairs[j][k]
+                    var = variables[index]
+                    m_var = self._lora_state[j][4 * k + 1]
+                    out = [
+                        ops.where(ok, nw[slot], od[slot])
+                        for nw, od in zip(new, old)
+                    ]
+                    out[0] = _from_rows(out[0], m_var.shape, transpose)
+                    step_delta = ops.where(
+                        ok, delta[slot], ops.zeros_like(delta[slot])
+                    )
+                    step_delta = _from_rows(step_delta, var.shape, transpose)
+                    per_pair[(j, k)] = out + [_read(var) - step_delta]
+        values = []
+        for j in range(len(self._lora_pairs)):
+            for k in (0, 1):
+                values += per_pair[(j, k)]
+        return values + [all_finite]
 
     @property
     def lora_pairs(self):

@@ -296,16 +296,26 @@ GOLDEN_SHAPES = [
         {"escaped": False},
         {"clipnorm": 0.5},
         {"skip": 3.9},
+        # Same-shaped pairs share one batched decomposition.
+        {"shapes": GOLDEN_SHAPES + [GOLDEN_SHAPES[0], GOLDEN_SHAPES[2]]},
     ],
-    ids=["default", "no_escaped_mass", "unmagnified_clip", "skip"],
+    ids=[
+        "default",
+        "no_escaped_mass",
+        "unmagnified_clip",
+        "skip",
+        "batched_same_shapes",
+    ],
 )
 def test_golden_steps_against_numpy(options):
     steps, lr = 6, 0.05
-    factors, variables = _factor_vars(GOLDEN_SHAPES, seed=3)
+    options = dict(options)
+    shapes = options.pop("shapes", GOLDEN_SHAPES)
+    factors, variables = _factor_vars(shapes, seed=3)
     rng = np.random.default_rng(4)
     targets = [rng.normal(size=_merged(a, b).shape) for a, b in factors]
     weights = [rng.uniform(0.5, 2.0, size=t.shape) for t in targets]
-    reference = NumpyLoraRite(GOLDEN_SHAPES, lr=lr, **options)
+    reference = NumpyLoraRite(shapes, lr=lr, **options)
     optimizer = LoraRite(
         learning_rate=lr,
         escaped_mass=options.get("escaped", True),
@@ -314,7 +324,7 @@ def test_golden_steps_against_numpy(options):
     )
     flat = [v for pair in variables for v in pair]
     optimizer.build(flat)
-    assert len(optimizer.lora_pairs) == len(GOLDEN_SHAPES)
+    assert len(optimizer.lora_pairs) == len(shapes)
     ref_factors = [(a.astype("f8"), b.astype("f8")) for a, b in factors]
     skipped = 0
     for _ in range(steps):
@@ -337,7 +347,7 @@ def test_golden_steps_against_numpy(options):
             _assert_rel(np.array(va), ra, GOLDEN_RTOL, f"pair {k} a")
             _assert_rel(np.array(vb), rb, GOLDEN_RTOL, f"pair {k} b")
     if "skip" in options:
-        assert 0 < skipped < steps * 2 * len(GOLDEN_SHAPES), skipped
+        assert 0 < skipped < steps * 2 * len(shapes), skipped
 
 
 def test_zero_initialised_b_is_finite_and_matches_numpy():
@@ -437,6 +447,10 @@ def test_pairs_found_on_dense_einsum_and_embedding():
         ({"beta_1": 1.0}, "beta_1"),
         ({"beta_2": -0.1}, "beta_2"),
         ({"epsilon": -1.0}, "epsilon"),
+        ({"epsilon": 0.0}, "epsilon"),
+        ({"fallback_epsilon": 0.0}, "fallback_epsilon"),
+        ({"relative_floor": 1.0}, "relative_floor"),
+        ({"beta_1": "0.9"}, "beta_1"),
         ({"unmagnified_clipnorm": 0.0}, "unmagnified_clipnorm"),
         ({"update_skip_threshold": -2}, "update_skip_threshold"),
         ({"pinv_rcond": 1.5}, "pinv_rcond"),
@@ -446,6 +460,177 @@ def test_pairs_found_on_dense_einsum_and_embedding():
 def test_argument_validation(kwargs, match):
     with pytest.raises(ValueError, match=f"`{match}`.*Received: {match}="):
         LoraRite(**kwargs)
+
+
+def test_numpy_scalars_are_accepted():
+    opt = LoraRite(
+        learning_rate=np.float32(0.01),
+        beta_1=np.float32(0.9),
+        beta_2=np.float64(0.99),
+        epsilon=np.float32(1e-6),
+        unmagnified_clipnorm=np.float32(1.0),
+        update_skip_threshold=np.int64(5),
+    )
+    config = opt.get_config()
+    assert config["beta_1"] == pytest.approx(0.9)
+    assert config["update_skip_threshold"] == 5.0
+    assert LoraRite.from_config(config).get_config() == config
+
+
+def _one_step_state(grads_scale, nan_in_fallback=False):
+    """Two LoRA pairs and a plain variable; returns (before, after) of the
+    weights and optimizer state for one step with the given gradients."""
+    _, pairs = _factor_vars(GOLDEN_SHAPES[:2], seed=4)
+    plain = keras.Variable(np.ones((3,), "float32"), name="bias")
+    variables = [v for p in pairs for v in p] + [plain]
+    opt = LoraRite(learning_rate=0.05)
+    opt.build(variables)
+    rng = np.random.default_rng(0)
+    good = [rng.normal(size=v.shape).astype("float32") for v in variables]
+    opt.apply_gradients(zip(good, variables))  # one normal step first
+    before = [np.array(v) for v in variables + list(opt.variables)]
+    grads = [g * grads_scale for g in good]
+    if nan_in_fallback:
+        grads[-1] = grads[-1].copy()
+        grads[-1][1] = np.nan
+    opt.apply_gradients(zip(grads, variables))
+    after = [np.array(v) for v in variables + list(opt.variables)]
+    return before, after, opt
+
+
+def test_non_finite_gradient_skips_the_whole_step():
+    """A NaN in a plain variable's gradient leaves the LoRA pairs (and all
+    state) unchanged too; only the iteration counter moves."""
+    before, after, _ = _one_step_state(1.0, nan_in_fallback=True)
+    changed = [
+        i
+        for i, (a, b) in enumerate(zip(before, after))
+        if not np.array_equal(a, b)
+    ]
+    # Only `iterations` (an optimizer variable) may change.
+    assert len(changed) <= 1, changed
+    for b in after:
+        assert np.all(np.isfinite(b))
+
+
+def test_finite_guard_checks_the_result():
+    """Finite but huge gradients (1e25: their squares overflow float32)
+    make the second moment infinite: the step must be skipped, not turn the
+    factors into NaN (a guard on the incoming gradient alone lets it
+    through)."""
+    before, after, _ = _one_step_state(1e25)
+    n_weights = 2 * 2 + 1
+    for a, b in zip(before[:n_weights], after[:n_weights]):
+        np.testing.assert_array_equal(a, b)
+    assert all(np.all(np.isfinite(b)) for b in after)
+    # And a normal-size step afterwards still moves the factors.
+    _, again, _ = _one_step_state(1.0)
+    assert not np.array_equal(again[0], before[0])
+
+
+def test_smallest_epsilon_keeps_zero_b_finite():
+    """With Keras's zero-initialised `B` the second moment of `A`'s side
+    is zero on the first step: `epsilon` alone keeps `1 / (sqrt(0) + eps)`
+    finite, which is why `epsilon=0` is refused."""
+    _, pairs = _factor_vars(GOLDEN_SHAPES[:1], seed=5, zero_b=True)
+    variables = list(pairs[0])
+    opt = LoraRite(learning_rate=0.01, epsilon=1e-12)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        grads = [rng.normal(size=v.shape).astype("float32") for v in variables]
+        opt.apply_gradients(zip(grads, variables))
+    assert all(np.all(np.isfinite(np.array(v))) for v in variables)
+    assert np.abs(np.array(variables[1])).max() > 0
+
+
+_MIRRORED_SNIPPET = """
+import json
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+import keras
+from keras_gr.optimizers import LoraRite
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(32, 8)).astype("float32")
+y = np.tanh(x @ rng.normal(size=(8, 3))).astype("float32")
+
+
+def model_fn(lora):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    d1 = keras.layers.Dense(6, activation="tanh")
+    out = keras.layers.Dense(3)(d1(inputs))
+    model = keras.Model(inputs, out)
+    if lora:
+        d1.enable_lora(2)
+    return model
+
+
+def train(strategy, lora, make_opt):
+    with strategy.scope():
+        model = model_fn(lora)
+        model.compile(optimizer=make_opt(), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    return [np.array(w) for w in model.weights]
+
+
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+one = tf.distribute.get_strategy()
+out = {"replicas": mirrored.num_replicas_in_sync}
+try:
+    train(mirrored, True, lambda: LoraRite(0.01))
+    out["lora_error"] = None
+except ValueError as e:
+    out["lora_error"] = str(e)
+for name, make in (
+    ("rite_fallback", lambda: LoraRite(0.01)),
+    ("adam", lambda: keras.optimizers.Adam(0.01)),
+):
+    a = train(one, False, make)
+    b = train(mirrored, False, make)
+    out[name] = max(float(np.abs(u - v).max()) for u, v in zip(a, b))
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="tf.distribute MirroredStrategy: TensorFlow pass only",
+)
+def test_mirrored_strategy_refused_for_pairs_and_exact_otherwise():
+    """Under a 2-replica `MirroredStrategy` (2 virtual CPU devices, in a
+    fresh process) LoraRite with LoRA pairs raises a clear error at build
+    instead of drifting silently; its fallback path (no LoRA pairs) equals
+    the one-device run within 1e-5, like Keras Adam."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_SNIPPET],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    import json
+
+    result = json.loads(lines[-1][len("RESULT") :])
+    assert result["replicas"] == 2
+    assert result["lora_error"] is not None, "no error for LoRA pairs"
+    assert "num_replicas_in_sync=2" in result["lora_error"]
+    assert result["adam"] < 1e-5, result
+    assert result["rite_fallback"] < 1e-5, result
 
 
 # --------------------------------------------------------------------------
@@ -564,7 +749,9 @@ def _scalings(kind):
     return mats
 
 
-@pytest.mark.parametrize("kind", ["scalar", "random"])
+@pytest.mark.parametrize(
+    "kind", [pytest.param("scalar", marks=pytest.mark.slow), "random"]
+)
 def test_transformation_invariance_through_fit(kind):
     mats = _scalings(kind)
 
@@ -629,14 +816,25 @@ def _lora_regression_data(n=64, seed=0):
 
 
 def test_conformance():
-    # The shared battery on a LoRA-free model (every variable takes the Adam
-    # fallback). Keras's `.keras` format stores a LoRA layer's kernel with
-    # the factors merged in and reloads the factors as zeros, so its
-    # resume-equality check cannot hold for a LoRA model under any
-    # optimizer; the LoRA checks follow below.
-    check_optimizer(LoraRite, {"learning_rate": 0.1}, fit_learning_rate=0.01)
+    # The shared battery on a model with two LoRA pairs (Dense and a rank-3
+    # EinsumDense kernel) plus plain kernels and biases (Adam fallback).
+    # Keras's `.keras` format stores a LoRA layer's kernel with the factors
+    # merged in, so the resume check carries the weights and optimizer
+    # variables over directly (and still checks that the optimizer state
+    # survives a `.keras` round trip unchanged).
+    check_optimizer(
+        LoraRite,
+        {"learning_rate": 0.1},
+        fit_learning_rate=0.01,
+        model_fn=_lora_regression_model,
+        data_fn=_lora_regression_data,
+        resume_via="weights",
+    )
 
 
+# Slow: `test_conformance` runs the same Keras features on this LoRA
+# model; this adds weight decay and the loss / factor-movement checks.
+@pytest.mark.slow
 def test_keras_features_on_a_lora_model():
     x, y = _lora_regression_data()
     for extra in (
@@ -706,6 +904,51 @@ def test_gradient_accumulation_equals_mean_gradient_for_pairs():
         np.testing.assert_allclose(s1, s2, atol=1e-5)
 
 
+def _eqn_names(jaxpr, in_cond=False, out=None):
+    """`(primitive name, inside a cond branch?)` for every equation of a
+    jaxpr, sub-jaxprs included."""
+    out = [] if out is None else out
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        out.append((name, in_cond))
+        for value in eqn.params.values():
+            values = value if isinstance(value, (tuple, list)) else [value]
+            for sub in values:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    _eqn_names(inner, in_cond or name == "cond", out)
+    return out
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="JAX runs the update on every micro-step",
+)
+def test_accumulation_decomposes_once_per_optimizer_step():
+    """Under JAX gradient accumulation the pair decompositions (eigh, QR,
+    SVD) sit inside a `cond` taken on the last micro-step only; without
+    accumulation they run unconditionally (so the check can fail)."""
+    import jax
+
+    def names(accumulation):
+        _, pairs = _factor_vars(GOLDEN_SHAPES[:1], seed=1)
+        flat = list(pairs[0])
+        opt = LoraRite(0.01, gradient_accumulation_steps=accumulation)
+        opt.build(flat)
+        grads = [np.ones(v.shape, "float32") for v in flat]
+        closed = jax.make_jaxpr(opt.stateless_apply)(
+            [v.value for v in opt.variables], grads, [v.value for v in flat]
+        )
+        return _eqn_names(closed.jaxpr)
+
+    with_acc = names(2)
+    assert ("eigh", True) in with_acc
+    assert ("eigh", False) not in with_acc
+    assert ("eigh", False) in names(None)
+
+
+# Slow: `test_conformance` checks the weights resume on a LoRA model.
+@pytest.mark.slow
 def test_resume_is_exact_on_a_lora_model():
     """The optimizer state is complete: restoring model weights (factors
     included) and optimizer variables continues the run exactly; and the
@@ -752,6 +995,8 @@ def test_resume_is_exact_on_a_lora_model():
 # --------------------------------------------------------------------------
 
 
+# Slow: a keras-hub preset (fixture setup + 12 compiled LM steps).
+@pytest.mark.slow
 def test_keras_hub_preset_lora_fit(tiny_preset):
     import keras_hub
 
