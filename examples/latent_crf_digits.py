@@ -3,19 +3,30 @@
 Trains a class-conditional latent diffusion model on scikit-learn's digits
 (upsampled to 16x16, an 8x8x4 latent grid), then a LatentCRF, with the
 diffusion model frozen, that jumps over the last `s` of the `T` DDIM steps
-(arXiv 2412.18596). Writes a grid of samples and a small table.
+(arXiv 2412.18596). Every sampler is one compiled `DiffusionSampler` (a
+Keras model: it saves to `.keras` with its denoiser, CRF and schedule).
+Scores the samples with the accumulating Keras metrics `FrechetDistance`
+and `ClassAccuracy` in a digit classifier's feature space, and writes a
+grid of samples and a small table.
 
     KERAS_BACKEND=jax .venv/bin/python examples/latent_crf_digits.py
     KERAS_BACKEND=jax .venv/bin/python examples/latent_crf_digits.py \
         --denoiser_steps 300 --width 16     # faster, rougher
+    ... --smoke     # a seconds-long run through every step (no quality)
 """
 
 import argparse
 import os
 
+import keras
 import matplotlib
 import numpy as np
 
+from keras_gr.data.digits import load_digit_images
+from keras_gr.data.digits import split_digits
+from keras_gr.metrics import ClassAccuracy
+from keras_gr.metrics import FrechetDistance
+from keras_gr.metrics import vendi_score
 from keras_gr.models import latent_diffusion as ld
 
 matplotlib.use("Agg")
@@ -26,44 +37,78 @@ parser.add_argument("--denoiser_steps", type=int, default=1000)
 parser.add_argument("--width", type=int, default=32)
 parser.add_argument("--steps", type=int, default=12, help="T")
 parser.add_argument("--skip", type=int, default=4, help="s")
+parser.add_argument("--smoke", action="store_true")
 parser.add_argument(
     "--output_dir", default=os.path.join(os.path.dirname(__file__), "results")
 )
 args = parser.parse_args()
+train_steps = 20 if args.smoke else 300
+if args.smoke:
+    args.denoiser_steps, args.width = 20, 8
 os.makedirs(args.output_dir, exist_ok=True)
 
 # 1. Data: 1797 real digits, upsampled, split.
-images, labels = ld.load_digit_images(16)
-x_train, y_train, x_test, y_test = ld.split_digits(images, labels)
+images, labels = load_digit_images(16)
+x_train, y_train, x_test, y_test = split_digits(images, labels)
 
 # 2. The latent diffusion model: autoencoder, then the noise predictor.
 pipe = ld.DigitsLatentDiffusion(
-    width=args.width, num_sampling_steps=args.steps, skip_steps=args.skip
+    width=args.width,
+    num_sampling_steps=args.steps,
+    skip_steps=args.skip,
+    crf_kwargs={"num_steps": 3, "dilations": (2, 4)},
 )
-print("autoencoder loss", pipe.fit_autoencoder(x_train, steps=300))
+print("autoencoder loss", pipe.fit_autoencoder(x_train, steps=train_steps))
 print("denoiser loss", pipe.fit_denoiser(x_train, y_train, args.denoiser_steps))
 
 # 3. The LatentCRF, trained on (latents at step T - s -> final latents).
-before, after = pipe.fit_crf(num_pairs=1024, steps=300)
+before, after = pipe.fit_crf(
+    num_pairs=128 if args.smoke else 1024, steps=train_steps
+)
 print(
     f"CRF latent MSE to the full sampler: {before:.4f} -> {after:.4f} "
     f"(truncation alone: {pipe.history['crf_input_mse']:.4f})"
 )
 
-# 4. Sample the same noise three ways and score them with a classifier.
-classifier, features = ld.train_digit_classifier(x_train, y_train)
-reference = np.asarray(features.predict(x_train, verbose=0))
-eval_labels = np.arange(200) % 10
+# 4. The CRF sampler is a Keras model: save it, reload it, same samples.
+path = os.path.join(args.output_dir, "latent_crf_sampler.keras")
+pipe.sampler_for("crf").save(path)
+reloaded = keras.models.load_model(path)
 noise = np.random.default_rng(0).normal(size=(200,) + pipe.latent_shape)
+noise = noise.astype("float32")
+eval_labels = (np.arange(200) % 10).astype("int32")
+same = np.allclose(
+    reloaded.predict_on_batch([noise[:10], eval_labels[:10]]),
+    pipe.sampler_for("crf").predict_on_batch([noise[:10], eval_labels[:10]]),
+    atol=1e-5,
+)
+print("reloaded .keras sampler gives the same samples:", same)
+
+# 5. Sample the same noise several ways and score them with a classifier.
+classifier, features = ld.train_digit_classifier(
+    x_train, y_train, steps=train_steps
+)
+reference = np.asarray(features.predict(x_train, verbose=0))
 lines = ["| method | denoiser calls | FID-style | accuracy | Vendi |"]
 lines.append("|---|---|---|---|---|")
-fig, axes = plt.subplots(3, 10, figsize=(6, 2))
-for row, method in enumerate(["full", "truncated", "crf"]):
-    out, calls = pipe.generate(eval_labels, noise.astype("float32"), method)
-    m = ld.evaluate_samples(out, eval_labels, classifier, features, reference)
+methods = ["full", "short", "crf"]
+fig, axes = plt.subplots(len(methods), 10, figsize=(6, 2))
+for row, method in enumerate(methods):
+    out, calls = pipe.generate(eval_labels, noise, method)
+    fd, acc = FrechetDistance(reference.shape[1]), ClassAccuracy()
+    fd.update_state(reference, None)  # the real images' statistics
+    for i in range(0, len(out), 50):  # the metrics accumulate over batches
+        batch = out[i : i + 50]
+        fd.update_state(None, features.predict(batch, verbose=0))
+        logits = classifier.predict(batch, verbose=0)
+        acc.update_state(eval_labels[i : i + 50], logits)
+    feats = np.asarray(features.predict(out, verbose=0))
+    vendi = np.mean(
+        [vendi_score(feats[eval_labels == c][:16]) for c in range(10)]
+    )
     lines.append(
-        f"| {method} | {calls} | {m['frechet_distance']:.3f} | "
-        f"{m['class_accuracy']:.3f} | {m['vendi']:.3f} |"
+        f"| {method} | {calls} | {float(fd.result()):.3f} | "
+        f"{float(acc.result()):.3f} | {vendi:.3f} |"
     )
     for c in range(10):
         axes[row, c].imshow(out[c, ..., 0], cmap="gray", vmin=-1, vmax=1)

@@ -1,104 +1,43 @@
 """A small class-conditional latent diffusion pipeline on scikit-learn digits,
 with a LatentCRF that bypasses the last denoiser steps.
 
-Pieces, top to bottom: the data (scikit-learn `load_digits`, upsampled, fed
-through `tf.data`), the noise schedule and DDIM maths (pure functions), the
-models (autoencoder, class-conditional U-Net denoiser, digit classifier for
-the metrics), the DDIM sampler that counts denoiser calls, and
-`DigitsLatentDiffusion`, which trains everything and samples with the full,
-the truncated and the LatentCRF-shortcut samplers.
+Pieces, top to bottom: the DDIM maths (NumPy, for the host-side reference
+sampler), the models (autoencoder, class-conditional U-Net denoiser, digit
+classifier for the metrics), the host-side DDIM sampler that counts
+denoiser calls (used to make the CRF's training pairs and as a reference),
+and `DigitsLatentDiffusion`, which trains everything and samples through
+the generic compiled `keras_gr.models.DiffusionSampler` (one jitted
+function per method) with the full, the re-spaced short and the
+LatentCRF-shortcut timelines. The digits data and its `tf.data` streams
+live in `keras_gr.data.digits` (re-exported here).
 
 Reference: Ranasinghe et al., "LatentCRF: Continuous CRF for Efficient
 Latent Diffusion", arXiv 2412.18596 (the LDM stays frozen; a LatentCRF
 replaces a block of its DDIM steps). DDIM: Song et al., "Denoising Diffusion
 Implicit Models", arXiv 2010.02502.
 
-`tensorflow` is imported lazily, only by the `tf.data` input functions
-(tf.data is Keras' backend-independent input pipeline); `sklearn` only by
-`load_digit_images`.
+`tensorflow` is imported lazily, only by the `tf.data` input functions of
+`keras_gr.data.digits`; `sklearn` only by `load_digit_images`.
 """
 
+import json
 import math
+import os
 import time
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_gr._validation import check_choice
+from keras_gr._validation import check_integer
+from keras_gr.data.digits import array_dataset
+from keras_gr.data.digits import load_digit_images  # noqa: F401 (re-export)
+from keras_gr.data.digits import noised_latent_dataset
+from keras_gr.data.digits import split_digits  # noqa: F401 (re-export)
 from keras_gr.layers.latent_crf import LatentCRF
-
-# --------------------------------------------------------------------------
-# Data.
-# --------------------------------------------------------------------------
-
-
-def load_digit_images(image_size=16):
-    """scikit-learn's 1797 8x8 digits, upsampled (bilinear) to `image_size`.
-
-    Returns:
-        `(images, labels)`: float32 `(1797, image_size, image_size, 1)` in
-        `[-1, 1]` and int32 `(1797,)`.
-    """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = digits.images[..., None].astype("float32") / 16.0 * 2.0 - 1.0
-    if image_size != 8:
-        images = ops.image.resize(
-            images, (image_size, image_size), interpolation="bilinear"
-        )
-        images = np.clip(ops.convert_to_numpy(images), -1.0, 1.0)
-    return images.astype("float32"), digits.target.astype("int32")
-
-
-def split_digits(images, labels, test_fraction=0.2, seed=0):
-    """Seeded random split: `(x_train, y_train, x_test, y_test)`."""
-    order = np.random.default_rng(seed).permutation(len(images))
-    n_test = int(round(test_fraction * len(images)))
-    test, train = order[:n_test], order[n_test:]
-    return images[train], labels[train], images[test], labels[test]
-
-
-def array_dataset(inputs, targets, batch_size, seed=0, shuffle=True):
-    """Shuffled, batched, repeated `tf.data.Dataset` of `(inputs, targets)`."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((inputs, targets))
-    if shuffle:
-        ds = ds.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
-    return ds.repeat().batch(batch_size, drop_remainder=True).prefetch(2)
-
-
-def noised_latent_dataset(latents, labels, alpha_bars, batch_size, seed=0):
-    """`tf.data` stream of `((z_t, t, label), eps)` for noise prediction.
-
-    `t` is uniform over the training timesteps and
-    `z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps`, drawn with stateless
-    seeded ops (the stream is reproducible).
-    """
-    import tensorflow as tf
-
-    alpha_bars = tf.constant(np.asarray(alpha_bars, "float32"))
-    num_train_steps = int(alpha_bars.shape[0])
-
-    def add_noise(step, batch):
-        z0, y = batch
-        seed_t = tf.stack([tf.cast(seed, tf.int64), step])
-        seed_e = tf.stack([tf.cast(seed + 1, tf.int64), step])
-        t = tf.random.stateless_uniform(
-            [batch_size], seed_t, 0, num_train_steps, dtype=tf.int32
-        )
-        eps = tf.random.stateless_normal(tf.shape(z0), seed_e)
-        ab = tf.reshape(tf.gather(alpha_bars, t), [-1, 1, 1, 1])
-        zt = tf.sqrt(ab) * z0 + tf.sqrt(1.0 - ab) * eps
-        t = tf.cast(t, tf.float32)[:, None]
-        return (zt, t, y), eps
-
-    ds = tf.data.Dataset.from_tensor_slices((latents, labels))
-    ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().batch(batch_size, drop_remainder=True).enumerate()
-    return ds.map(add_noise).prefetch(2)
-
+from keras_gr.models.diffusion_sampler import DiffusionSampler
+from keras_gr.models.diffusion_sampler import NoiseSchedule
 
 # --------------------------------------------------------------------------
 # Noise schedule and DDIM maths.
@@ -108,35 +47,16 @@ def noised_latent_dataset(latents, labels, alpha_bars, batch_size, seed=0):
 def scaled_linear_alpha_bars(
     num_train_steps=1000, beta_start=0.00085, beta_end=0.012
 ):
-    """`abar_t = prod_{s<=t} (1 - beta_s)`, betas linear in sqrt space
-    (Stable Diffusion's schedule). float64 `(num_train_steps,)`."""
-    betas = (
-        np.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_train_steps)
-        ** 2
-    )
-    return np.cumprod(1.0 - betas)
+    """`abar_t` of `NoiseSchedule(kind="scaled_linear")`, float64."""
+    return NoiseSchedule(
+        num_train_steps, "scaled_linear", beta_start, beta_end
+    ).alpha_bars
 
 
 def ddim_timesteps(num_steps, num_train_steps=1000):
-    """The `num_steps` DDIM timesteps, descending, "trailing" spacing.
-
-    `t_k = round(N - k N / T) - 1`, k = 0..T-1: the first step starts at the
-    last training timestep (Lin et al., arXiv 2305.08891).
-    """
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(
-            "`num_steps` must be a positive integer. "
-            f"Received: num_steps={num_steps!r}"
-        )
-    if num_steps > num_train_steps:
-        raise ValueError(
-            "`num_steps` must be <= num_train_steps "
-            f"({num_train_steps}). Received: num_steps={num_steps}"
-        )
-    steps = np.round(
-        np.arange(num_train_steps, 0, -num_train_steps / num_steps)
-    )
-    return steps.astype("int64")[:num_steps] - 1
+    """`NoiseSchedule(num_train_steps).timesteps(num_steps)`: descending,
+    trailing spacing (Lin et al., arXiv 2305.08891)."""
+    return NoiseSchedule(num_train_steps).timesteps(num_steps)
 
 
 def ddim_step(z, eps, alpha_bar, alpha_bar_next, clip=None):
@@ -313,6 +233,14 @@ class ClassConditionalUNet(keras.Model):
         width: channels at the top level. Defaults to `32`.
         embedding_dim: timestep / class embedding size. Defaults to `64`.
         **kwargs: base `keras.Model` arguments.
+
+    Example:
+
+    >>> unet = ClassConditionalUNet((4, 4, 2), num_classes=3, width=8)
+    >>> z, t = keras.Input((4, 4, 2)), keras.Input((1,))
+    >>> label = keras.Input((), dtype="int32")
+    >>> tuple(unet([z, t, label]).shape)
+    (None, 4, 4, 2)
     """
 
     def __init__(
@@ -411,12 +339,22 @@ class DDIMSampler:
         alpha_bars: the training schedule `abar_t`.
         num_steps: `T`, the number of DDIM steps of the full sampler.
         clip: clip of the predicted clean latents (None: no clipping).
+
+    Example:
+
+    >>> class Zero:  # predicts no noise: every clean estimate is z / sqrt(abar)
+    ...     def predict_on_batch(self, inputs):
+    ...         return np.zeros_like(inputs[0])
+    >>> sampler = DDIMSampler(Zero(), scaled_linear_alpha_bars(), num_steps=4)
+    >>> out = sampler.sample(np.ones((2, 4, 4, 1)), [0, 1], stop_after=2)
+    >>> sampler.denoiser_calls, out["x0"].shape
+    (2, (2, 4, 4, 1))
     """
 
     def __init__(self, denoiser, alpha_bars, num_steps, clip=None):
         self.denoiser = denoiser
         self.alpha_bars = np.asarray(alpha_bars, "float64")
-        self.num_steps = int(num_steps)
+        self.num_steps = check_integer("num_steps", num_steps)
         self.timesteps = ddim_timesteps(num_steps, len(self.alpha_bars))
         self.clip = clip
         self.denoiser_calls = 0
@@ -449,11 +387,7 @@ class DDIMSampler:
         n = len(timesteps)
         if stop_after is None:
             stop_after = n
-        if not 1 <= stop_after <= n:
-            raise ValueError(
-                f"`stop_after` must be in [1, {n}]. "
-                f"Received: stop_after={stop_after}"
-            )
+        stop_after = check_integer("stop_after", stop_after, 1, n)
         labels = np.asarray(labels, "int32")
         z = np.asarray(noise, "float32")
         x0 = z
@@ -474,19 +408,6 @@ class DDIMSampler:
 # --------------------------------------------------------------------------
 
 
-def _check_skip(skip_steps, num_sampling_steps):
-    if (
-        isinstance(skip_steps, bool)
-        or not isinstance(skip_steps, (int, np.integer))
-        or not 1 <= skip_steps < num_sampling_steps
-    ):
-        raise ValueError(
-            "`skip_steps` (s) must be an integer with 1 <= s < T = "
-            f"num_sampling_steps ({num_sampling_steps}). "
-            f"Received: skip_steps={skip_steps!r}"
-        )
-
-
 class DigitsLatentDiffusion:
     """Class-conditional latent diffusion on upsampled sklearn digits, with
     a LatentCRF shortcut for the last `skip_steps` DDIM steps.
@@ -494,8 +415,12 @@ class DigitsLatentDiffusion:
     Usage: `fit_autoencoder`, `fit_denoiser`, `fit_crf` (base frozen),
     then `generate(labels, noise, method)` with method `"full"` (T denoiser
     steps), `"truncated"` (the first T - s steps, returning the DDIM clean
-    estimate), `"crf"` (the first T - s steps + one LatentCRF call) or
-    `"short"` (a DDIM schedule of T - s steps over the whole timeline).
+    estimate; host-side reference sampler), `"crf"` (the first T - s steps
+    + one LatentCRF call) or `"short"` (a DDIM schedule of T - s steps over
+    the whole timeline). `"full"`, `"crf"` and `"short"` run as one
+    compiled `DiffusionSampler` each (`sampler_for(method)`). `save(dir)`
+    writes every model as a `.keras` file plus the latent statistics;
+    `DigitsLatentDiffusion.load(dir)` restores the pipeline.
 
     Choices (the paper is about Stable Diffusion; these are ours): 16x16
     images, an 8x8 latent grid (one stride-2 level) normalised to zero mean
@@ -506,6 +431,8 @@ class DigitsLatentDiffusion:
     estimate `x0` after step T - s by default (`crf_input="x0"`; `"zt"`
     feeds the noisy DDIM state instead). Both are functions of the latents
     at step T - s that the sampler already holds: no extra denoiser call.
+    With `crf_kwargs={"use_timestep": True}` the CRF also receives the
+    timestep it starts at.
 
     Args:
         image_size: side of the upsampled digits. Defaults to `16`.
@@ -517,44 +444,68 @@ class DigitsLatentDiffusion:
         skip_steps: `s`, the steps the CRF replaces. Defaults to `4`.
         crf_kwargs: `LatentCRF` arguments. Defaults to `{}`.
         crf_input: `"x0"` or `"zt"`. Defaults to `"x0"`.
-        seed: seed of every initialisation and data stream.
+        num_classes: number of classes. Defaults to `10`.
+        seed: seed of every initialisation and data stream. Defaults to
+            `0`.
+
+    Example:
+
+    >>> pipe = DigitsLatentDiffusion(
+    ...     image_size=8, latent_channels=2, width=8, autoencoder_width=4,
+    ...     num_sampling_steps=3, skip_steps=1,
+    ... )
+    >>> pipe.latent_shape
+    (4, 4, 2)
+    >>> [pipe.sampler_for(m).denoiser_calls for m in ("full", "crf", "short")]
+    [3, 2, 2]
     """
 
     def __init__(
         self,
-        image_size=16,
-        latent_channels=4,
-        width=32,
-        autoencoder_width=16,
-        num_train_steps=1000,
-        num_sampling_steps=12,
-        skip_steps=4,
-        crf_kwargs=None,
-        crf_input="x0",
-        seed=0,
+        image_size: int = 16,
+        latent_channels: int = 4,
+        width: int = 32,
+        autoencoder_width: int = 16,
+        num_train_steps: int = 1000,
+        num_sampling_steps: int = 12,
+        skip_steps: int = 4,
+        crf_kwargs: dict | None = None,
+        crf_input: str = "x0",
+        num_classes: int = 10,
+        seed: int = 0,
     ):
-        if not isinstance(num_sampling_steps, int) or num_sampling_steps < 2:
-            raise ValueError(
-                "`num_sampling_steps` (T) must be an integer >= 2. "
-                f"Received: num_sampling_steps={num_sampling_steps!r}"
-            )
-        _check_skip(skip_steps, num_sampling_steps)
-        if crf_input not in ("x0", "zt"):
-            raise ValueError(
-                "`crf_input` must be 'x0' or 'zt'. "
-                f"Received: crf_input={crf_input!r}"
-            )
-        self.image_size = image_size
-        self.latent_channels = latent_channels
-        self.num_train_steps = num_train_steps
+        num_sampling_steps = check_integer(
+            "num_sampling_steps", num_sampling_steps, 2
+        )
+        self.skip_steps = check_integer(
+            "skip_steps", skip_steps, 1, num_sampling_steps - 1
+        )
+        self.crf_input = check_choice("crf_input", crf_input, ("x0", "zt"))
+        self.image_size = check_integer("image_size", image_size, 2)
+        self.latent_channels = check_integer("latent_channels", latent_channels)
+        self.num_train_steps = check_integer(
+            "num_train_steps", num_train_steps, num_sampling_steps
+        )
         self.num_sampling_steps = num_sampling_steps
-        self.skip_steps = skip_steps
-        self.crf_input = crf_input
-        self.seed = seed
-        self.num_classes = 10
+        self.num_classes = check_integer("num_classes", num_classes, 2)
+        self.seed = check_integer("seed", seed, 0)
+        self._config = {
+            "image_size": image_size,
+            "latent_channels": latent_channels,
+            "width": width,
+            "autoencoder_width": autoencoder_width,
+            "num_train_steps": num_train_steps,
+            "num_sampling_steps": num_sampling_steps,
+            "skip_steps": skip_steps,
+            "crf_kwargs": dict(crf_kwargs or {}),
+            "crf_input": crf_input,
+            "num_classes": num_classes,
+            "seed": seed,
+        }
         size = image_size // 2
         self.latent_shape = (size, size, latent_channels)
-        self.alpha_bars = scaled_linear_alpha_bars(num_train_steps)
+        self.schedule = NoiseSchedule(num_train_steps)
+        self.alpha_bars = self.schedule.alpha_bars
 
         keras.utils.set_random_seed(seed)
         self.encoder, self.decoder = build_autoencoder(
@@ -570,35 +521,126 @@ class DigitsLatentDiffusion:
                 keras.Input((), dtype="int32"),
             ]
         )
-        crf_kwargs = dict(crf_kwargs or {})
-        self.crf = LatentCRF(**crf_kwargs, name="latent_crf")
-        z_in = keras.Input(self.latent_shape)
-        c_in = keras.Input((self.num_classes,))
-        self.crf_model = keras.Model(
-            [z_in, c_in], self.crf([z_in, c_in]), name="crf_model"
-        )
+        self.crf_kwargs = dict(crf_kwargs or {})
+        self.reset_crf()
         self.latent_mean = np.zeros(latent_channels, "float32")
         self.latent_std = np.ones(latent_channels, "float32")
         self.sampler = DDIMSampler(
             self.denoiser, self.alpha_bars, num_sampling_steps
         )
+        self._samplers = {}
         self.history = {}
+
+    def reset_crf(self, seed=None):
+        """A fresh, untrained LatentCRF (and its training model), e.g. to
+        repeat the CRF training with another seed; the LDM is untouched."""
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
+        self.crf = LatentCRF(**self.crf_kwargs, name="latent_crf")
+        inputs = [
+            keras.Input((None, None, self.latent_channels)),
+            keras.Input((self.num_classes,)),
+        ]
+        if self.crf.use_timestep:
+            inputs.append(keras.Input((1,)))
+        self.crf_model = keras.Model(inputs, self.crf(inputs), name="crf")
+        self._samplers = {}
+
+    # --- saving -------------------------------------------------------------
+
+    def get_config(self):
+        """The constructor arguments (JSON-serializable)."""
+        return json.loads(json.dumps(self._config))
+
+    def save(self, directory):
+        """Writes the whole pipeline to `directory` (created if needed).
+
+        Files: `encoder.keras`, `decoder.keras`, `denoiser.keras`,
+        `crf.keras` (the CRF's training model, holding the `LatentCRF`), and
+        `pipeline.json` with the constructor config, the noise schedule,
+        the latent normalisation, the clip and the training history.
+        `DigitsLatentDiffusion.load(directory)` restores it: the same
+        samples for the same noise, and training can resume.
+        """
+        os.makedirs(directory, exist_ok=True)
+        for name, model in (
+            ("encoder", self.encoder),
+            ("decoder", self.decoder),
+            ("denoiser", self.denoiser),
+            ("crf", self.crf_model),
+        ):
+            model.save(os.path.join(directory, f"{name}.keras"))
+        state = {
+            "config": self.get_config(),
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "latent_mean": self.latent_mean.tolist(),
+            "latent_std": self.latent_std.tolist(),
+            "clip": self.sampler.clip,
+            "history": self.history,
+        }
+        with open(os.path.join(directory, "pipeline.json"), "w") as f:
+            json.dump(state, f, indent=1)
+
+    @classmethod
+    def load(cls, directory):
+        """The pipeline `save(directory)` wrote."""
+        with open(os.path.join(directory, "pipeline.json")) as f:
+            state = json.load(f)
+        pipe = cls(**state["config"])
+
+        def load(name):
+            return keras.models.load_model(
+                os.path.join(directory, f"{name}.keras")
+            )
+
+        pipe.encoder, pipe.decoder = load("encoder"), load("decoder")
+        pipe.denoiser = load("denoiser")
+        pipe.crf_model = load("crf")
+        pipe.crf = pipe.crf_model.get_layer("latent_crf")
+        pipe.schedule = keras.saving.deserialize_keras_object(state["schedule"])
+        pipe.alpha_bars = pipe.schedule.alpha_bars
+        pipe.latent_mean = np.asarray(state["latent_mean"], "float32")
+        pipe.latent_std = np.asarray(state["latent_std"], "float32")
+        pipe.sampler = DDIMSampler(
+            pipe.denoiser,
+            pipe.alpha_bars,
+            pipe.num_sampling_steps,
+            clip=state["clip"],
+        )
+        pipe.history = dict(state["history"])
+        pipe._samplers = {}
+        return pipe
 
     # --- autoencoder ------------------------------------------------------
 
-    def fit_autoencoder(self, images, steps=400, batch_size=64, lr=2e-3):
+    def fit_autoencoder(
+        self,
+        images,
+        steps=400,
+        batch_size=64,
+        lr=2e-3,
+        verbose=0,
+        callbacks=None,
+    ):
         """Trains the autoencoder (MSE) and fixes the latent normalisation."""
         inputs = keras.Input(self.encoder.input_shape[1:])
         ae = keras.Model(inputs, self.decoder(self.encoder(inputs)))
         ae.compile(keras.optimizers.Adam(lr), loss="mse")
         ds = array_dataset(images, images, batch_size, seed=self.seed)
-        h = ae.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        h = ae.fit(
+            ds,
+            steps_per_epoch=steps,
+            epochs=1,
+            verbose=verbose,
+            callbacks=callbacks,
+        )
         self.history["autoencoder_loss"] = float(h.history["loss"][-1])
         raw = np.asarray(self.encoder.predict(images, verbose=0))
         self.latent_mean = raw.mean(axis=(0, 1, 2)).astype("float32")
         self.latent_std = raw.std(axis=(0, 1, 2)).astype("float32") + 1e-6
         latents = self.encode(images)
         self.sampler.clip = float(1.2 * np.max(np.abs(latents)))
+        self._samplers = {}
         return self.history["autoencoder_loss"]
 
     def encode(self, images):
@@ -611,7 +653,16 @@ class DigitsLatentDiffusion:
 
     # --- denoiser -----------------------------------------------------------
 
-    def fit_denoiser(self, images, labels, steps=2000, batch_size=64, lr=2e-3):
+    def fit_denoiser(
+        self,
+        images,
+        labels,
+        steps=2000,
+        batch_size=64,
+        lr=2e-3,
+        verbose=0,
+        callbacks=None,
+    ):
         """Noise-prediction training (MSE on eps), cosine-decayed Adam."""
         latents = self.encode(images).astype("float32")
         ds = noised_latent_dataset(
@@ -622,20 +673,35 @@ class DigitsLatentDiffusion:
         )
         self.denoiser.trainable = True
         self.denoiser.compile(keras.optimizers.Adam(schedule), loss="mse")
-        h = self.denoiser.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        h = self.denoiser.fit(
+            ds,
+            steps_per_epoch=steps,
+            epochs=1,
+            verbose=verbose,
+            callbacks=callbacks,
+        )
         self.history["denoiser_loss"] = float(h.history["loss"][-1])
         return self.history["denoiser_loss"]
 
     # --- LatentCRF ----------------------------------------------------------
 
+    def _crf_inputs(self, x, labels):
+        inputs = [x, np.eye(self.num_classes, dtype="float32")[labels]]
+        if self.crf.use_timestep:
+            keep = self.num_sampling_steps - self.skip_steps
+            t = float(self.sampler.timesteps[keep])
+            inputs.append(np.full((len(x), 1), t, "float32"))
+        return inputs
+
     def crf_training_pairs(self, num_pairs=1024, batch_size=512, seed=1):
-        """Inputs at step T - s and the latents the last s steps produce.
+        """Inputs at step T - s and the latents the last s steps produce
+        (host-side reference sampler).
 
         Returns:
-            `(crf_inputs, one_hot, targets)`.
+            `(crf_inputs, labels, targets)`.
         """
         rng = np.random.default_rng(seed)
-        inputs, conds, targets = [], [], []
+        inputs, labels_out, targets = [], [], []
         keep = self.num_sampling_steps - self.skip_steps
         for start in range(0, num_pairs, batch_size):
             n = min(batch_size, num_pairs - start)
@@ -645,11 +711,11 @@ class DigitsLatentDiffusion:
             # Resume the remaining s steps from the saved state.
             final = self._finish(partial["zt"], labels, keep)
             inputs.append(partial[self.crf_input])
-            conds.append(np.eye(self.num_classes, dtype="float32")[labels])
+            labels_out.append(labels)
             targets.append(final)
         return (
             np.concatenate(inputs),
-            np.concatenate(conds),
+            np.concatenate(labels_out),
             np.concatenate(targets),
         )
 
@@ -664,18 +730,32 @@ class DigitsLatentDiffusion:
         return np.asarray(z, "float32")
 
     def fit_crf(
-        self, num_pairs=1024, steps=400, batch_size=128, lr=1e-2, seed=1
+        self,
+        num_pairs=1024,
+        steps=400,
+        batch_size=128,
+        lr=1e-2,
+        seed=1,
+        verbose=0,
+        callbacks=None,
     ):
         """Trains the LatentCRF with the diffusion model frozen (latent MSE
         to the full sampler's final latents). Returns (before, after) MSE on
         the training pairs."""
         self.denoiser.trainable = False
-        x, c, y = self.crf_training_pairs(num_pairs, seed=seed)
+        x, labels, y = self.crf_training_pairs(num_pairs, seed=seed)
+        inputs = self._crf_inputs(x, labels)
         self.crf_model.compile(keras.optimizers.Adam(lr), loss="mse")
-        before = float(self.crf_model.evaluate([x, c], y, verbose=0))
-        ds = array_dataset((x, c), y, batch_size, seed=seed)
-        self.crf_model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-        after = float(self.crf_model.evaluate([x, c], y, verbose=0))
+        before = float(self.crf_model.evaluate(inputs, y, verbose=0))
+        ds = array_dataset(tuple(inputs), y, batch_size, seed=seed)
+        self.crf_model.fit(
+            ds,
+            steps_per_epoch=steps,
+            epochs=1,
+            verbose=verbose,
+            callbacks=callbacks,
+        )
+        after = float(self.crf_model.evaluate(inputs, y, verbose=0))
         truncation = float(np.mean(np.square(x - y)))
         self.history.update(
             crf_mse_before=before,
@@ -686,33 +766,47 @@ class DigitsLatentDiffusion:
 
     # --- generation ---------------------------------------------------------
 
+    def sampler_for(self, method):
+        """The compiled `DiffusionSampler` of `"full"`, `"crf"` or
+        `"short"` (built once per method and clip)."""
+        method = check_choice("method", method, ("full", "crf", "short"))
+        if method not in self._samplers:
+            keep = self.num_sampling_steps - self.skip_steps
+            kwargs = {}
+            if method == "crf":
+                kwargs = {
+                    "crf": self.crf,
+                    "crf_start": keep,
+                    "crf_input": self.crf_input,
+                    "crf_num_classes": self.num_classes,
+                }
+            steps = keep if method == "short" else self.num_sampling_steps
+            self._samplers[method] = DiffusionSampler(
+                self.denoiser,
+                self.schedule,
+                num_steps=steps,
+                clip=self.sampler.clip,
+                **kwargs,
+            )
+        return self._samplers[method]
+
     def generate(self, labels, noise, method="crf", decode=True):
         """Samples with one of the methods; returns `(images or latents,
-        denoiser_calls)` (calls per batch, counted by the sampler)."""
-        self.sampler.reset_count()
-        keep = self.num_sampling_steps - self.skip_steps
+        denoiser_calls)` (calls per batch)."""
+        method = check_choice(
+            "method", method, ("full", "truncated", "crf", "short")
+        )
         labels = np.asarray(labels, "int32")
-        if method == "full":
-            latents = self.sampler.sample(noise, labels)["latents"]
-        elif method == "truncated":
+        noise = np.asarray(noise, "float32")
+        if method == "truncated":
+            self.sampler.reset_count()
+            keep = self.num_sampling_steps - self.skip_steps
             latents = self.sampler.sample(noise, labels, stop_after=keep)["x0"]
-        elif method == "crf":
-            out = self.sampler.sample(noise, labels, stop_after=keep)
-            cond = np.eye(self.num_classes, dtype="float32")[labels]
-            latents = np.asarray(
-                self.crf_model.predict_on_batch([out[self.crf_input], cond])
-            )
-        elif method == "short":
-            ts = ddim_timesteps(keep, self.num_train_steps)
-            latents = self.sampler.sample(noise, labels, timesteps=ts)[
-                "latents"
-            ]
+            calls = self.sampler.denoiser_calls
         else:
-            raise ValueError(
-                "`method` must be one of 'full', 'truncated', 'crf', "
-                f"'short'. Received: method={method!r}"
-            )
-        calls = self.sampler.denoiser_calls
+            sampler = self.sampler_for(method)
+            latents = np.asarray(sampler.predict_on_batch([noise, labels]))
+            calls = sampler.denoiser_calls
         return (self.decode(latents) if decode else latents), calls
 
     def time_generation(self, labels, noise, method, repeats=3):

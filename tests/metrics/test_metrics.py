@@ -1,7 +1,10 @@
+import keras
 import numpy as np
 import pytest
 import scipy.linalg
 
+from keras_gr.metrics import ClassAccuracy
+from keras_gr.metrics import FrechetDistance
 from keras_gr.metrics import class_accuracy
 from keras_gr.metrics import cosine_similarity_matrix
 from keras_gr.metrics import frechet_distance
@@ -86,3 +89,81 @@ def test_class_accuracy():
     assert class_accuracy(logits, [0, 1, 1]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="`logits` must be"):
         class_accuracy(logits, [0, 1])
+
+
+def test_frechet_nan_features_raise_a_named_error():
+    x = np.random.default_rng(6).normal(size=(10, 3))
+    bad = x.copy()
+    bad[4, 1] = np.nan
+    with pytest.raises(ValueError, match="`features_b` must hold only finite"):
+        frechet_distance(x, bad)
+    with pytest.raises(ValueError, match="`features_a` must hold only finite"):
+        frechet_distance(np.where(bad > 0, np.inf, bad), x)
+    with pytest.raises(ValueError, match="`cov_b`"):
+        frechet_distance_from_moments(
+            np.zeros(2), np.eye(2), np.zeros(2), np.full((2, 2), np.nan)
+        )
+
+
+def test_frechet_metric_accumulates_over_batches():
+    rng = np.random.default_rng(7)
+    mix = rng.normal(size=(6, 6))
+    real = rng.normal(size=(96, 6)) @ mix + 3.0  # offset: tests centring
+    fake = 1.3 * rng.normal(size=(80, 6)) @ mix + 2.5
+    metric = FrechetDistance(feature_dim=6)
+    for i, j in [(0, 16), (16, 50), (50, 96)]:  # unequal batches
+        metric.update_state(real[i:j], None)
+    for i in range(0, 80, 20):
+        metric.update_state(None, fake[i : i + 20])
+    want = frechet_distance(real, fake)
+    assert want > 1.0
+    np.testing.assert_allclose(float(metric.result()), want, rtol=2e-3)
+    metric.reset_state()
+    metric.update_state(real, real)
+    assert abs(float(metric.result())) < 1e-2 * want
+    clone = FrechetDistance.from_config(metric.get_config())
+    assert clone.feature_dim == 6
+    revived = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(metric)
+    )
+    assert isinstance(revived, FrechetDistance)
+    with pytest.raises(ValueError, match="`feature_dim`"):
+        FrechetDistance(feature_dim=0)
+
+
+def test_vendi_rejects_bool_and_nan_q_and_handles_inf():
+    x = np.random.default_rng(8).normal(size=(12, 5))
+    for q in (True, float("nan"), -1.0, "2"):
+        with pytest.raises(ValueError, match="`q` must be a positive"):
+            vendi_score(x, q=q)
+    k = cosine_similarity_matrix(x)
+    p = np.linalg.eigvalsh(k / len(k))
+    p = p[p > 1e-12] / p[p > 1e-12].sum()
+    np.testing.assert_allclose(vendi_score(x, q=float("inf")), 1 / p.max())
+    # Renyi entropies fall with the order: 1/max p is the smallest score.
+    assert vendi_score(x, q=np.inf) < vendi_score(x, q=2) < vendi_score(x)
+    with pytest.raises(ValueError, match="`features` must hold only finite"):
+        vendi_score(np.full((3, 2), np.nan))
+
+
+def test_class_accuracy_nan_logits_are_wrong_not_class_zero():
+    logits = np.array([[np.nan, 0.0], [0.0, 1.0], [np.inf, 0.0], [1.0, 0.0]])
+    labels = np.array([0, 1, 0, 0])
+    assert class_accuracy(logits, labels) == pytest.approx(0.5)
+    metric = ClassAccuracy()
+    metric.update_state(labels[:2], logits[:2])
+    metric.update_state(labels[2:], logits[2:])
+    assert float(metric.result()) == pytest.approx(0.5)
+    rng = np.random.default_rng(9)
+    big = rng.normal(size=(50, 10))
+    lab = rng.integers(0, 10, 50)
+    metric.reset_state()
+    for i in range(0, 50, 15):
+        metric.update_state(lab[i : i + 15], big[i : i + 15])
+    assert float(metric.result()) == pytest.approx(class_accuracy(big, lab))
+    assert isinstance(
+        keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(metric)
+        ),
+        ClassAccuracy,
+    )
