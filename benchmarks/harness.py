@@ -205,10 +205,17 @@ def fmt(value, digits=4):
 
 
 def markdown_table(rows, columns=None):
-    """Renders a list of dicts as a GitHub markdown table."""
+    """Renders a list of dicts as a GitHub markdown table.
+
+    Without `columns`, the table has every column that any row has, in
+    order of first appearance (rows lacking one show an empty cell).
+    """
     if not rows:
         return "(no rows)\n"
-    columns = columns or list(rows[0])
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns.extend(c for c in row if c not in columns)
     lines = [
         "| " + " | ".join(columns) + " |",
         "|" + "|".join("---" for _ in columns) + "|",
@@ -235,6 +242,13 @@ def ratio_table(rows, *, key, value, peer):
 def result_path(name, suffix):
     os.makedirs(RESULTS_DIR, exist_ok=True)
     return os.path.join(RESULTS_DIR, f"{name}{suffix}")
+
+
+def repo_relative(path):
+    """`path` relative to the repository root, for result files (they must
+    not name the machine's folders)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.relpath(os.path.abspath(path), root)
 
 
 def write_results(name, tables, *, meta=None, notes=""):

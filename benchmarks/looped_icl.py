@@ -295,7 +295,8 @@ def main():
         "_quick" if args.quick else ""
     )
     notes = (
-        f"Plot: `{plot}`. Losses are E[(y_hat - y_q)^2] / E[y_q^2] on "
+        f"Plot: `{harness.repo_relative(plot)}`. Losses are "
+        "E[(y_hat - y_q)^2] / E[y_q^2] on "
         f"{args.test_prompts} fresh prompts per shift; every model trained "
         f"{args.epochs} epochs on {args.train_prompts} prompts "
         "(Adam, 10% linear warm-up then cosine decay, clipnorm 1; peak "

@@ -91,6 +91,14 @@ def addition_examples(
         (bool, same shape, `True` on the answer tokens), `operands` (int64,
         `(num_examples, max n)`, padded with -1), `num_operands` (int32) and
         `answers` (int64, the sums).
+
+    Example:
+
+    >>> data = addition_examples(2, num_operands=3, digits=2, seed=0)
+    >>> data["tokens"].shape, data["answers"].tolist()
+    ((2, 12), [199, 60])
+    >>> decode_tokens(data["tokens"][0])
+    '85+63+51=199'
     """
     num_examples = check_integer("num_examples", num_examples)
     digits = check_integer("digits", digits)
@@ -142,7 +150,15 @@ def addition_dataset(
     shuffle=True,
 ):
     """`addition_examples` as a `tf.data.Dataset` of `(x, y, sample_weight)`
-    next-token batches (weights 1 exactly on the answer targets)."""
+    next-token batches (weights 1 exactly on the answer targets).
+
+    Example:
+
+    >>> ds = addition_dataset(8, num_operands=2, batch_size=4)
+    >>> x, y, weight = next(iter(ds))
+    >>> tuple(x.shape), tuple(y.shape), tuple(weight.shape)
+    ((4, 11), (4, 11), (4, 11))
+    """
     data = addition_examples(
         num_examples, num_operands, digits, seed, reverse_answer
     )

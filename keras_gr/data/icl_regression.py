@@ -48,21 +48,11 @@ Choices the paper leaves open (documented, tested in
 
 import numpy as np
 
+from keras_gr._validation import check_integer
+
 _SPECTRA = ("log_uniform", "uniform")
 _TASK_PRIORS = ("inverse_covariance", "identity")
 _LAYOUTS = ("tokens", "paper")
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    if value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 def eigenvalue_range(kappa, shift=0.0):
@@ -155,10 +145,21 @@ def icl_regression_problems(
         `w`), `covariances` (`(N, d, d)`), `eigenvalues` (`(N, d)`),
         `inputs` (`(N, n + 1, d)`, context then query `x`) and `outputs`
         (`(N, n + 1)`, the exact `<w, x>` for every token, query included).
+
+    Example:
+
+    >>> data = icl_regression_problems(4, dim=3, num_context=5, kappa=10)
+    >>> data["prompts"].shape, data["targets"].shape
+    ((4, 6, 4), (4,))
+    >>> bool(np.allclose(data["targets"], data["outputs"][:, -1]))
+    True
+    >>> eig = data["eigenvalues"]
+    >>> bool((eig.max(axis=1) / eig.min(axis=1) <= 10.0 + 1e-4).all())
+    True
     """
-    num_prompts = _positive_int(num_prompts, "num_prompts")
-    dim = _positive_int(dim, "dim")
-    num_context = _positive_int(num_context, "num_context")
+    num_prompts = check_integer("num_prompts", num_prompts)
+    dim = check_integer("dim", dim)
+    num_context = check_integer("num_context", num_context)
     if task_prior not in _TASK_PRIORS:
         raise ValueError(
             f"`task_prior` must be one of {_TASK_PRIORS}. "
@@ -226,10 +227,17 @@ def icl_regression_dataset(
 
     `problem_kwargs` are those of `icl_regression_problems` (same seed, same
     arrays). `shuffle=True` reshuffles every epoch with the same `seed`.
+
+    Example:
+
+    >>> ds = icl_regression_dataset(8, batch_size=4, dim=3, num_context=5)
+    >>> prompts, targets = next(iter(ds))
+    >>> tuple(prompts.shape), tuple(targets.shape)
+    ((4, 6, 4), (4,))
     """
     import tensorflow as tf
 
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = check_integer("batch_size", batch_size)
     data = icl_regression_problems(num_prompts, **problem_kwargs)
     ds = tf.data.Dataset.from_tensor_slices((data["prompts"], data["targets"]))
     if shuffle:

@@ -25,7 +25,13 @@ PAD = 0
 
 
 def p_hop_vocab_size(alphabet_size=4):
-    """Token ids: 0 padding, `1..alphabet_size` the letters, then `=`."""
+    """Token ids: 0 padding, `1..alphabet_size` the letters, then `=`.
+
+    Example:
+
+    >>> p_hop_vocab_size(4)
+    6
+    """
     return alphabet_size + 2
 
 
@@ -51,6 +57,11 @@ def hop_positions(v, p):
     `v` is one sequence (0-indexed NumPy array holding `v[1..n]`). Uses the
     last-occurrence table, O(n + p); a 0 means the hop does not exist (and
     every later hop is 0 too).
+
+    Example:
+
+    >>> hop_positions(np.array([1, 2, 1, 3, 2]), 2)
+    [3, 2]
     """
     find1 = _find_one_table(np.asarray(v))
     positions = []
@@ -81,6 +92,12 @@ def p_hop_prefix_targets(sequences, p):
         `(targets, valid)`: int32 `(num_examples, n)` with the answer letter
         of prefix `i` at column `i - 1` (0 where undefined) and a bool mask
         of the prefixes whose `p` hops all exist.
+
+    Example:
+
+    >>> targets, valid = p_hop_prefix_targets(np.array([[1, 2, 1, 3, 2]]), 1)
+    >>> targets.tolist(), valid.tolist()
+    ([[0, 0, 2, 0, 1]], [[False, False, True, False, True]])
     """
     p = check_integer("p", p)
     sequences = np.asarray(sequences)
@@ -140,6 +157,16 @@ def p_hop_examples(
         letters `0..alphabet_size-1`, `(num_examples, n)`), `answers` (the
         answer letter) and `hops` (`(num_examples, p)`, the 1-indexed hop
         positions).
+
+    Example:
+
+    >>> data = p_hop_examples(3, p=2, seq_len=8, seed=0)
+    >>> data["tokens"].shape, data["answers"].tolist()
+    ((3, 10), [0, 0, 2])
+    >>> data["tokens"][0].tolist()  # letters + 1, then "=" (5), answer + 1
+    [1, 3, 1, 2, 3, 4, 1, 2, 5, 1]
+    >>> data["hops"][0].tolist()
+    [5, 3]
     """
     num_examples = check_integer("num_examples", num_examples)
     p = check_integer("p", p)
@@ -210,7 +237,15 @@ def p_hop_dataset(
     shuffle=True,
 ):
     """`p_hop_examples` as a `tf.data.Dataset` of `(x, y, sample_weight)`
-    next-token batches (weight 1 only on the answer target)."""
+    next-token batches (weight 1 only on the answer target).
+
+    Example:
+
+    >>> ds = p_hop_dataset(8, p=2, seq_len=8, batch_size=4)
+    >>> x, y, weight = next(iter(ds))
+    >>> tuple(x.shape), tuple(y.shape), tuple(weight.shape)
+    ((4, 9), (4, 9), (4, 9))
+    """
     data = p_hop_examples(num_examples, p, seq_len, alphabet_size, seed)
     return to_tf_dataset(
         data["tokens"],

@@ -79,6 +79,19 @@ class LaurelGemmaDecoderBlock(GemmaDecoderBlock):
     parametrisation, so at initialisation the block computes exactly what
     `GemmaDecoderBlock` computes. `call` keeps keras-hub's signature and
     returns `(x, cache)` when a cache is given.
+
+    Example:
+
+    >>> import numpy as np
+    >>> block = LaurelGemmaDecoderBlock(
+    ...     hidden_dim=16, intermediate_dim=32, head_dim=8,
+    ...     num_query_heads=2, num_key_value_heads=1,
+    ... )
+    >>> x = np.random.default_rng(0).normal(size=(1, 4, 16))
+    >>> tuple(block(x.astype("float32")).shape)
+    (1, 4, 16)
+    >>> block.attention_laurel.variant, block.feedforward_laurel.rank
+    ('rw_lr', 4)
     """
 
     def __init__(self, *args, laurel_config=None, **kwargs):
@@ -144,6 +157,18 @@ class LaurelTransformerDecoder(keras_hub.layers.TransformerDecoder):
     the layer computes exactly what `TransformerDecoder` computes. Only the
     decoder-only form (GPT-2) is supported: passing `encoder_sequence`
     raises. Returns `(x, self_attention_cache)` when a cache is given.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = LaurelTransformerDecoder(
+    ...     intermediate_dim=32, num_heads=2, laurel_config={"variant": "rw"}
+    ... )
+    >>> x = np.random.default_rng(0).normal(size=(1, 4, 16))
+    >>> tuple(layer(x.astype("float32")).shape)
+    (1, 4, 16)
+    >>> layer.attention_laurel.variant
+    'rw'
     """
 
     def __init__(self, *args, laurel_config=None, **kwargs):
@@ -267,6 +292,18 @@ class LaurelGemmaBackbone(keras_hub.models.GemmaBackbone):
     Same arguments as `keras_hub.models.GemmaBackbone` plus `laurel_config`
     (`Laurel` keyword arguments for every join). Usually made by
     `laurel_retrofit`, not by hand.
+
+    Example:
+
+    >>> backbone = LaurelGemmaBackbone(
+    ...     vocabulary_size=40, num_layers=2, num_query_heads=2,
+    ...     num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+    ...     head_dim=8, laurel_config={"variant": "lr", "rank": 2},
+    ... )
+    >>> type(backbone.transformer_layers[0]).__name__
+    'LaurelGemmaDecoderBlock'
+    >>> backbone.get_config()["laurel_config"]["variant"]
+    'lr'
     """
 
     def __init__(self, *args, laurel_config=None, **kwargs):
@@ -292,6 +329,15 @@ class LaurelGPT2Backbone(keras_hub.models.GPT2Backbone):
 
     Same arguments as `keras_hub.models.GPT2Backbone` plus `laurel_config`.
     Usually made by `laurel_retrofit`.
+
+    Example:
+
+    >>> backbone = LaurelGPT2Backbone(
+    ...     vocabulary_size=40, num_layers=2, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=8,
+    ... )
+    >>> type(backbone.transformer_layers[1]).__name__
+    'LaurelTransformerDecoder'
     """
 
     def __init__(self, *args, laurel_config=None, **kwargs):
@@ -315,7 +361,27 @@ class LaurelGPT2Backbone(keras_hub.models.GPT2Backbone):
 class LaurelGemmaCausalLM(keras_hub.models.GemmaCausalLM):
     """`GemmaCausalLM` over a `LaurelGemmaBackbone` (so that
     `keras_hub.models.CausalLM.from_preset` finds the task of a saved
-    retrofitted preset). Behaviour is `GemmaCausalLM`'s."""
+    retrofitted preset). Behaviour is `GemmaCausalLM`'s.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_hub
+    >>> backbone = keras_hub.models.GemmaBackbone(
+    ...     vocabulary_size=40, num_layers=2, num_query_heads=2,
+    ...     num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+    ...     head_dim=8,
+    ... )
+    >>> inputs = {
+    ...     "token_ids": np.array([[1, 5, 7, 2]], "int32"),
+    ...     "padding_mask": np.ones((1, 4), "int32"),
+    ... }
+    >>> lm = laurel_retrofit(keras_hub.models.GemmaCausalLM(backbone))
+    >>> type(lm).__name__
+    'LaurelGemmaCausalLM'
+    >>> tuple(lm(inputs).shape)
+    (1, 4, 40)
+    """
 
     backbone_cls = LaurelGemmaBackbone
 
@@ -324,7 +390,26 @@ class LaurelGemmaCausalLM(keras_hub.models.GemmaCausalLM):
 class LaurelGPT2CausalLM(keras_hub.models.GPT2CausalLM):
     """`GPT2CausalLM` over a `LaurelGPT2Backbone` (found by
     `keras_hub.models.CausalLM.from_preset`). Behaviour is
-    `GPT2CausalLM`'s."""
+    `GPT2CausalLM`'s.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_hub
+    >>> backbone = keras_hub.models.GPT2Backbone(
+    ...     vocabulary_size=40, num_layers=2, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=8,
+    ... )
+    >>> inputs = {
+    ...     "token_ids": np.array([[1, 5, 7, 2]], "int32"),
+    ...     "padding_mask": np.ones((1, 4), "int32"),
+    ... }
+    >>> lm = laurel_retrofit(keras_hub.models.GPT2CausalLM(backbone))
+    >>> type(lm).__name__
+    'LaurelGPT2CausalLM'
+    >>> tuple(lm(inputs).shape)
+    (1, 4, 40)
+    """
 
     backbone_cls = LaurelGPT2Backbone
 
@@ -337,7 +422,23 @@ _LAUREL_BLOCKS = (LaurelGemmaDecoderBlock, LaurelTransformerDecoder)
 
 
 def laurel_parameters(model):
-    """The LAuReL variables of a retrofitted backbone or CausalLM."""
+    """The LAuReL variables of a retrofitted backbone or CausalLM.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_hub
+    >>> backbone = keras_hub.models.GemmaBackbone(
+    ...     vocabulary_size=40, num_layers=2, num_query_heads=2,
+    ...     num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+    ...     head_dim=8,
+    ... )
+    >>> laurel = laurel_retrofit(backbone, variant="rw_lr", rank=2)
+    >>> len(laurel_parameters(laurel))  # 2 blocks x 2 joins x 4 weights
+    16
+    >>> sum(int(np.prod(v.shape)) for v in laurel_parameters(laurel))
+    264
+    """
     backbone = getattr(model, "backbone", model)
     found = []
     for block in backbone.transformer_layers:
@@ -348,7 +449,21 @@ def laurel_parameters(model):
 
 
 def train_only_laurel(model):
-    """Freezes every layer of `model` except its `Laurel` joins (in place)."""
+    """Freezes every layer of `model` except its `Laurel` joins (in place).
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_hub
+    >>> backbone = keras_hub.models.GemmaBackbone(
+    ...     vocabulary_size=40, num_layers=2, num_query_heads=2,
+    ...     num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+    ...     head_dim=8,
+    ... )
+    >>> laurel = train_only_laurel(laurel_retrofit(backbone, rank=2))
+    >>> len(laurel.trainable_weights) == len(laurel_parameters(laurel))
+    True
+    """
     backbone = getattr(model, "backbone", model)
     for layer in backbone.layers:
         if isinstance(layer, _LAUREL_BLOCKS):
@@ -404,6 +519,25 @@ def laurel_retrofit(
         `.save_to_preset(folder)`; reload with `keras.models.load_model` or
         `keras_hub.models.CausalLM.from_preset(folder)` once `keras_gr.hub`
         is imported.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_hub
+    >>> backbone = keras_hub.models.GemmaBackbone(
+    ...     vocabulary_size=40, num_layers=2, num_query_heads=2,
+    ...     num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+    ...     head_dim=8,
+    ... )
+    >>> inputs = {
+    ...     "token_ids": np.array([[1, 5, 7, 2]], "int32"),
+    ...     "padding_mask": np.ones((1, 4), "int32"),
+    ... }
+    >>> laurel = laurel_retrofit(backbone, variant="rw_lr", rank=2)
+    >>> type(laurel).__name__
+    'LaurelGemmaBackbone'
+    >>> bool(np.allclose(laurel(inputs), backbone(inputs), atol=1e-5))
+    True
     """
     is_task = isinstance(model, keras_hub.models.CausalLM)
     backbone = model.backbone if is_task else model

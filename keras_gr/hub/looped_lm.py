@@ -46,6 +46,7 @@ import keras
 import keras_hub
 from keras import ops
 
+from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr.layers.looped_block import LoopedBlock
 from keras_gr.layers.looped_block import _validate_num_loops
@@ -86,6 +87,13 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
             Defaults to 1.
         num_loops: `L`, applications of the block. Defaults to 2.
         num_coda_layers: unshared layers after the loop. Defaults to 1.
+        loop_mode: `"unroll"` or `"scan"`: how the `LoopedBlock` runs the
+            loop (`"scan"` traces the block once, so the compiled program
+            and its compile time do not grow with `num_loops`; same
+            results). Defaults to `"unroll"`.
+        rematerialize: recompute each loop's activations in the backward
+            pass instead of storing them (`keras.remat`). Defaults to
+            `False`.
 
     Attributes:
         transformer_layers: the distinct decoder blocks (prelude, middle,
@@ -106,6 +114,24 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
 
     Returns:
         The final hidden states, `(batch, seq, hidden_dim)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> backbone = LoopedGemmaBackbone(
+    ...     vocabulary_size=40, num_query_heads=2, num_key_value_heads=1,
+    ...     hidden_dim=16, intermediate_dim=32, head_dim=8,
+    ...     num_prelude_layers=1, num_looped_layers=1, num_loops=3,
+    ...     num_coda_layers=1, loop_mode="scan",
+    ... )
+    >>> backbone.layer_schedule
+    [0, 1, 1, 1, 2]
+    >>> inputs = {
+    ...     "token_ids": np.array([[1, 5, 7, 2]], "int32"),
+    ...     "padding_mask": np.ones((1, 4), "int32"),
+    ... }
+    >>> tuple(backbone(inputs, num_loops=6).shape)  # deeper, same weights
+    (1, 4, 16)
     """
 
     def __init__(
@@ -120,6 +146,8 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
         num_looped_layers=1,
         num_loops=2,
         num_coda_layers=1,
+        loop_mode="unroll",
+        rematerialize=False,
         query_head_dim_normalize=True,
         use_post_ffw_norm=False,
         use_post_attention_norm=False,
@@ -167,10 +195,15 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
         self.transformer_layers = list(template.transformer_layers)
         self.layer_norm = template.layer_norm
         start = num_prelude_layers
+        # The block runs in the policy of the layers it loops (the
+        # backbone's): no casts at the loop boundaries under bf16 / mixed.
         self.looped_block = LoopedBlock(
             self.transformer_layers[start : start + num_looped_layers],
             num_loops=num_loops,
+            loop_mode=loop_mode,
+            rematerialize=rematerialize,
             name="looped_block",
+            dtype=self.transformer_layers[start].dtype_policy,
         )
         del template
 
@@ -207,6 +240,8 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
         self.num_looped_layers = num_looped_layers
         self.num_loops = num_loops
         self.num_coda_layers = num_coda_layers
+        self.loop_mode = loop_mode
+        self.rematerialize = bool(rematerialize)
         for key, value in gemma_options.items():
             setattr(self, key, value)
         self.layer_schedule = layer_schedule(
@@ -273,6 +308,8 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
                 "num_looped_layers": self.num_looped_layers,
                 "num_loops": self.num_loops,
                 "num_coda_layers": self.num_coda_layers,
+                "loop_mode": self.loop_mode,
+                "rematerialize": self.rematerialize,
                 "query_head_dim_normalize": self.query_head_dim_normalize,
                 "use_post_ffw_norm": self.use_post_ffw_norm,
                 "use_post_attention_norm": self.use_post_attention_norm,
@@ -298,8 +335,8 @@ class LoopedGemmaCausalLM(keras_hub.models.GemmaCausalLM):
     `generate()` has shape `(batch, num_applications, 2, max_length,
     num_key_value_heads, head_dim)`: one slot per application of a layer, in
     `layer_schedule` order, because a looped layer attends over different
-    keys/values at each loop. `score()` (keras-hub's per-layer intercepts)
-    is not supported.
+    keys/values at each loop. `score()` intercepts every layer
+    application (see `score`).
 
     A different depth at inference than in training is a per-call
     override (see the module docstring): `causal_lm(inputs, num_loops=L)`
@@ -323,6 +360,21 @@ class LoopedGemmaCausalLM(keras_hub.models.GemmaCausalLM):
 
     Returns:
         The logits, `(batch, seq, vocabulary_size)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> backbone = LoopedGemmaBackbone(
+    ...     vocabulary_size=40, num_query_heads=2, num_key_value_heads=1,
+    ...     hidden_dim=16, intermediate_dim=32, head_dim=8, num_loops=2,
+    ... )
+    >>> lm = LoopedGemmaCausalLM(backbone)
+    >>> tokens = np.array([[1, 5, 7, 2]], "int32")
+    >>> inputs = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
+    >>> tuple(lm(inputs).shape), tuple(lm(inputs, num_loops=4).shape)
+    ((1, 4, 40), (1, 4, 40))
+    >>> tuple(lm.score(tokens).shape)
+    (1, 4, 40)
     """
 
     backbone_cls = LoopedGemmaBackbone
@@ -452,11 +504,65 @@ class LoopedGemmaCausalLM(keras_hub.models.GemmaCausalLM):
             return self._generate_num_loops
         return self.backbone.num_loops
 
-    def score(self, *args, **kwargs):
-        raise NotImplementedError(
-            "`LoopedGemmaCausalLM.score()` is not supported (keras-hub's "
-            "per-layer intercepts assume one application per layer)."
+    def score(
+        self,
+        token_ids,
+        padding_mask=None,
+        scoring_mode="logits",
+        layer_intercept_fn=None,
+        target_ids=None,
+        num_loops=None,
+    ):
+        """`GemmaCausalLM.score` over the looped schedule.
+
+        As keras-hub's, except that the intercept index `i >= 0` counts
+        layer *applications* in `layer_schedule` order (a looped layer is
+        intercepted once per loop; `i` is also the cache slot), `-1` being
+        the embeddings, and that the intercept's output at `-1` is what the
+        first layer receives.
+
+        Args:
+            token_ids, padding_mask, scoring_mode, layer_intercept_fn,
+                target_ids: see `keras_hub.models.GemmaCausalLM.score`.
+            num_loops: optional Python integer `>= 1`: score at this loop
+                count. Defaults to `None` (the backbone's `num_loops`).
+
+        Returns:
+            Logits `(batch, seq, vocabulary_size)` in `"logits"` mode, the
+            per-token loss `(batch, seq)` in `"loss"` mode.
+        """
+        scoring_mode = check_choice(
+            "scoring_mode", scoring_mode, ("logits", "loss")
         )
+        if scoring_mode == "loss" and target_ids is None:
+            raise ValueError(
+                "`target_ids` must be given when `scoring_mode='loss'`. "
+                "Received: target_ids=None"
+            )
+        backbone = self.backbone
+        schedule = backbone.get_layer_schedule(
+            self._active_num_loops(num_loops)
+        )
+        if padding_mask is None:
+            padding_mask = ops.ones(ops.shape(token_ids)[:2], dtype="int32")
+        if layer_intercept_fn is None:
+
+            def layer_intercept_fn(x, unused_index):
+                return x
+
+        x = layer_intercept_fn(backbone.token_embedding(token_ids), -1)
+        x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
+        for slot, index in enumerate(schedule):
+            x = backbone.transformer_layers[index](x, padding_mask=padding_mask)
+            x = layer_intercept_fn(x, slot)
+        x = backbone.layer_norm(x)
+        logits = backbone.token_embedding(x, reverse=True)
+        if scoring_mode == "logits":
+            return logits
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="none"
+        )
+        return loss_fn(target_ids, logits)
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -477,15 +583,37 @@ class LoopedGemmaCausalLM(keras_hub.models.GemmaCausalLM):
             self.optimizer.build(self.trainable_variables)
 
 
-def source_layer_map(num_distinct, num_source):
-    """Which preset layer initialises each distinct layer: evenly spread,
-    first to first and last to last (`round(d (S - 1) / (D - 1))`)."""
+def source_layer_map(num_distinct, num_source, alternating=False):
+    """Which preset layer initialises each distinct layer.
+
+    Evenly spread, first to first and last to last:
+    `round(d (S - 1) / (D - 1))`. With `alternating=True` (Gemma 2-style
+    presets, `use_sliding_window_attention=True`, where even layers use
+    sliding-window attention and odd layers global attention) each distinct
+    layer takes the nearest source layer of its own parity, so a
+    global-attention layer never lands in a sliding-window slot (or the
+    reverse). Needs `num_source >= 2` when `num_distinct >= 2`.
+    """
+    num_distinct = check_integer("num_distinct", num_distinct, 1)
+    num_source = check_integer("num_source", num_source, 1)
     if num_distinct == 1:
         return [0]
-    return [
-        int(round(d * (num_source - 1) / (num_distinct - 1)))
-        for d in range(num_distinct)
-    ]
+    mapping = []
+    for d in range(num_distinct):
+        s = int(round(d * (num_source - 1) / (num_distinct - 1)))
+        if alternating and s % 2 != d % 2:
+            if num_source < 2:
+                raise ValueError(
+                    "`num_source` must be >= 2 to map alternating "
+                    f"sliding / global layers. Received: num_source="
+                    f"{num_source}"
+                )
+            # The nearer neighbour of the right parity, inside [0, S - 1].
+            target = d * (num_source - 1) / (num_distinct - 1)
+            options = [c for c in (s - 1, s + 1) if 0 <= c < num_source]
+            s = min(options, key=lambda c: (abs(c - target), c))
+        mapping.append(s)
+    return mapping
 
 
 def looped_gemma_from_preset(
@@ -495,43 +623,80 @@ def looped_gemma_from_preset(
     num_loops=2,
     num_coda_layers=1,
     load_weights=True,
+    dtype=None,
+    loop_mode="unroll",
+    rematerialize=False,
 ):
     """Builds a `LoopedGemmaCausalLM` from a (local) Gemma preset.
 
-    The architecture (sizes, heads, norms) and the preprocessor come from
-    the preset. With `load_weights=True` the embedding and final norm are
-    the preset's, and distinct layer `d` starts from preset layer
-    `source_layer_map(D, S)[d]` (the paper trains looped models from
-    scratch: pass `load_weights=False` for random initialisation).
+    The architecture (sizes, heads, norms), the dtype policy and the
+    preprocessor come from the preset. With `load_weights=True` the
+    embedding and final norm are the preset's, and distinct layer `d`
+    starts from preset layer `source_layer_map(D, S, alternating)[d]`
+    (`alternating` when the preset uses sliding-window attention, so
+    sliding-window and global layers keep their kind). The paper trains
+    looped models from scratch: pass `load_weights=False` for random
+    initialisation. Only the preset *backbone* is loaded (no second
+    task model), in the target dtype, and released once its weights are
+    copied.
 
     Args:
         preset: a preset folder (or name) loadable by
             `keras_hub.models.GemmaCausalLM.from_preset`.
-        num_prelude_layers, num_looped_layers, num_loops, num_coda_layers:
-            see `LoopedGemmaBackbone`.
+        num_prelude_layers, num_looped_layers, num_loops, num_coda_layers,
+            loop_mode, rematerialize: see `LoopedGemmaBackbone`.
         load_weights: copy the preset's weights. Defaults to `True`.
+        dtype: dtype policy of the new model. Defaults to `None` (the
+            preset's).
+
+    Example:
+
+    >>> import tempfile
+    >>> from keras_gr.presets import TINY_CONFIG
+    >>> from keras_gr.presets import build_local_preset
+    >>> folder = build_local_preset(
+    ...     **dict(TINY_CONFIG, train_steps=0),
+    ...     cache_dir=tempfile.mkdtemp(),
+    ...     verbose=0,
+    ... )
+    >>> lm = looped_gemma_from_preset(
+    ...     folder, num_loops=3, dtype="bfloat16", loop_mode="scan"
+    ... )
+    >>> lm.backbone.layer_schedule, lm.backbone.dtype_policy.name
+    ([0, 1, 1, 1, 2], 'bfloat16')
     """
-    source = keras_hub.models.GemmaCausalLM.from_preset(
-        preset, load_weights=load_weights
+    overrides = {} if dtype is None else {"dtype": dtype}
+    source = keras_hub.models.GemmaBackbone.from_preset(
+        preset, load_weights=load_weights, **overrides
     )
-    config = dict(source.backbone.get_config())
+    preprocessor = keras_hub.models.GemmaCausalLMPreprocessor.from_preset(
+        preset
+    )
+    config = dict(source.get_config())
     num_source = config.pop("num_layers")
-    for key in ("name", "trainable", "dtype"):
+    for key in ("name", "trainable"):
         config.pop(key, None)
+    config["dtype"] = source.dtype_policy
     backbone = LoopedGemmaBackbone(
         **config,
         num_prelude_layers=num_prelude_layers,
         num_looped_layers=num_looped_layers,
         num_loops=num_loops,
         num_coda_layers=num_coda_layers,
+        loop_mode=loop_mode,
+        rematerialize=rematerialize,
     )
     if load_weights:
-        src = source.backbone
-        backbone.token_embedding.set_weights(src.token_embedding.get_weights())
-        backbone.layer_norm.set_weights(src.layer_norm.get_weights())
-        mapping = source_layer_map(len(backbone.transformer_layers), num_source)
+        backbone.token_embedding.set_weights(
+            source.token_embedding.get_weights()
+        )
+        backbone.layer_norm.set_weights(source.layer_norm.get_weights())
+        mapping = source_layer_map(
+            len(backbone.transformer_layers),
+            num_source,
+            alternating=bool(config.get("use_sliding_window_attention")),
+        )
         for layer, s in zip(backbone.transformer_layers, mapping):
-            layer.set_weights(src.transformer_layers[s].get_weights())
-    return LoopedGemmaCausalLM(
-        backbone=backbone, preprocessor=source.preprocessor
-    )
+            layer.set_weights(source.transformer_layers[s].get_weights())
+    del source
+    return LoopedGemmaCausalLM(backbone=backbone, preprocessor=preprocessor)

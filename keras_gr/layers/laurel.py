@@ -5,6 +5,10 @@ import math
 import keras
 from keras import ops
 
+from keras_gr._validation import check_choice
+from keras_gr._validation import check_integer
+from keras_gr._validation import check_positive
+
 VARIANTS = ("rw", "lr", "pa", "rw_lr", "rw_lr_pa")
 RW_PARAMETRIZATIONS = ("additive", "softmax", "sigmoid")
 
@@ -50,6 +54,13 @@ class ColumnOrthogonal(keras.initializers.Initializer):
     `A[..., i, j] = 1 / sqrt(r D)` if `i mod r == j`, else 0
     (Menghani et al., arXiv 2411.07501, the init used for LLMs). Leading
     axes (one matrix per previous activation in PA) repeat the same matrix.
+
+    Example:
+
+    >>> import numpy as np
+    >>> a = np.asarray(ColumnOrthogonal()((4, 2)))
+    >>> np.round(a * np.sqrt(2 * 4), 4).tolist()  # 1 / sqrt(r D) entries
+    [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
     """
 
     def __call__(self, shape, dtype=None):
@@ -99,9 +110,12 @@ class Laurel(keras.layers.Layer):
     * `gamma` starts at 0 in `"pa"` (identity `h`: starts as the plain
       residual) and at 1 in `"rw_lr_pa"` (there `B_j = 0` already makes the
       term vanish; `gamma = 0` would freeze `B_j` at zero).
-    * The mixing scalars `alpha`, `beta`, `gamma` are float32 variables with
-      `autocast=False`; the mixing is computed in float32 and cast to the
-      compute dtype at the end. `A`, `B` follow the layer's dtype policy.
+    * Dtypes follow keras-hub's conventions: every weight is created in the
+      policy's variable dtype and the join runs in its compute dtype (no
+      float32 copies of the activations under bf16 / mixed policies). The
+      mixing scalars are read unrounded (`autocast=False`: float32 under a
+      mixed policy) and mapped to `(alpha, beta)` in float32 (the softmax /
+      sigmoid) before being cast to the compute dtype.
 
     Args:
         variant: one of `"rw"`, `"lr"`, `"pa"`, `"rw_lr"`, `"rw_lr_pa"`.
@@ -112,6 +126,23 @@ class Laurel(keras.layers.Layer):
             `x_i, ..., x_{i-k+1}` mixed in. Defaults to 3.
         rw_parametrization: `"additive"`, `"softmax"` or `"sigmoid"`.
             Defaults to `"additive"`.
+        pa_projection: how PA mixes in an earlier activation whose shape
+            differs from `x`'s (a stage transition of a ResNet): `None`
+            (every activation must have `x`'s shape) or `"pool_project"`
+            (average-pool its middle axes by the integer size ratios, e.g.
+            stride 2 in H and W, then, when its channel count `C_j` differs
+            from `D`, multiply by a learned `P_j: C_j x D`, a 1x1
+            convolution, glorot-uniform init; the paper projects / pools
+            earlier activations across shape changes without fixing the
+            form). Defaults to `None`.
+        lr_norm: bool, LR with a norm: the low-rank term becomes
+            `RMSNorm(x A B) * s` (mean of squares over `D`, computed in
+            float32, `s: D` initialised to ones), the form keras-hub ships
+            in Gemma 3n (see `from_keras_hub_laurel_block`). With `B = 0`
+            at init the term is still 0. Only for `"lr"` / `"rw_lr"`.
+            Defaults to `False`.
+        lr_norm_epsilon: float, the `eps` of that RMS norm. Defaults to
+            `1e-6` (Gemma 3n's).
         per_channel: bool, relaxed RW with one `alpha`, `beta` per channel.
             Defaults to `False`.
         low_rank_initializer: initializer of `A`: `"column_orthogonal"` (the
@@ -129,11 +160,22 @@ class Laurel(keras.layers.Layer):
 
     Example:
 
-    ```python
-    inputs = keras.Input((32,))
-    fx = keras.layers.Dense(32, activation="relu")(inputs)
-    outputs = Laurel(variant="rw_lr", rank=4)([inputs, fx])
-    ```
+    >>> import keras
+    >>> inputs = keras.Input((32,))
+    >>> fx = keras.layers.Dense(32, activation="relu")(inputs)
+    >>> tuple(Laurel(variant="rw_lr", rank=4)([inputs, fx]).shape)
+    (None, 32)
+
+    PA across a stage transition (stride 2, 16 -> 32 channels):
+
+    >>> earlier = keras.Input((8, 8, 16))
+    >>> x = keras.Input((4, 4, 32))
+    >>> fx = keras.layers.Conv2D(32, 3, padding="same")(x)
+    >>> join = Laurel(
+    ...     variant="pa", num_activations=2, pa_projection="pool_project"
+    ... )
+    >>> tuple(join([x, fx, earlier]).shape)
+    (None, 4, 4, 32)
 
     References:
         Menghani, Kumar, Kumar. "LAuReL: Learned Augmented Residual Layer".
@@ -147,38 +189,27 @@ class Laurel(keras.layers.Layer):
         num_activations: int = 3,
         rw_parametrization: str = "additive",
         per_channel: bool = False,
+        pa_projection: str | None = None,
+        lr_norm: bool = False,
+        lr_norm_epsilon: float = 1e-6,
         low_rank_initializer="column_orthogonal",
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if variant not in VARIANTS:
-            raise ValueError(
-                f"`variant` must be one of {VARIANTS}. Received: "
-                f"variant={variant!r}"
-            )
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(
-                f"`rank` must be a positive integer. Received: rank={rank!r}"
-            )
-        if (
-            isinstance(num_activations, bool)
-            or not isinstance(num_activations, int)
-            or num_activations < 1
-        ):
-            raise ValueError(
-                "`num_activations` must be a positive integer. Received: "
-                f"num_activations={num_activations!r}"
-            )
-        if rw_parametrization not in RW_PARAMETRIZATIONS:
-            raise ValueError(
-                f"`rw_parametrization` must be one of {RW_PARAMETRIZATIONS}. "
-                f"Received: rw_parametrization={rw_parametrization!r}"
-            )
+        check_choice("variant", variant, VARIANTS)
+        rank = check_integer("rank", rank, 1)
+        num_activations = check_integer("num_activations", num_activations, 1)
+        check_choice(
+            "rw_parametrization", rw_parametrization, RW_PARAMETRIZATIONS
+        )
         self.variant = variant
         self.rank = rank
         self.num_activations = num_activations
         self.rw_parametrization = rw_parametrization
         self.per_channel = bool(per_channel)
+        self.pa_projection = check_choice(
+            "pa_projection", pa_projection, (None, "pool_project")
+        )
         if low_rank_initializer == "column_orthogonal":
             self.low_rank_initializer = "column_orthogonal"
             self._a_initializer = ColumnOrthogonal()
@@ -189,6 +220,15 @@ class Laurel(keras.layers.Layer):
             self._a_initializer = self.low_rank_initializer
         self.use_rw = variant.startswith("rw")
         self.use_lr = variant in ("lr", "rw_lr")
+        self.lr_norm = bool(lr_norm)
+        self.lr_norm_epsilon = check_positive(
+            "lr_norm_epsilon", lr_norm_epsilon
+        )
+        if self.lr_norm and not self.use_lr:
+            raise ValueError(
+                "`lr_norm=True` needs an LR variant ('lr' or 'rw_lr'). "
+                f"Received: variant={variant!r}, lr_norm={lr_norm!r}"
+            )
         self.use_pa = variant.endswith("pa")
 
     @property
@@ -220,6 +260,9 @@ class Laurel(keras.layers.Layer):
         first = tuple(shapes[0])
         for i, s in enumerate(shapes[1:], start=1):
             s = tuple(s)
+            if i >= 2 and self.pa_projection is not None:
+                self._pool_factors(first, s)  # raises if not poolable
+                continue
             same = len(s) == len(first) and all(
                 a is None or b is None or a == b for a, b in zip(s, first)
             )
@@ -229,6 +272,28 @@ class Laurel(keras.layers.Layer):
                     f"All Laurel inputs must have the shape of `x`: x has "
                     f"shape {first}, {name} has shape {s}."
                 )
+
+    def _pool_factors(self, x_shape, shape):
+        """Integer pooling factors of the middle axes mapping an earlier
+        activation of `shape` onto `x_shape` (1 where the sizes agree)."""
+        ok = len(shape) == len(x_shape) and len(shape) >= 2
+        factors = []
+        if ok:
+            for a, b in zip(shape[1:-1], x_shape[1:-1]):
+                if a == b:
+                    factors.append(1)
+                elif a is None or b is None or a % b != 0:
+                    ok = False
+                else:
+                    factors.append(a // b)
+        if not ok:
+            raise ValueError(
+                "With `pa_projection='pool_project'` every earlier activation "
+                "must have the rank of `x` and middle axes that are integer "
+                f"multiples of x's. Received: x shape {tuple(x_shape)}, "
+                f"activation shape {tuple(shape)}"
+            )
+        return factors
 
     def build(self, input_shape):
         self._check_inputs(input_shape, "input_shape")
@@ -251,7 +316,6 @@ class Laurel(keras.layers.Layer):
                 shape=shape,
                 initializer=init,
                 name="alpha",
-                dtype="float32",
                 autocast=False,
             )
             if self.rw_parametrization != "sigmoid":
@@ -259,7 +323,6 @@ class Laurel(keras.layers.Layer):
                     shape=shape,
                     initializer=init,
                     name="beta",
-                    dtype="float32",
                     autocast=False,
                 )
         if self.use_lr:
@@ -271,15 +334,35 @@ class Laurel(keras.layers.Layer):
             self.lr_b = self.add_weight(
                 shape=(self.rank, dim), initializer="zeros", name="lr_b"
             )
+            if self.lr_norm:
+                self.lr_norm_scale = self.add_weight(
+                    shape=(dim,), initializer="ones", name="lr_norm_scale"
+                )
         if self.use_pa:
             k = self.num_activations
             self.gamma = self.add_weight(
                 shape=(k,),
                 initializer="ones" if self.use_rw else "zeros",
                 name="gamma",
-                dtype="float32",
                 autocast=False,
             )
+            # Per earlier activation j >= 1: pooling factors and, when its
+            # channels differ, the 1x1 projection P_j (C_j x D).
+            self._pa_factors = [None]
+            self.pa_projections = [None]
+            for j, shape in enumerate(input_shape[2:], start=1):
+                shape = tuple(shape)
+                factors, projection = None, None
+                if self.pa_projection is not None:
+                    factors = self._pool_factors(input_shape[0], shape)
+                    if shape[-1] != dim:
+                        projection = self.add_weight(
+                            shape=(shape[-1], dim),
+                            initializer="glorot_uniform",
+                            name=f"pa_projection_{j}",
+                        )
+                self._pa_factors.append(factors)
+                self.pa_projections.append(projection)
             if self.variant == "rw_lr_pa":
                 self.pa_a = self.add_weight(
                     shape=(k, dim, self.rank),
@@ -294,30 +377,111 @@ class Laurel(keras.layers.Layer):
 
     def call(self, inputs):
         self._check_inputs([tuple(t.shape) for t in inputs], "inputs")
-        x, fx = inputs[0], inputs[1]
-        out_dtype = self.compute_dtype
-        x32 = ops.cast(x, "float32")
-        fx32 = ops.cast(fx, "float32")
-        residual = x32
+        # keras-hub's conventions: activations stay in the compute dtype
+        # (no float32 copies to save for the backward pass); the mixing
+        # scalars are read at their variable dtype (`autocast=False`) and
+        # mapped to (alpha, beta) in float32 (the softmax / sigmoid is the
+        # numerically sensitive part), then cast to the compute dtype.
+        dtype = self.compute_dtype
+        x, fx = ops.cast(inputs[0], dtype), ops.cast(inputs[1], dtype)
+        residual = x
         if self.use_lr:
             low = ops.matmul(ops.matmul(x, self.lr_a), self.lr_b)
-            residual = residual + ops.cast(low, "float32")
+            if self.lr_norm:
+                low32 = ops.cast(low, "float32")
+                low32 = low32 * ops.rsqrt(
+                    ops.mean(ops.square(low32), axis=-1, keepdims=True)
+                    + self.lr_norm_epsilon
+                )
+                low = ops.cast(low32, dtype) * self.lr_norm_scale
+            residual = residual + low
         if self.use_pa:
+            gamma = ops.cast(self.gamma, dtype)
             for j, act in enumerate([x] + list(inputs[2:])):
+                act = self._match_shape(ops.cast(act, dtype), j)
                 if self.variant == "rw_lr_pa":
                     term = ops.matmul(
                         ops.matmul(act, self.pa_a[j]), self.pa_b[j]
                     )
                 else:
                     term = act
-                residual = residual + self.gamma[j] * ops.cast(term, "float32")
+                residual = residual + gamma[j] * term
         if self.use_rw:
-            beta = None if self.rw_parametrization == "sigmoid" else self.beta
-            alpha, beta = rw_weights(self.alpha, beta, self.rw_parametrization)
-            out = alpha * fx32 + beta * residual
-        else:
-            out = fx32 + residual
-        return ops.cast(out, out_dtype)
+            a = ops.cast(self.alpha, "float32")
+            b = None
+            if self.rw_parametrization != "sigmoid":
+                b = ops.cast(self.beta, "float32")
+            alpha, beta = rw_weights(a, b, self.rw_parametrization)
+            return (
+                ops.cast(alpha, dtype) * fx + ops.cast(beta, dtype) * residual
+            )
+        return fx + residual
+
+    @classmethod
+    def from_keras_hub_laurel_block(cls, block, name=None):
+        """A `Laurel` equal to keras-hub's Gemma 3n LAuReL block.
+
+        keras-hub's `Gemma3nTextLaurelBlock(hidden_size, laurel_rank,
+        rms_norm_eps)` computes `y = x + RMSNorm(x W_l W_r) * s` (no `f(x)`
+        term: Gemma 3n adds the block's attention output separately and
+        averages, `(x + attn + y) / sqrt(2)`). That is this layer's LR with
+        a norm, `variant="lr", lr_norm=True`, called as `[x, 0]`:
+
+        | keras-hub                          | `Laurel`            |
+        |------------------------------------|---------------------|
+        | `linear_left.kernel` (D x r)       | `lr_a`              |
+        | `linear_right.kernel` (r x D)      | `lr_b`              |
+        | `post_laurel_norm.scale` (D)       | `lr_norm_scale`     |
+        | `rms_norm_eps`                     | `lr_norm_epsilon`   |
+        | `laurel_rank`                      | `rank`              |
+
+        Args:
+            block: a built keras-hub Gemma 3n LAuReL block (any layer with
+                `linear_left`, `linear_right`, `post_laurel_norm`,
+                `laurel_rank` and `rms_norm_eps`).
+            name: name of the new layer. Defaults to `None`.
+
+        Returns:
+            A built `Laurel` with the block's weights and dtype policy.
+        """
+        for attribute in ("linear_left", "linear_right", "post_laurel_norm"):
+            if not hasattr(block, attribute):
+                raise ValueError(
+                    "`block` must be a keras-hub Gemma 3n LAuReL block with "
+                    f"`{attribute}`. Received: block={block!r}"
+                )
+        if not block.built:
+            raise ValueError(
+                f"`block` must be built. Received: block={block.name!r}, "
+                "built=False"
+            )
+        dim = block.linear_right.kernel.shape[-1]
+        layer = cls(
+            variant="lr",
+            rank=int(block.laurel_rank),
+            lr_norm=True,
+            lr_norm_epsilon=float(block.rms_norm_eps),
+            dtype=block.dtype_policy,
+            name=name,
+        )
+        layer.build([(None, dim), (None, dim)])
+        layer.lr_a.assign(block.linear_left.kernel)
+        layer.lr_b.assign(block.linear_right.kernel)
+        layer.lr_norm_scale.assign(block.post_laurel_norm.scale)
+        return layer
+
+    def _match_shape(self, act, j):
+        """PA across a shape change: pools then projects activation `j`."""
+        factors = self._pa_factors[j]
+        if factors and any(f > 1 for f in factors):
+            split = [-1]
+            for size, f in zip(act.shape[1:-1], factors):
+                split += [size // f, f]
+            act = ops.reshape(act, split + [act.shape[-1]])
+            act = ops.mean(act, axis=tuple(range(2, 2 * len(factors) + 1, 2)))
+        if self.pa_projections[j] is not None:
+            act = ops.matmul(act, self.pa_projections[j])
+        return act
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
@@ -334,6 +498,9 @@ class Laurel(keras.layers.Layer):
                 "num_activations": self.num_activations,
                 "rw_parametrization": self.rw_parametrization,
                 "per_channel": self.per_channel,
+                "pa_projection": self.pa_projection,
+                "lr_norm": self.lr_norm,
+                "lr_norm_epsilon": self.lr_norm_epsilon,
                 "low_rank_initializer": init,
             }
         )

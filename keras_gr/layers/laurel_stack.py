@@ -28,12 +28,14 @@ class LaurelStack:
 
     Example:
 
-    ```python
-    stack = LaurelStack(variant="rw_lr_pa", rank=4, num_activations=3)
-    x = keras.Input((16,))
-    for _ in range(4):
-        x = stack.join(x, keras.layers.Dense(16, activation="relu")(x))
-    ```
+    >>> import keras
+    >>> stack = LaurelStack(variant="rw_lr_pa", rank=4, num_activations=3)
+    >>> x = inputs = keras.Input((16,))
+    >>> for _ in range(4):
+    ...     x = stack.join(x, keras.layers.Dense(16, activation="relu")(x))
+    >>> model = keras.Model(inputs, x)
+    >>> len(stack.layers), tuple(model.output.shape)
+    (4, (None, 16))
     """
 
     def __init__(self, variant="rw_lr", name="laurel", **laurel_kwargs):

@@ -113,11 +113,11 @@ class LinearAttention(keras.layers.Layer):
 
     Example:
 
-    ```python
-    data = keras_gr.data.icl_regression_problems(256, dim=5, num_context=20)
-    layer = keras_gr.layers.LinearAttention()
-    z1 = layer(data["prompts"])          # (256, 21, 6)
-    ```
+    >>> from keras_gr.data import icl_regression_problems
+    >>> data = icl_regression_problems(16, dim=5, num_context=20)
+    >>> layer = LinearAttention()
+    >>> tuple(layer(data["prompts"]).shape)
+    (16, 21, 6)
 
     References:
         - Gatmiry et al., "On the Role of Depth and Looping for In-Context

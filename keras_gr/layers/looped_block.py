@@ -3,24 +3,70 @@
 import inspect
 
 import keras
-import numpy as np
 from keras import ops
+
+from keras_gr._validation import check_choice
+from keras_gr._validation import check_integer
+
+LOOP_MODES = ("unroll", "scan")
 
 
 def _validate_num_loops(num_loops, name="num_loops"):
     """Returns `num_loops` as a Python `int` (NumPy integers accepted: the
-    count fixes the unrolled graph, so it must be concrete, never a
-    tensor); raises `ValueError` unless it is an integer `>= 1`."""
-    if (
-        isinstance(num_loops, bool)
-        or not isinstance(num_loops, (int, np.integer))
-        or num_loops < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer (>= 1). "
-            f"Received: {name}={num_loops!r}"
-        )
-    return int(num_loops)
+    count fixes the graph, so it must be concrete, never a tensor); raises
+    `ValueError` unless it is an integer `>= 1`."""
+    return check_integer(name, num_loops, 1)
+
+
+def _run_loop(one_loop, init, num_loops, collect):
+    """Applies `one_loop` `num_loops` times to `init` as ONE traced loop
+    body (the compiled program does not grow with `num_loops`).
+
+    Returns the last state, or (with `collect`) the states of every loop
+    stacked on a new leading axis. On JAX the loop is `ops.fori_loop` /
+    `ops.scan` (`lax.scan` with a static length: reverse-differentiable);
+    on other backends an `ops.while_loop` with `maximum_iterations` (needed
+    by TensorFlow's XLA for the gradient's accumulators).
+    """
+    if keras.backend.backend() == "jax":
+        if collect:
+
+            def step(state, _):
+                state = one_loop(state)
+                return state, state
+
+            return ops.scan(step, init, length=num_loops)[1]
+        return ops.fori_loop(0, num_loops, lambda i, s: one_loop(s), init)
+    if collect:
+        # `scatter_update` (not `slice_update`: TensorFlow has no gradient
+        # for XLA's dynamic-update-slice) writes loop `i`'s state.
+        buffer = ops.zeros((num_loops,) + tuple(init.shape), init.dtype)
+
+        def body(i, state, buffer):
+            state = one_loop(state)
+            buffer = ops.scatter_update(
+                buffer, ops.reshape(i, (1, 1)), ops.expand_dims(state, 0)
+            )
+            return i + 1, state, buffer
+
+        loop_vars = (ops.convert_to_tensor(0, "int32"), init, buffer)
+        return ops.while_loop(
+            lambda i, state, buffer: i < num_loops,
+            body,
+            loop_vars,
+            maximum_iterations=num_loops,
+        )[2]
+
+    def body(i, state):
+        return i + 1, one_loop(state)
+
+    loop_vars = (ops.convert_to_tensor(0, "int32"), init)
+    return ops.while_loop(
+        lambda i, state: i < num_loops,
+        body,
+        loop_vars,
+        maximum_iterations=num_loops,
+    )[1]
 
 
 def _accepted_kwargs(layer):
@@ -42,6 +88,15 @@ def _output_shape(layer, shape):
     except NotImplementedError:
         spec = layer.compute_output_spec(keras.KerasTensor(shape))
         return tuple(spec.shape)
+
+
+def _has_seed_state(layer):
+    """Whether `layer` (or a sublayer) owns random state (a dropout with a
+    rate > 0, ...): the state variables of `keras.random.SeedGenerator`s
+    are named `seed_generator_state`."""
+    return any(
+        "seed_generator" in v.path for v in layer.non_trainable_variables
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_gr")
@@ -70,10 +125,36 @@ class LoopedBlock(keras.layers.Layer):
 
     Each layer must map a tensor to one of the same shape (e.g. keras-hub
     `TransformerEncoder` / `TransformerDecoder`, which compute `x + f(x)`
-    themselves; wrap a plain sublayer in a residual if you need one). The
-    block is unrolled in Python (`num_loops` is static), which keeps every
-    intermediate available, works with any layer and is jit-compilable on
-    every backend.
+    themselves; wrap a plain sublayer in a residual if you need one).
+
+    Loop modes (the paper does not concern itself with compilation):
+
+    - `"unroll"` (default): the loop is unrolled in Python, which keeps every
+      intermediate available and works with any layer; the compiled program
+      and its compile time grow linearly with `L`.
+    - `"scan"`: the block is traced once as the body of a compiled loop
+      (`keras.ops.scan` / `fori_loop` on JAX, `keras.ops.while_loop` with
+      `maximum_iterations` elsewhere), so the program size and compile time
+      do not grow with `L`. Same results as `"unroll"` (the same operations
+      in the same order). On JAX, sublayers with random state (dropout with
+      a rate > 0) cannot be called with `training=True` in this mode (the
+      random state would be updated inside the traced loop body): a
+      `ValueError` says so; use `"unroll"` there.
+
+    `rematerialize=True` wraps each loop in `keras.remat` (`jax.checkpoint`
+    / `tf.recompute_grad`): only the loop boundaries are kept for the
+    backward pass and each loop's inner activations are recomputed, so with
+    `"scan"` the saved activations are `O(L)` states instead of `O(L)` full
+    blocks of intermediates, at about one extra forward pass of compute.
+    (TensorFlow cannot recompute gradients per iteration inside a while
+    loop: there, in `"scan"` mode, the whole loop is rematerialised, keeping
+    only its input.)
+
+    Dtypes: the loop state is kept in this layer's compute dtype (each
+    loop's output is cast to it, a no-op when the sublayers share this
+    layer's policy). Without an explicit `dtype`, a block whose layers all
+    share one dtype policy adopts it, so a bf16 / mixed block computes and
+    returns in its own compute dtype with no cast at the loop boundaries.
 
     Args:
         layers: a Keras layer or a list of Keras layers (the block `f_1 ..
@@ -89,6 +170,10 @@ class LoopedBlock(keras.layers.Layer):
         return_all_loops: whether to return a Python list with the output of
             every loop (`[h_1, ..., h_L]`, each of the input's shape) instead of
             the last one only. Defaults to `False`.
+        loop_mode: `"unroll"` or `"scan"` (see above). Defaults to
+            `"unroll"`.
+        rematerialize: whether to recompute each loop's activations in the
+            backward pass instead of storing them. Defaults to `False`.
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -97,7 +182,9 @@ class LoopedBlock(keras.layers.Layer):
             `num_loops` for this call (e.g. more loops at inference than in
             training).
         mask: optional Keras mask, passed to every sublayer whose `call`
-            accepts `mask`, and returned unchanged as the output mask.
+            accepts `mask`, and returned unchanged as the output mask (of
+            every loop's output with `return_all_loops=True`, at the
+            call's loop count).
         training: passed to sublayers that accept it.
         **block_kwargs: further keyword arguments (e.g. `padding_mask`,
             `attention_mask`, `decoder_padding_mask`) passed to every
@@ -110,16 +197,18 @@ class LoopedBlock(keras.layers.Layer):
 
     Example:
 
-    ```python
-    import keras_hub
-    block = [
-        keras_hub.layers.TransformerEncoder(intermediate_dim=64, num_heads=2)
-        for _ in range(2)
-    ]
-    looped = keras_gr.layers.LoopedBlock(block, num_loops=6)   # 2 (x) 6
-    y = looped(x)                     # x: (batch, seq, dim)
-    y_more = looped(x, num_loops=12)  # deeper at inference, same weights
-    ```
+    >>> import keras
+    >>> import numpy as np
+    >>> block = [keras.layers.Dense(8, activation="tanh") for _ in range(2)]
+    >>> looped = LoopedBlock(block, num_loops=6)          # 2 (x) 6
+    >>> x = np.ones((3, 8), "float32")
+    >>> tuple(looped(x).shape)
+    (3, 8)
+    >>> scanned = LoopedBlock(block, num_loops=6, loop_mode="scan")
+    >>> bool(np.allclose(scanned(x), looped(x), atol=1e-6))
+    True
+    >>> tuple(looped(x, num_loops=12).shape)  # deeper, same weights
+    (3, 8)
 
     References:
         - Saunshi et al., "Reasoning with Latent Thoughts: On the Power of
@@ -132,6 +221,8 @@ class LoopedBlock(keras.layers.Layer):
         num_loops: int = 1,
         input_injection: bool = False,
         return_all_loops: bool = False,
+        loop_mode: str = "unroll",
+        rematerialize: bool = False,
         **kwargs,
     ):
         explicit_dtype = kwargs.get("dtype") is not None
@@ -155,12 +246,21 @@ class LoopedBlock(keras.layers.Layer):
             if explicit_dtype and not layer.built:
                 layer.dtype_policy = self.dtype_policy
             block.append(layer)
+        if not explicit_dtype:
+            policies = {layer.dtype_policy.name for layer in block}
+            if len(policies) == 1:
+                self.dtype_policy = block[0].dtype_policy
         self.block_layers = block
         self.num_loops = _validate_num_loops(num_loops)
         self.input_injection = bool(input_injection)
         self.return_all_loops = bool(return_all_loops)
+        self.loop_mode = check_choice("loop_mode", loop_mode, LOOP_MODES)
+        self.rematerialize = bool(rematerialize)
         self.supports_masking = True
         self._call_kwargs = [_accepted_kwargs(layer) for layer in block]
+        # Loop count of the call in progress, keyed by the input's id, for
+        # `compute_mask` (Keras passes it no call arguments).
+        self._mask_loops = {}
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -188,24 +288,72 @@ class LoopedBlock(keras.layers.Layer):
         **block_kwargs,
     ):
         num_loops = self.num_loops if num_loops is None else num_loops
-        _validate_num_loops(num_loops)
+        num_loops = _validate_num_loops(num_loops)
         self._check_block_kwargs(block_kwargs)
-        outputs = []
-        state = inputs
-        for loop in range(num_loops):
-            if self.input_injection and loop > 0:
-                state = ops.add(state, inputs)
-            state = self.apply_block(
+        if self.return_all_loops and mask is not None:
+            self._remember_loops(inputs, num_loops)
+        dtype = inputs.dtype
+
+        def one_loop(state):
+            out = self.apply_block(
                 state, mask=mask, training=training, **block_kwargs
             )
-            if tuple(state.shape) != tuple(inputs.shape):
+            if tuple(out.shape) != tuple(inputs.shape):
                 raise ValueError(
                     "The block of `layers` must return a tensor of its "
                     f"input's shape. Received: input shape {inputs.shape}, "
-                    f"output shape {state.shape}"
+                    f"output shape {out.shape}"
                 )
-            outputs.append(state)
-        return outputs if self.return_all_loops else outputs[-1]
+            return ops.cast(out, dtype)
+
+        if self.input_injection:
+            loop = one_loop
+
+            def one_loop(state):
+                return loop(ops.add(state, inputs))
+
+            init = ops.zeros_like(inputs)
+        else:
+            init = inputs
+        scan_on_jax = (
+            self.loop_mode == "scan" and keras.backend.backend() == "jax"
+        )
+        if self.rematerialize and (self.loop_mode == "unroll" or scan_on_jax):
+            # A fresh function per call: `jax.checkpoint` caches its trace
+            # by function, and the trace reads the current variables.
+            one_loop = keras.remat(one_loop)
+
+        if self.loop_mode == "unroll":
+            outputs = []
+            state = init
+            for _ in range(num_loops):
+                state = one_loop(state)
+                outputs.append(state)
+            return outputs if self.return_all_loops else outputs[-1]
+
+        if (
+            training
+            and keras.backend.backend() == "jax"
+            and any(_has_seed_state(layer) for layer in self.block_layers)
+        ):
+            raise ValueError(
+                "`loop_mode='scan'` cannot run sublayers with random state "
+                "(e.g. dropout with a rate > 0) with `training=True` on JAX; "
+                "use `loop_mode='unroll'`. Received: loop_mode='scan', "
+                f"training={training!r}"
+            )
+
+        def run(init):
+            return _run_loop(one_loop, init, num_loops, self.return_all_loops)
+
+        if self.rematerialize and not scan_on_jax:
+            # TensorFlow cannot recompute a gradient inside a while loop:
+            # the whole loop is rematerialised (only its input is kept).
+            run = keras.remat(run)
+        result = run(init)
+        if self.return_all_loops:
+            return [result[i] for i in range(num_loops)]
+        return result
 
     def apply_block(self, inputs, mask=None, training=None, **block_kwargs):
         """Applies the block's layers once, in order (one loop)."""
@@ -241,18 +389,26 @@ class LoopedBlock(keras.layers.Layer):
             return [shape] * self.num_loops
         return shape
 
-    def compute_output_spec(self, inputs, num_loops=None, **kwargs):
+    def compute_output_spec(self, inputs, num_loops=None, mask=None, **kwargs):
         num_loops = self.num_loops if num_loops is None else num_loops
-        _validate_num_loops(num_loops)
+        num_loops = _validate_num_loops(num_loops)
+        if self.return_all_loops and mask is not None:
+            self._remember_loops(inputs, num_loops)
         specs = [
             keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
             for _ in range(num_loops if self.return_all_loops else 1)
         ]
         return specs if self.return_all_loops else specs[0]
 
+    def _remember_loops(self, inputs, num_loops):
+        if len(self._mask_loops) > 64:  # entries Keras never asked for
+            self._mask_loops.clear()
+        self._mask_loops[id(inputs)] = num_loops
+
     def compute_mask(self, inputs, mask=None):
         if self.return_all_loops and mask is not None:
-            return [mask] * self.num_loops
+            num_loops = self._mask_loops.pop(id(inputs), self.num_loops)
+            return [mask] * num_loops
         return mask
 
     def get_config(self):
@@ -265,6 +421,8 @@ class LoopedBlock(keras.layers.Layer):
                 "num_loops": self.num_loops,
                 "input_injection": self.input_injection,
                 "return_all_loops": self.return_all_loops,
+                "loop_mode": self.loop_mode,
+                "rematerialize": self.rematerialize,
             }
         )
         return config

@@ -4,6 +4,7 @@ linear regression."""
 import keras
 from keras import ops
 
+from keras_gr._validation import check_integer
 from keras_gr.layers.linear_attention import LinearAttention
 from keras_gr.layers.looped_block import LoopedBlock
 
@@ -14,16 +15,15 @@ def query_prediction(z):
 
     The minus sign is the sign convention of `LinearAttention` (the slot
     holds `-<w_L, x_q>` under the gradient-descent construction).
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.arange(12, dtype="float32").reshape(1, 3, 4)
+    >>> np.asarray(query_prediction(z)).tolist()
+    [[-11.0]]
     """
     return -z[:, -1, -1:]
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return value
 
 
 @keras.saving.register_keras_serializable(package="keras_gr")
@@ -71,13 +71,14 @@ class LoopedICLRegressor(keras.Model):
 
     Example:
 
-    ```python
-    data = keras_gr.data.icl_regression_problems(4096, dim=5, kappa=10)
-    model = keras_gr.models.LoopedICLRegressor(depth=5)
-    model.compile(optimizer="adam", loss="mse")
-    model.fit(data["prompts"], data["targets"], epochs=5)
-    deeper = model(data["prompts"], depth=20)   # more loops at test time
-    ```
+    >>> from keras_gr.data import icl_regression_problems
+    >>> data = icl_regression_problems(64, dim=5, kappa=10)
+    >>> model = LoopedICLRegressor(depth=5)
+    >>> model.compile(optimizer="adam", loss="mse")
+    >>> _ = model.fit(data["prompts"], data["targets"], epochs=1, verbose=0)
+    >>> deeper = model(data["prompts"], depth=20)  # more loops at test time
+    >>> tuple(deeper.shape)
+    (64, 1)
 
     References:
         - Gatmiry et al., "On the Role of Depth and Looping for In-Context
@@ -94,7 +95,7 @@ class LoopedICLRegressor(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.depth = _positive_int(depth, "depth")
+        self.depth = check_integer("depth", depth)
         if not isinstance(looped, bool):
             raise ValueError(
                 f"`looped` must be a bool. Received: looped={looped!r}"
@@ -127,7 +128,7 @@ class LoopedICLRegressor(keras.Model):
 
     def call(self, prompts, depth=None, return_all_depths=False):
         if depth is not None:
-            _positive_int(depth, "depth")
+            check_integer("depth", depth)
             if not self.looped and depth > self.depth:
                 raise ValueError(
                     "A non-looped model has only `depth` distinct layers. "

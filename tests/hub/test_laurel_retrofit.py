@@ -131,7 +131,10 @@ def test_cached_forward_matches_full_forward_after_training(tiny_preset):
     )
 
 
-@pytest.mark.parametrize("name, only_laurel", [("gemma", 0), ("gpt2", 1)])
+@pytest.mark.parametrize(
+    "name, only_laurel",
+    [("gemma", 0), pytest.param("gpt2", 1, marks=pytest.mark.slow)],
+)
 def test_fit_and_train_only_laurel(tiny_preset, name, only_laurel):
     lm = tiny_gemma(tiny_preset) if name == "gemma" else tiny_gpt2()
     new = laurel_retrofit(
@@ -214,3 +217,46 @@ def test_bad_input(tiny_preset):
     )
     with pytest.raises(ValueError, match="supported family"):
         laurel_retrofit(other)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    ["bfloat16", pytest.param("mixed_bfloat16", marks=pytest.mark.slow)],
+)
+def test_retrofit_keeps_the_dtype_policy_end_to_end(policy):
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GemmaBackbone(
+        vocabulary_size=40,
+        num_layers=2,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=16,
+        intermediate_dim=32,
+        head_dim=8,
+        dtype=policy,
+    )
+    new = laurel_retrofit(backbone, variant="rw_lr", rank=2)
+    compute = keras.DTypePolicy(policy).compute_dtype
+    variable = keras.DTypePolicy(policy).variable_dtype
+    # Every weight (the LAuReL scalars included) in the variable dtype.
+    assert {keras.backend.standardize_dtype(v.dtype) for v in new.weights} == {
+        variable
+    }
+    joins = [
+        join
+        for block in new.transformer_layers
+        for join in (block.attention_laurel, block.feedforward_laurel)
+    ]
+    assert all(join.compute_dtype == compute for join in joins)
+    batch = token_batch(40)
+    out = new(batch)
+    assert keras.backend.standardize_dtype(out.dtype) == compute
+    # A join's output stays in the compute dtype (no float32 activations).
+    x = keras.ops.ones((1, 3, 16), dtype=compute)
+    assert keras.backend.standardize_dtype(joins[0]([x, x]).dtype) == compute
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")),
+        keras.ops.convert_to_numpy(keras.ops.cast(backbone(batch), "float32")),
+        atol=2e-2,
+        rtol=2e-2,
+    )

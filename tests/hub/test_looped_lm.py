@@ -211,6 +211,7 @@ def test_loop_override_equals_backbone_built_with_that_depth(looped_lm):
     )
 
 
+@pytest.mark.slow  # string generation + fit of the LM: a reproduction
 def test_generate_strings_and_fit(looped_lm, tiny_preset):
     lm = looped_lm
     text = lm.generate("the", max_length=10)
@@ -246,8 +247,7 @@ def test_bad_num_loops_override(looped_lm, bad):
         "padding_mask": np.ones((1, 3), dtype="int32"),
     }
     message = re.escape(
-        f"`num_loops` must be a positive integer (>= 1). "
-        f"Received: num_loops={bad!r}"
+        f"`num_loops` must be an integer >= 1. Received: num_loops={bad!r}"
     )
     if bad is not None:  # None means "the default" for the overrides.
         with pytest.raises(ValueError, match=message):
@@ -266,6 +266,7 @@ def _fit_one_step(lm, data):
     lm.fit(data, batch_size=len(data), epochs=1, shuffle=False, verbose=0)
 
 
+@pytest.mark.slow  # save, reload and resume training: a reproduction
 def test_keras_save_load_and_resume_training(tiny_preset, tmp_path):
     keras.utils.set_random_seed(1)
     lm = looped_gemma_from_preset(
@@ -351,3 +352,162 @@ def test_bad_arguments():
         LoopedGemmaBackbone(**SMALL, num_looped_layers=0)
     with pytest.raises(ValueError, match="num_prelude_layers"):
         LoopedGemmaBackbone(**SMALL, num_prelude_layers=-1)
+
+
+def _numpy_of(x):
+    return keras.ops.convert_to_numpy(keras.ops.cast(x, "float32"))
+
+
+def test_scan_mode_equals_unrolled_backbone():
+    keras.utils.set_random_seed(0)
+    unrolled = LoopedGemmaBackbone(**SMALL, num_loops=3)
+    scanned = LoopedGemmaBackbone.from_config(
+        {**unrolled.get_config(), "loop_mode": "scan", "rematerialize": True}
+    )
+    scanned.set_weights(unrolled.get_weights())
+    assert scanned.looped_block.loop_mode == "scan"
+    tokens = np.random.default_rng(1).integers(0, 40, size=(2, 6))
+    mask = np.ones((2, 6), dtype="int32")
+    mask[1, 4:] = 0
+    inputs = {"token_ids": tokens, "padding_mask": mask}
+    np.testing.assert_allclose(
+        _numpy_of(scanned(inputs, num_loops=4)),
+        _numpy_of(unrolled(inputs, num_loops=4)),
+        atol=1e-5,
+    )
+    # One compiled training step from the same weights gives the same
+    # weights (same gradients through the scanned, rematerialised loop).
+    y = np.random.default_rng(2).normal(size=(2, 6, 16)).astype("float32")
+    for model in (unrolled, scanned):
+        model.compile(keras.optimizers.SGD(0.5), "mse", jit_compile=True)
+        model.fit(inputs, y, epochs=1, batch_size=2, verbose=0)
+    for a, b in zip(unrolled.get_weights(), scanned.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    ["bfloat16", pytest.param("mixed_float16", marks=pytest.mark.slow)],
+)
+def test_looped_block_runs_in_the_backbone_policy(policy):
+    backbone = LoopedGemmaBackbone(**SMALL, num_loops=2, dtype=policy)
+    compute = keras.DTypePolicy(policy).compute_dtype
+    variable = keras.DTypePolicy(policy).variable_dtype
+    assert backbone.looped_block.dtype_policy.name == policy
+    assert backbone.looped_block.compute_dtype == compute
+    tokens = np.ones((1, 4), dtype="int32")
+    inputs = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
+    x = backbone.token_embedding(tokens)
+    out = backbone.looped_block(x, padding_mask=inputs["padding_mask"])
+    spec = backbone.looped_block.compute_output_spec(
+        keras.KerasTensor(x.shape, dtype=compute)
+    )
+    assert keras.backend.standardize_dtype(out.dtype) == spec.dtype == compute
+    eager = backbone(inputs)
+    assert keras.backend.standardize_dtype(eager.dtype) == compute
+    assert all(
+        keras.backend.standardize_dtype(v.dtype) == variable
+        for v in backbone.weights
+    )
+
+
+def test_source_layer_map_keeps_sliding_and_global_kinds():
+    for distinct in range(2, 7):
+        for source in range(2, 12):
+            mapping = source_layer_map(distinct, source, alternating=True)
+            assert len(mapping) == distinct
+            assert all(0 <= s < source for s in mapping)
+            assert all(s % 2 == d % 2 for d, s in enumerate(mapping))
+            if source >= distinct:
+                assert mapping == sorted(mapping)
+            plain = source_layer_map(distinct, source)
+            assert all(abs(a - b) <= 1 for a, b in zip(mapping, plain))
+    # Plain map: 3 distinct from 4 source layers puts layer 2 (sliding) on
+    # source 3 (global); the alternating map does not.
+    assert source_layer_map(3, 4) == [0, 2, 3]
+    assert source_layer_map(3, 4, alternating=True) == [0, 1, 2]
+
+
+def test_from_preset_keeps_or_sets_the_dtype(tiny_preset):
+    source = keras_hub.models.GemmaBackbone.from_preset(tiny_preset)
+    lm = looped_gemma_from_preset(tiny_preset, num_loops=2)
+    assert lm.backbone.dtype_policy.name == source.dtype_policy.name
+    lm16 = looped_gemma_from_preset(
+        tiny_preset, num_loops=2, dtype="bfloat16", loop_mode="scan"
+    )
+    assert lm16.backbone.dtype_policy.name == "bfloat16"
+    assert lm16.backbone.looped_block.loop_mode == "scan"
+    assert {keras.backend.standardize_dtype(v.dtype) for v in lm16.weights} == {
+        "bfloat16"
+    }
+    # The weights are the preset's, rounded to bf16.
+    np.testing.assert_allclose(
+        _numpy_of(lm16.backbone.token_embedding.embeddings),
+        _numpy_of(source.token_embedding.embeddings),
+        rtol=1e-2,
+        atol=1e-2,
+    )
+
+
+def test_score_follows_the_schedule(looped_lm):
+    tokens = np.random.default_rng(3).integers(0, 40, size=(2, 6))
+    mask = np.ones((2, 6), dtype="int32")
+    inputs = {"token_ids": tokens, "padding_mask": mask}
+    seen = []
+
+    def intercept(x, index):
+        seen.append(index)
+        return x
+
+    logits = looped_lm.score(
+        tokens, padding_mask=mask, layer_intercept_fn=intercept
+    )
+    assert seen == [-1] + list(range(looped_lm.backbone.num_applications))
+    np.testing.assert_allclose(
+        _numpy_of(logits), _numpy_of(looped_lm(inputs)), atol=1e-5
+    )
+    targets = np.roll(tokens, -1, axis=1)
+    loss = _numpy_of(
+        looped_lm.score(tokens, scoring_mode="loss", target_ids=targets)
+    )
+    z = _numpy_of(logits).astype("float64")
+    log_probs = (
+        z
+        - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1))[..., None]
+        - z.max(-1, keepdims=True)
+    )
+    want = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(loss, want, rtol=1e-4, atol=1e-4)
+    deeper = looped_lm.score(tokens, padding_mask=mask, num_loops=5)
+    np.testing.assert_allclose(
+        _numpy_of(deeper),
+        _numpy_of(looped_lm(inputs, num_loops=5)),
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="scoring_mode"):
+        looped_lm.score(tokens, scoring_mode="probs")
+    with pytest.raises(ValueError, match="target_ids"):
+        looped_lm.score(tokens, scoring_mode="loss")
+
+
+def _keras_hub_test_case():
+    """keras-hub's own test harness (`keras_hub.src.tests.test_case`, in the
+    keras-hub wheel; it imports `grain`), or a skip when it is missing."""
+    pytest.importorskip("grain")
+    module = pytest.importorskip("keras_hub.src.tests.test_case")
+    return module.TestCase
+
+
+@pytest.mark.slow  # keras-hub's full harness: ~ minutes on a loaded CPU
+@pytest.mark.parametrize("loop_mode", ["unroll", "scan"])
+def test_keras_hub_run_backbone_test(loop_mode):
+    case = _keras_hub_test_case()("run_backbone_test")
+    case.run_backbone_test(
+        cls=LoopedGemmaBackbone,
+        init_kwargs={**SMALL, "num_loops": 2, "loop_mode": loop_mode},
+        input_data={
+            "token_ids": np.ones((2, 5), dtype="int32"),
+            "padding_mask": np.ones((2, 5), dtype="int32"),
+        },
+        expected_output_shape=(2, 5, 16),
+    )

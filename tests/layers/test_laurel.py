@@ -223,7 +223,7 @@ def test_conformance(kwargs):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="`variant` must be one of"):
         Laurel(variant="rwlr")
-    with pytest.raises(ValueError, match="`rank` must be a positive"):
+    with pytest.raises(ValueError, match="`rank` must be an integer"):
         Laurel(rank=0)
     with pytest.raises(ValueError, match="`num_activations` must be"):
         Laurel(variant="pa", num_activations=0)
@@ -302,3 +302,160 @@ def test_laurel_network_trains():
         float(np.abs(np.array(layer.pa_b)).max()) for layer in stack.layers
     ]
     assert min(moved) > 0.0, "B_j never left zero: PA gradients are dead"
+
+
+# ---------------------------------------------------------------------------
+# PA across a shape change, keras-hub dtype conventions
+# ---------------------------------------------------------------------------
+
+
+def _np_pool_project(act, factors, projection):
+    b, *middle, c = act.shape
+    split = [b]
+    for size, f in zip(middle, factors):
+        split += [size // f, f]
+    pooled = act.reshape(split + [c]).mean(
+        axis=tuple(range(2, 2 * len(factors) + 1, 2))
+    )
+    return pooled if projection is None else pooled @ projection
+
+
+@pytest.mark.parametrize("variant", ["pa", "rw_lr_pa"])
+def test_pa_across_a_stage_transition_matches_numpy(variant):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, 4, 8)).astype("float32")
+    fx = rng.normal(size=(2, 4, 4, 8)).astype("float32")
+    before = rng.normal(size=(2, 8, 8, 4)).astype("float32")  # stride 2
+    same = rng.normal(size=(2, 4, 4, 8)).astype("float32")
+    layer = Laurel(
+        variant=variant,
+        rank=R,
+        num_activations=3,
+        pa_projection="pool_project",
+    )
+    layer([x, fx, same, before])
+    w = randomise(layer, seed=3)
+    assert layer.pa_projections[1] is None
+    assert tuple(layer.pa_projections[2].shape) == (4, 8)
+    got = keras.ops.convert_to_numpy(layer([x, fx, same, before]))
+    pooled = _np_pool_project(
+        before.astype("float64"), [2, 2], w["pa_projection_2"]
+    )
+    want = np_laurel(variant, [x, fx, same, pooled], w)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    config = layer.get_config()
+    assert config["pa_projection"] == "pool_project"
+    with pytest.raises(ValueError, match="pa_projection"):
+        Laurel(variant="pa", pa_projection="conv")
+    with pytest.raises(ValueError, match="integer"):
+        Laurel(variant="pa", num_activations=2, pa_projection="pool_project")(
+            [x, fx, rng.normal(size=(2, 6, 6, 4)).astype("float32")]
+        )
+    with pytest.raises(ValueError, match="shape"):
+        Laurel(variant="pa", num_activations=2)([x, fx, before])
+
+
+def test_pa_stage_transition_trains_and_saves(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    stem = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    f = keras.layers.Conv2D(8, 3, strides=2, padding="same")(stem)
+    shortcut = keras.layers.Conv2D(8, 1, strides=2)(stem)
+    joined = Laurel(
+        variant="rw_lr_pa",
+        rank=2,
+        num_activations=2,
+        pa_projection="pool_project",
+    )([shortcut, f, stem])
+    outputs = keras.layers.Dense(1)(
+        keras.layers.GlobalAveragePooling2D()(joined)
+    )
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8, 8, 3)).astype("float32")
+    y = x.mean(axis=(1, 2, 3))[:, None] * 4.0
+    model.compile(keras.optimizers.Adam(0.01), "mse", jit_compile=True)
+    first = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=30, batch_size=32, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < 0.5 * first
+    path = str(tmp_path / "pa.keras")
+    model.save(path)
+    again = keras.models.load_model(path)
+    np.testing.assert_allclose(
+        again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_bfloat16_policy_keeps_every_weight_and_output_in_bf16(variant):
+    layer = Laurel(
+        variant=variant,
+        rank=R,
+        num_activations=K,
+        dtype="bfloat16",
+        rw_parametrization="softmax",
+    )
+    inputs = make_inputs(variant)
+    layer(inputs)
+    w = randomise(layer, seed=2)
+    out = layer(inputs)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert {keras.backend.standardize_dtype(v.dtype) for v in layer.weights}
+    assert all(
+        keras.backend.standardize_dtype(v.dtype) == "bfloat16"
+        for v in layer.weights
+    )
+    rounded = {
+        k: keras.ops.convert_to_numpy(
+            keras.ops.cast(keras.ops.cast(v, "bfloat16"), "float32")
+        )
+        for k, v in w.items()
+    }
+    want = np_laurel(variant, inputs, rounded, "softmax")
+    got = keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
+    np.testing.assert_allclose(got, want, rtol=0.05, atol=0.1)
+
+
+def test_lr_with_norm_matches_numpy_and_starts_at_identity():
+    x, fx = make_inputs("lr")
+    layer = Laurel(variant="rw_lr", rank=R, lr_norm=True, lr_norm_epsilon=1e-5)
+    out = keras.ops.convert_to_numpy(layer([x, fx]))
+    np.testing.assert_allclose(out, x + fx, rtol=1e-6, atol=1e-6)
+    w = randomise(layer, seed=4)
+    low = x.astype("float64") @ w["lr_a"] @ w["lr_b"]
+    low = low / np.sqrt(np.mean(low**2, -1, keepdims=True) + 1e-5)
+    low = low * w["lr_norm_scale"]
+    alpha, beta = 1.0 + w["alpha"], 1.0 + w["beta"]
+    want = alpha * fx + beta * (x + low)
+    got = keras.ops.convert_to_numpy(layer([x, fx]))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert layer.get_config()["lr_norm"] is True
+    with pytest.raises(ValueError, match="lr_norm"):
+        Laurel(variant="pa", lr_norm=True)
+    with pytest.raises(ValueError, match="lr_norm_epsilon"):
+        Laurel(variant="lr", lr_norm=True, lr_norm_epsilon=0.0)
+
+
+def test_equals_keras_hub_gemma3n_laurel_block():
+    # keras-hub does not export the block; the test reaches for it (the
+    # library only reads its public attributes).
+    layers = pytest.importorskip(
+        "keras_hub.src.models.gemma3n.gemma3n_text_layers"
+    )
+    block = layers.Gemma3nTextLaurelBlock(
+        hidden_size=D, laurel_rank=R, rms_norm_eps=1e-6
+    )
+    block.build((None, 5, D))
+    rng = np.random.default_rng(5)
+    for v in block.weights:
+        v.assign(rng.normal(size=v.shape).astype("float32"))
+    laurel = Laurel.from_keras_hub_laurel_block(block)
+    x = rng.normal(size=(2, 5, D)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(laurel([x, np.zeros_like(x)])),
+        keras.ops.convert_to_numpy(block(x)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="block"):
+        Laurel.from_keras_hub_laurel_block(keras.layers.Dense(3))

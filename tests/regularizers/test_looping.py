@@ -57,6 +57,10 @@ def _stack(num_layers, dim=6, seed=0):
     return keras.Model(inputs, keras.layers.Dense(1)(x)), layers
 
 
+def _total_loss(model):
+    return sum(float(keras.ops.convert_to_numpy(v)) for v in model.losses)
+
+
 def test_zero_for_identical_blocks():
     model, layers = _stack(6)
     for i in range(2, 6):
@@ -79,9 +83,8 @@ def test_pulls_blocks_together_in_compiled_fit():
     model, layers = _stack(4)
     reg = LoopingRegularizer(layers, block_size=2, strength=10.0).attach()
     before = reg.similarity()
-    assert len(model.losses) == 1
     np.testing.assert_allclose(
-        float(keras.ops.convert_to_numpy(model.losses[0])),
+        _total_loss(model),
         10.0 * (1.0 - before),
         rtol=1e-5,
     )
@@ -100,6 +103,7 @@ def test_pulls_blocks_together_in_compiled_fit():
     assert probe.similarity() < after - 0.3
     reg.detach()
     assert not model.losses
+    assert all(v.regularizer is None for v in model.weights)
 
 
 def test_keeps_existing_regularizer():
@@ -122,9 +126,11 @@ def test_keeps_existing_regularizer():
 
 def test_bad_block_size():
     _, layers = _stack(6)
-    for bad in (4, 6, 0, -1, 1.5):
+    for bad in (4, 6, 0, -1, 1.5, None):
         with pytest.raises(ValueError, match="block_size"):
             LoopingRegularizer(layers, block_size=bad)
+    with pytest.raises(ValueError, match="strength"):
+        LoopingRegularizer(layers, block_size=2, strength=-1.0)
 
 
 def test_mismatched_or_unbuilt_layers():
@@ -135,3 +141,61 @@ def test_mismatched_or_unbuilt_layers():
         LoopingRegularizer([layers[0], other], block_size=1)
     with pytest.raises(ValueError, match="built"):
         LoopingRegularizer([keras.layers.Dense(2)] * 2, block_size=1)
+
+
+def test_serialization_round_trip(tmp_path):
+    model, layers = _stack(4, seed=3)
+    reg = LoopingRegularizer(layers, block_size=2, strength=3.0, min_ndim=2)
+    config = keras.regularizers.serialize(reg)
+    again = keras.regularizers.deserialize(config)
+    assert isinstance(again, LoopingRegularizer)
+    assert again.get_config() == reg.get_config()
+    assert again.get_config()["layer_names"] == ["d0", "d1", "d2", "d3"]
+    assert not again.bound
+    with pytest.raises(ValueError, match="bind"):
+        again()
+    # Bound by name to the layers of a reloaded model, the loss is equal.
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    again.bind(loaded).attach()
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(again())),
+        float(keras.ops.convert_to_numpy(reg())),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        _total_loss(loaded), float(keras.ops.convert_to_numpy(reg())), 1e-6
+    )
+    # Binding by name fails clearly when a layer is missing.
+    other, _ = _stack(2)
+    with pytest.raises(ValueError, match="layer_names"):
+        LoopingRegularizer.from_config(config["config"]).bind(other)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_term_survives_a_frozen_first_layer(when):
+    model, layers = _stack(4, seed=1)
+    if when == "before":
+        layers[0].trainable = False
+    reg = LoopingRegularizer(layers, block_size=2, strength=10.0).attach()
+    if when == "after":
+        layers[0].trainable = False
+    # Groups are unchanged by freezing: the frozen layer still counts.
+    assert len(reg.groups) == 1 and len(reg.groups[0]) == 4
+    np.testing.assert_allclose(
+        _total_loss(model), 10.0 * (1.0 - reg.similarity()), rtol=1e-5
+    )
+    frozen = layers[0].get_weights()[0].copy()
+    before = reg.similarity()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    model.compile(keras.optimizers.Adam(0.01), "mse", jit_compile=True)
+    model.fit(x, y, epochs=20, batch_size=32, verbose=0)
+    assert reg.similarity() > before + 0.3
+    np.testing.assert_array_equal(layers[0].get_weights()[0], frozen)
+    # Every layer frozen: nothing can move, and the term is absent.
+    for layer in layers:
+        layer.trainable = False
+    assert _total_loss(model) == 0.0
