@@ -3,9 +3,8 @@
 - `keras_gr.__all__` lists `__version__` and every subpackage; every
   subpackage defines `__all__`, listing exactly its public names, and
   every public function or class it lists has a docstring with an
-  `Example:` section (run by `tests/test_docstring_examples.py`; the few
-  still missing are xfailed in `KNOWN_MISSING_EXAMPLES`); constants
-  (configs) document themselves in their module.
+  `Example:` section (run by `tests/test_docstring_examples.py`);
+  constants (configs) document themselves in their module.
 - Public functions of the areas that promise it have type hints.
 - `import keras_gr` imports neither Keras nor a backend, and
   `import keras_gr.optimizers` works under JAX with TensorFlow and
@@ -71,15 +70,6 @@ def test_subpackage_all_is_exactly_its_public_names(area):
     assert not unlisted, f"public but not in __all__: {unlisted}"
 
 
-# Listed names whose docstring has no example yet: xfail (not strict, so
-# adding the example shows up as XPASS) until the owner adds one; then
-# delete its line here.
-KNOWN_MISSING_EXAMPLES = {
-    "keras_gr.metrics.cosine_similarity_matrix",
-    "keras_gr.metrics.frechet_distance_from_moments",
-}
-
-
 def _listed_callables():
     """`(area, name)` of each function or class listed in an `__all__`."""
     params = []
@@ -89,10 +79,7 @@ def _listed_callables():
             value = getattr(module, name, None)
             if inspect.isclass(value) or inspect.isfunction(value):
                 full = f"keras_gr.{area}.{name}"
-                marks = []
-                if full in KNOWN_MISSING_EXAMPLES:
-                    marks = [pytest.mark.xfail(reason="no example yet")]
-                params.append(pytest.param(area, name, id=full, marks=marks))
+                params.append(pytest.param(area, name, id=full))
     return params
 
 

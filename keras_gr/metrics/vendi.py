@@ -9,7 +9,15 @@ from keras_gr._validation import check_array
 
 
 def cosine_similarity_matrix(features, eps=1e-12):
-    """`K[i, j] = <x_i, x_j> / (||x_i|| ||x_j||)` (float64)."""
+    """`K[i, j] = <x_i, x_j> / (||x_i|| ||x_j||)` (float64).
+
+    Example:
+
+    >>> cosine_similarity_matrix([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    array([[1., 1., 0.],
+           [1., 1., 0.],
+           [0., 0., 1.]])
+    """
     x = check_array("features", features).astype("float64")
     if x.ndim != 2 or x.shape[0] < 1:
         raise ValueError(
