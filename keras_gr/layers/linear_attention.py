@@ -3,6 +3,9 @@
 import keras
 from keras import ops
 
+from keras_gr._validation import check_integer
+from keras_gr._validation import check_number
+
 
 def linear_attention_update(z, p, q):
     """One residual linear-attention step on token-major prompts.
@@ -140,24 +143,11 @@ class LinearAttention(keras.layers.Layer):
                 "`restricted` must be a bool. "
                 f"Received: restricted={restricted!r}"
             )
-        if (
-            isinstance(init_stddev, bool)
-            or not isinstance(init_stddev, (int, float))
-            or init_stddev < 0
-        ):
-            raise ValueError(
-                "`init_stddev` must be a number >= 0. "
-                f"Received: init_stddev={init_stddev!r}"
-            )
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, int)
-        ):
-            raise ValueError(
-                f"`seed` must be None or an integer. Received: seed={seed!r}"
-            )
         self.restricted = restricted
-        self.init_stddev = float(init_stddev)
-        self.seed = seed
+        self.init_stddev = check_number("init_stddev", init_stddev, minimum=0.0)
+        self.seed = (
+            None if seed is None else check_integer("seed", seed, minimum=None)
+        )
 
     def build(self, input_shape):
         if len(input_shape) != 3:

@@ -185,6 +185,11 @@ def test_bad_arguments():
         LinearAttention(init_stddev=-1.0)
     with pytest.raises(ValueError, match="seed"):
         LinearAttention(seed=1.5)
+    with pytest.raises(ValueError, match="init_stddev"):
+        LinearAttention(init_stddev=float("nan"))
+    layer = LinearAttention(init_stddev=np.float32(0.25), seed=np.int64(2))
+    assert (layer.init_stddev, layer.seed) == (0.25, 2)
+    assert type(layer.seed) is int
     with pytest.raises(ValueError, match="batch, n \\+ 1, d \\+ 1"):
         LinearAttention().build((2, 5))
     with pytest.raises(ValueError, match="d \\+ 1 >= 2"):
