@@ -5,7 +5,7 @@
   every public function or class it lists has a docstring with an
   `Example:` section (run by `tests/test_docstring_examples.py`);
   constants (configs) document themselves in their module.
-- Public functions of the areas that promise it have type hints.
+- Every public function and public class constructor has type hints.
 - `import keras_gr` imports neither Keras nor a backend, and
   `import keras_gr.optimizers` works under JAX with TensorFlow and
   keras-hub absent (blocked in a subprocess: the cheapest equivalent of a
@@ -27,8 +27,13 @@ import keras_gr
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_DIR = os.path.dirname(keras_gr.__file__)
 
-# Areas whose public signatures are fully annotated (checked below).
-TYPED_AREAS = ("presets",)
+# Every area's public signatures are annotated (checked below).
+TYPED_AREAS = tuple(
+    name
+    for name in sorted(os.listdir(PACKAGE_DIR))
+    if not name.startswith("_")
+    and os.path.isfile(os.path.join(PACKAGE_DIR, name, "__init__.py"))
+)
 
 
 def _subpackages_on_disk():
@@ -92,22 +97,40 @@ def test_listed_function_or_class_has_an_example(area, name):
     )
 
 
+def _unannotated(function, skip_first=False):
+    """Names of `function`'s unannotated parameters (`*args` / `**kwargs`
+    and, for methods, `self` excepted), plus `"return"` when the return
+    type is missing (functions only)."""
+    sig = inspect.signature(function)
+    params = list(sig.parameters.values())[1 if skip_first else 0 :]
+    missing = [
+        p.name
+        for p in params
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and p.annotation is inspect.Parameter.empty
+    ]
+    if not skip_first and sig.return_annotation is inspect.Signature.empty:
+        missing.append("return")
+    return missing
+
+
 @pytest.mark.parametrize("area", TYPED_AREAS)
-def test_public_functions_are_annotated(area):
+def test_public_signatures_are_annotated(area):
+    """Every function listed in `__all__` has annotated parameters and a
+    return type; every listed class that defines `__init__` has annotated
+    constructor parameters."""
     module = importlib.import_module(f"keras_gr.{area}")
-    untyped = []
-    for name in sorted(_public_names(module)):
+    untyped = {}
+    for name in module.__all__:
         value = getattr(module, name)
-        if not inspect.isfunction(value):
+        if inspect.isfunction(value):
+            missing = _unannotated(value)
+        elif inspect.isclass(value) and "__init__" in vars(value):
+            missing = _unannotated(value.__init__, skip_first=True)
+        else:
             continue
-        sig = inspect.signature(value)
-        params = [
-            p
-            for p in sig.parameters.values()
-            if p.annotation is inspect.Parameter.empty
-        ]
-        if params or sig.return_annotation is inspect.Signature.empty:
-            untyped.append(name)
+        if missing:
+            untyped[name] = missing
     assert not untyped, f"missing type hints: {untyped}"
 
 

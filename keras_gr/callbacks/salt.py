@@ -10,7 +10,12 @@ callbacks observe, log and act around it: they compose with
 `TensorBoard` (the values they add to `logs` are written as scalars).
 """
 
+from typing import TYPE_CHECKING
+
 import keras
+
+if TYPE_CHECKING:
+    from keras_gr.data.phased_dataset import PhasedDataset
 
 
 class KDSchedule(keras.callbacks.Callback):
@@ -107,7 +112,7 @@ class PhasedDataSync(keras.callbacks.Callback):
     True
     """
 
-    def __init__(self, dataset):
+    def __init__(self, dataset: "PhasedDataset") -> None:
         super().__init__()
         if not hasattr(dataset, "start_step"):
             raise ValueError(

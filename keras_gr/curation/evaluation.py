@@ -22,6 +22,9 @@ function (reconstructed, see the spec):
   labels, and leave-one-out k-NN accuracy.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from keras_gr._validation import check_choice
@@ -49,7 +52,7 @@ def rank_data(values):
     return (sums / counts)[inverse]
 
 
-def spearman(a, b):
+def spearman(a: Any, b: Any) -> float:
     """Spearman rank correlation of two equally long vectors (NaN when one
     of them is constant).
 
@@ -107,14 +110,14 @@ def _same_cluster_pairs(labels, count, rng):
 
 
 def loss_correlation(
-    embeddings,
-    losses,
-    cluster_labels=None,
-    num_clusters=32,
-    num_pairs=20000,
-    metric="cosine",
-    seed=0,
-):
+    embeddings: Any,
+    losses: Any,
+    cluster_labels: Any | None = None,
+    num_clusters: int = 32,
+    num_pairs: int = 20000,
+    metric: str = "cosine",
+    seed: int = 0,
+) -> dict[str, float]:
     """Measure (1) of arXiv 2502.02494: do nearby examples have similar loss?
 
     Args:
@@ -216,13 +219,13 @@ def _knn_accuracy(x, sources, k, metric, block=2048):
 
 
 def source_separation(
-    embeddings,
-    source_labels,
-    num_clusters=None,
-    num_neighbors=5,
-    metric="cosine",
-    seed=0,
-):
+    embeddings: Any,
+    source_labels: Any,
+    num_clusters: int | None = None,
+    num_neighbors: int = 5,
+    metric: str = "cosine",
+    seed: int = 0,
+) -> dict[str, float]:
     """Measure (3) of arXiv 2502.02494: do the embeddings separate the
     data's sources?
 
@@ -271,8 +274,12 @@ def source_separation(
 
 
 def sequence_losses(
-    causal_lm, texts, sequence_length=128, batch_size=32, verbose=0
-):
+    causal_lm: Any,
+    texts: Any,
+    sequence_length: int = 128,
+    batch_size: int = 32,
+    verbose: int | str = 0,
+) -> np.ndarray:
     """Mean next-token cross-entropy of a keras-hub `CausalLM` on each text
     (padding masked), one compiled `predict` pass over a `tf.data` pipeline.
 
@@ -342,21 +349,21 @@ def _token_stream(tokenizer, texts):
 
 
 def pretraining_loss(
-    train_texts,
-    validation_texts,
-    tokenizer,
+    train_texts: Any,
+    validation_texts: Any,
+    tokenizer: Any,
     *,
-    num_layers=2,
-    hidden_dim=64,
-    num_heads=2,
-    intermediate_dim=256,
-    sequence_length=64,
-    steps=300,
-    batch_size=16,
-    learning_rate=3e-3,
-    seed=0,
-    verbose=0,
-):
+    num_layers: int = 2,
+    hidden_dim: int = 64,
+    num_heads: int = 2,
+    intermediate_dim: int = 256,
+    sequence_length: int = 64,
+    steps: int = 300,
+    batch_size: int = 16,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
+    verbose: int | str = 0,
+) -> float | dict[str, float]:
     """Pretrains a small keras-hub Gemma from scratch on `train_texts` and
     returns its validation loss (nats per token) on `validation_texts`.
 
@@ -477,13 +484,13 @@ def pretraining_loss(
 
 
 def curation_quality(
-    texts,
-    selected_indices,
-    validation_texts,
-    tokenizer,
-    seeds=(0, 1, 2),
-    **pretraining_kwargs,
-):
+    texts: Any,
+    selected_indices: Any,
+    validation_texts: Any,
+    tokenizer: Any,
+    seeds: Sequence[int] = (0, 1, 2),
+    **pretraining_kwargs: Any,
+) -> dict[str, Any]:
     """Measure (2) of arXiv 2502.02494: does pretraining on a selection beat
     pretraining on a random subset of the same size?
 

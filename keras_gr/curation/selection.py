@@ -6,6 +6,8 @@ NumPy arrays or `tf.data` datasets (of rows or of batches) of embeddings /
 labels.
 """
 
+from typing import Any
+
 import numpy as np
 
 from keras_gr._validation import check_array
@@ -43,7 +45,7 @@ def _labels(name, value, n=None, other="embeddings"):
     return labels.astype("int64")
 
 
-def balanced_quotas(cluster_sizes, budget):
+def balanced_quotas(cluster_sizes: Any, budget: int) -> np.ndarray:
     """Per-cluster sample counts that spread `budget` as evenly as the
     cluster sizes allow (water-filling).
 
@@ -80,7 +82,9 @@ def balanced_quotas(cluster_sizes, budget):
     return quotas
 
 
-def balanced_selection(cluster_labels, budget, seed=0):
+def balanced_selection(
+    cluster_labels: Any, budget: int, seed: int = 0
+) -> np.ndarray:
     """The paper's diversity curation: an equal share of `budget` from every
     cluster, uniformly at random inside each cluster.
 
@@ -143,12 +147,12 @@ def _has_earlier_duplicate(x, threshold, block=2048):
 
 
 def semantic_dedup(
-    embeddings,
-    cluster_labels=None,
-    similarity_threshold=0.95,
-    keep="first",
-    seed=0,
-):
+    embeddings: Any,
+    cluster_labels: Any | None = None,
+    similarity_threshold: float = 0.95,
+    keep: str = "first",
+    seed: int = 0,
+) -> np.ndarray:
     """SemDeDup (Abbas et al. 2023, arXiv 2303.09540): drop near-duplicates
     inside each cluster.
 
@@ -213,8 +217,11 @@ def semantic_dedup(
 
 
 def reference_similarity_selection(
-    embeddings, reference_embeddings, budget, aggregate="max"
-):
+    embeddings: Any,
+    reference_embeddings: Any,
+    budget: int,
+    aggregate: str = "max",
+) -> np.ndarray:
     """Selects the `budget` examples most similar to a high-quality
     reference set (cosine similarity).
 

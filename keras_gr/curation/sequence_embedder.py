@@ -12,6 +12,8 @@ hatch. All share `embed(texts, batch_size, verbose) -> (n, dim)` float32.
 
 import re
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -23,7 +25,7 @@ from keras_gr._validation import check_integer
 POOLINGS = ("token_embedding", "hidden_state")
 
 
-def masked_mean(sequence, padding_mask):
+def masked_mean(sequence: Any, padding_mask: Any) -> Any:
     """Mean over the time axis of the positions where `padding_mask` is
     true: `(batch, time, dim), (batch, time) -> (batch, dim)`, in float32.
 
@@ -162,12 +164,12 @@ class BackboneEmbedder(SequenceEmbedder):
 
     def __init__(
         self,
-        backbone,
-        tokenizer,
+        backbone: keras.Model,
+        tokenizer: Any,
         pooling: str = "token_embedding",
         layer_index: int = -1,
         sequence_length: int = 128,
-    ):
+    ) -> None:
         self.pooling = check_choice("pooling", pooling, POOLINGS)
         self.sequence_length = check_integer("sequence_length", sequence_length)
         for attr in ("token_embedding", "transformer_layers"):
@@ -237,7 +239,9 @@ class BackboneEmbedder(SequenceEmbedder):
         return np.asarray(out, "float32")[: len(texts)]
 
 
-def tokenized_dataset(tokenizer, texts, sequence_length, batch_size=64):
+def tokenized_dataset(
+    tokenizer: Any, texts: Any, sequence_length: int, batch_size: int = 64
+) -> Any:
     """Texts -> a `tf.data` dataset of `{"token_ids", "padding_mask"}`
     batches for a keras-hub model.
 
@@ -316,7 +320,9 @@ class HashedNgramEmbedder(SequenceEmbedder):
     (1.0, True)
     """
 
-    def __init__(self, output_dim: int = 1024, ngram_range=(1, 2)):
+    def __init__(
+        self, output_dim: int = 1024, ngram_range: tuple[int, int] = (1, 2)
+    ) -> None:
         self.output_dim = check_integer("output_dim", output_dim)
         try:
             low, high = (int(n) for n in ngram_range)
@@ -391,7 +397,7 @@ class FunctionEmbedder(SequenceEmbedder):
     [[2.0, 1.0], [4.0, 1.0]]
     """
 
-    def __init__(self, fn, output_dim: int):
+    def __init__(self, fn: Callable[[list[str]], Any], output_dim: int) -> None:
         if not callable(fn):
             raise ValueError(
                 f"`fn` must be callable. Received: fn of type "

@@ -6,10 +6,14 @@ marking the answer tokens. A causal LM is trained on
 answer_mask[:, 1:]`, so the loss and accuracy see only the answer.
 """
 
+from typing import Any
+
 import numpy as np
 
 
-def lm_arrays(tokens, answer_mask):
+def lm_arrays(
+    tokens: Any, answer_mask: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shifts `(tokens, answer_mask)` into next-token training arrays.
 
     Returns:
@@ -32,7 +36,7 @@ def lm_arrays(tokens, answer_mask):
     )
 
 
-def exact_match(predicted, y, sample_weight):
+def exact_match(predicted: Any, y: Any, sample_weight: Any) -> float:
     """Fraction of rows whose every weighted (answer) token is predicted.
 
     `predicted` are argmax token ids of a teacher-forced forward pass; an

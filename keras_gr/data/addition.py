@@ -6,6 +6,9 @@ zero-padded `d`-digit operands without chain of thought, e.g.
 `315+120+045+824=1304`.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from keras_gr._validation import check_integer
@@ -62,12 +65,12 @@ def decode_tokens(tokens):
 
 
 def addition_examples(
-    num_examples,
-    num_operands,
-    digits=3,
-    seed=0,
-    reverse_answer=False,
-):
+    num_examples: int,
+    num_operands: int | Sequence[int],
+    digits: int = 3,
+    seed: int = 0,
+    reverse_answer: bool = False,
+) -> dict[str, np.ndarray]:
     """Exact, seeded n-ary addition problems as NumPy arrays.
 
     Operands are drawn uniformly from `[0, 10^digits - 1]` and written
@@ -141,14 +144,14 @@ def addition_examples(
 
 
 def addition_dataset(
-    num_examples,
-    num_operands,
-    digits=3,
-    seed=0,
-    reverse_answer=False,
-    batch_size=32,
-    shuffle=True,
-):
+    num_examples: int,
+    num_operands: int | Sequence[int],
+    digits: int = 3,
+    seed: int = 0,
+    reverse_answer: bool = False,
+    batch_size: int = 32,
+    shuffle: bool = True,
+) -> Any:
     """`addition_examples` as a `tf.data.Dataset` of `(x, y, sample_weight)`
     next-token batches (weights 1 exactly on the answer targets).
 

@@ -9,9 +9,10 @@ import collections
 import functools
 import hashlib
 import os
+from collections.abc import Sequence
 
 
-def pydoc_corpus():
+def pydoc_corpus() -> tuple[list[str], list[str]]:
     """Python's own documentation topics (`pydoc_data.topics`, ~465k chars).
 
     Documents are the 79 help topics, sorted by name; every 6th topic (the
@@ -38,7 +39,9 @@ def pydoc_corpus():
     return train, val
 
 
-def text_file_corpus(path, validation_fraction=0.05):
+def text_file_corpus(
+    path: str | os.PathLike[str], validation_fraction: float = 0.05
+) -> tuple[list[str], list[str]]:
     """A user's UTF-8 text file, split into paragraphs (blank-line separated).
 
     The last `validation_fraction` of the paragraphs (at least one) form the
@@ -84,7 +87,7 @@ def text_file_corpus(path, validation_fraction=0.05):
 
 
 def stdlib_docstrings_corpus(
-    modules=(
+    modules: Sequence[str] = (
         "json",
         "csv",
         "email",
@@ -116,7 +119,7 @@ def stdlib_docstrings_corpus(
         "subprocess",
         "threading",
     ),
-):
+) -> tuple[list[str], list[str]]:
     """Docstrings of public objects of standard-library modules.
 
     A different text domain from `pydoc_corpus` (API reference prose rather
@@ -314,11 +317,11 @@ def _code_and_docstring_documents(min_chars, max_chars):
 
 
 def multi_source_corpus(
-    max_documents_per_source=None,
-    min_chars=200,
-    max_chars=2000,
-    validation_fraction=0.1,
-):
+    max_documents_per_source: int | None = None,
+    min_chars: int = 200,
+    max_chars: int = 2000,
+    validation_fraction: float = 0.1,
+) -> LabelledCorpus:
     """A labelled, multi-source text corpus that ships with Python (offline).
 
     Three sources, label indices in `CORPUS_SOURCES` order:

@@ -9,7 +9,7 @@ import numpy as np
 from keras import ops
 
 
-def load_digit_images(image_size=16):
+def load_digit_images(image_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1797 8x8 digits, upsampled (bilinear) to `image_size`.
 
     Args:
@@ -37,7 +37,12 @@ def load_digit_images(image_size=16):
     return images.astype("float32"), digits.target.astype("int32")
 
 
-def split_digits(images, labels, test_fraction=0.2, seed=0):
+def split_digits(
+    images: np.ndarray,
+    labels: np.ndarray,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Seeded random split: `(x_train, y_train, x_test, y_test)`.
 
     Example:

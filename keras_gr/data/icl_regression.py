@@ -46,6 +46,8 @@ Choices the paper leaves open (documented, tested in
   order eigenvalues, rotations, tasks, context and query inputs.
 """
 
+from typing import Any
+
 import numpy as np
 
 from keras_gr._validation import check_integer
@@ -109,13 +111,13 @@ def icl_regression_problems(
     kappa: float = 10.0,
     *,
     shift: float = 0.0,
-    spectrum_range=None,
+    spectrum_range: tuple[float, float] | None = None,
     spectrum: str = "log_uniform",
     task_prior: str = "inverse_covariance",
     layout: str = "tokens",
     seed: int = 0,
     dtype: str = "float32",
-):
+) -> dict[str, np.ndarray]:
     """Exact, seeded in-context linear regression prompts.
 
     Args:
@@ -221,8 +223,8 @@ def icl_regression_dataset(
     batch_size: int = 64,
     *,
     shuffle: bool = False,
-    **problem_kwargs,
-):
+    **problem_kwargs: Any,
+) -> Any:
     """A `tf.data.Dataset` of `(prompts, targets)` batches.
 
     `problem_kwargs` are those of `icl_regression_problems` (same seed, same

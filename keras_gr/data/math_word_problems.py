@@ -16,6 +16,7 @@ reads the numbers of the question and the stated answer, and
 """
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def _story(name, item, operands):
 
 def math_word_problems(
     num_examples: int,
-    num_operands=(2, 3),
+    num_operands: int | Sequence[int] = (2, 3),
     digits: int = 2,
     seed: int = 0,
 ) -> dict:
@@ -85,7 +86,7 @@ def math_word_problems(
     }
 
 
-def parse_math_problem(text: str):
+def parse_math_problem(text: str) -> tuple[list[int], int] | None:
     """`(addends, answer)` of a problem text, or `None` when it has no
     `Answer: <int>` or no number before it.
 

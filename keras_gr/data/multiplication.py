@@ -9,6 +9,8 @@ so the problem gets harder as the number of digits `d` grows,
 e.g. `4821*7=33747`.
 """
 
+from typing import Any
+
 import numpy as np
 
 from keras_gr._validation import check_integer
@@ -121,7 +123,7 @@ def multiplication_dataset(
     seed: int = 0,
     batch_size: int = 32,
     shuffle: bool = True,
-):
+) -> Any:
     """`multiplication_examples` as a `tf.data.Dataset` of `(x, y,
     sample_weight)` next-token batches (weights 1 on the answer targets).
 

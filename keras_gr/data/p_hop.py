@@ -15,6 +15,8 @@ i.e. find the last earlier occurrence of the current token, step to the
 token after it, and repeat `p` times.
 """
 
+from typing import Any
+
 import numpy as np
 
 from keras_gr._validation import check_integer
@@ -24,7 +26,7 @@ from keras_gr.data._lm_tasks import to_tf_dataset
 PAD = 0
 
 
-def p_hop_vocab_size(alphabet_size=4):
+def p_hop_vocab_size(alphabet_size: int = 4) -> int:
     """Token ids: 0 padding, `1..alphabet_size` the letters, then `=`.
 
     Example:
@@ -51,7 +53,7 @@ def _find_one_table(v):
     return find1
 
 
-def hop_positions(v, p):
+def hop_positions(v: Any, p: int) -> list[int]:
     """The positions `find_1(v, n), ..., find_p(v, n)` (1-indexed).
 
     `v` is one sequence (0-indexed NumPy array holding `v[1..n]`). Uses the
@@ -72,7 +74,9 @@ def hop_positions(v, p):
     return positions
 
 
-def p_hop_prefix_targets(sequences, p):
+def p_hop_prefix_targets(
+    sequences: Any, p: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The p-hop answer of every prefix: `v[find_p(v, i)]` for all `i`.
 
     A causal model reading `v[1..n]` sees at position `i` exactly the
@@ -121,14 +125,14 @@ def p_hop_prefix_targets(sequences, p):
 
 
 def p_hop_examples(
-    num_examples,
-    p,
-    seq_len,
-    alphabet_size=4,
-    seed=0,
-    allow_adjacent_repeats=False,
-    max_tries=1000,
-):
+    num_examples: int,
+    p: int,
+    seq_len: int,
+    alphabet_size: int = 4,
+    seed: int = 0,
+    allow_adjacent_repeats: bool = False,
+    max_tries: int = 1000,
+) -> dict[str, np.ndarray]:
     """Exact, seeded p-hop induction problems whose `p` hops all exist.
 
     Each row is `v[1..n]`, a separator `=` and the answer `v[find_p(v, n)]`.
@@ -228,14 +232,14 @@ def _sample_sequence(rng, n, alphabet_size, allow_adjacent_repeats):
 
 
 def p_hop_dataset(
-    num_examples,
-    p,
-    seq_len,
-    alphabet_size=4,
-    seed=0,
-    batch_size=32,
-    shuffle=True,
-):
+    num_examples: int,
+    p: int,
+    seq_len: int,
+    alphabet_size: int = 4,
+    seed: int = 0,
+    batch_size: int = 32,
+    shuffle: bool = True,
+) -> Any:
     """`p_hop_examples` as a `tf.data.Dataset` of `(x, y, sample_weight)`
     next-token batches (weight 1 only on the answer target).
 

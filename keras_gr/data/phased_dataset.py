@@ -10,6 +10,8 @@ can resume at any step (`start_step`, set by
 `keras_gr.callbacks.PhasedDataSync` after `BackupAndRestore`).
 """
 
+from typing import Any
+
 import keras
 import numpy as np
 
@@ -55,7 +57,14 @@ class PhasedBatches:
     'full'
     """
 
-    def __init__(self, num_rows, selected, n_kd_steps, batch_size, seed=0):
+    def __init__(
+        self,
+        num_rows: int,
+        selected: Any,
+        n_kd_steps: int,
+        batch_size: int,
+        seed: int = 0,
+    ) -> None:
         self.num_rows = check_integer("num_rows", num_rows)
         selected = check_array("selected", selected, ndim=1).astype("int64")
         if selected.min() < 0 or selected.max() >= self.num_rows:
@@ -145,18 +154,18 @@ class PhasedDataset(keras.utils.PyDataset):
 
     def __init__(
         self,
-        x,
-        y=None,
-        sample_weight=None,
+        x: Any,
+        y: Any | None = None,
+        sample_weight: Any | None = None,
         *,
-        selected,
+        selected: Any,
         n_kd_steps: int,
         batch_size: int,
         total_steps: int,
         seed: int = 0,
         start_step: int = 0,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         num_rows = _num_rows(x)
         if num_rows == 0:

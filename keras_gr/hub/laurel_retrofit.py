@@ -14,6 +14,7 @@ this module) imports from `keras_hub.src`.
 
 import contextlib
 import functools
+from typing import Any
 
 import keras
 import keras_hub
@@ -94,7 +95,12 @@ class LaurelGemmaDecoderBlock(GemmaDecoderBlock):
     ('rw_lr', 4)
     """
 
-    def __init__(self, *args, laurel_config=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        laurel_config: dict[str, Any] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.laurel_config = _laurel_kwargs(laurel_config)
         self.attention_laurel, self.feedforward_laurel = _laurel_joins(
@@ -171,7 +177,12 @@ class LaurelTransformerDecoder(keras_hub.layers.TransformerDecoder):
     'rw'
     """
 
-    def __init__(self, *args, laurel_config=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        laurel_config: dict[str, Any] | None = None,
+        **kwargs,
+    ) -> None:
         decoder_shape = kwargs.pop("decoder_sequence_shape", None)
         encoder_shape = kwargs.pop("encoder_sequence_shape", None)
         if encoder_shape is not None:
@@ -306,7 +317,12 @@ class LaurelGemmaBackbone(keras_hub.models.GemmaBackbone):
     'lr'
     """
 
-    def __init__(self, *args, laurel_config=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        laurel_config: dict[str, Any] | None = None,
+        **kwargs,
+    ) -> None:
         config = _laurel_kwargs(laurel_config)
         factory = functools.partial(
             LaurelGemmaDecoderBlock, laurel_config=config
@@ -340,7 +356,12 @@ class LaurelGPT2Backbone(keras_hub.models.GPT2Backbone):
     'LaurelTransformerDecoder'
     """
 
-    def __init__(self, *args, laurel_config=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        laurel_config: dict[str, Any] | None = None,
+        **kwargs,
+    ) -> None:
         config = _laurel_kwargs(laurel_config)
         factory = functools.partial(
             LaurelTransformerDecoder, laurel_config=config
@@ -421,7 +442,7 @@ _RETROFIT_CLASSES = {
 _LAUREL_BLOCKS = (LaurelGemmaDecoderBlock, LaurelTransformerDecoder)
 
 
-def laurel_parameters(model):
+def laurel_parameters(model: keras.Model) -> list[keras.Variable]:
     """The LAuReL variables of a retrofitted backbone or CausalLM.
 
     Example:
@@ -448,7 +469,7 @@ def laurel_parameters(model):
     return found
 
 
-def train_only_laurel(model):
+def train_only_laurel(model: keras.Model) -> keras.Model:
     """Freezes every layer of `model` except its `Laurel` joins (in place).
 
     Example:
@@ -481,12 +502,12 @@ def train_only_laurel(model):
 
 
 def laurel_retrofit(
-    model,
+    model: keras.Model,
     variant: str = "rw_lr",
     rank: int = 4,
     train_only_laurel_params: bool = False,
-    **laurel_kwargs,
-):
+    **laurel_kwargs: Any,
+) -> keras.Model:
     """Returns a copy of a keras-hub model whose residuals are LAuReL joins.
 
     Every transformer block's two residual additions (after attention, after

@@ -136,30 +136,30 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
 
     def __init__(
         self,
-        vocabulary_size,
-        num_query_heads,
-        num_key_value_heads,
-        hidden_dim,
-        intermediate_dim,
-        head_dim,
-        num_prelude_layers=1,
-        num_looped_layers=1,
-        num_loops=2,
-        num_coda_layers=1,
-        loop_mode="unroll",
-        rematerialize=False,
-        query_head_dim_normalize=True,
-        use_post_ffw_norm=False,
-        use_post_attention_norm=False,
-        attention_logit_soft_cap=None,
-        final_logit_soft_cap=None,
-        use_sliding_window_attention=False,
-        sliding_window_size=4096,
-        layer_norm_epsilon=1e-6,
-        dropout=0,
-        dtype=None,
+        vocabulary_size: int,
+        num_query_heads: int,
+        num_key_value_heads: int,
+        hidden_dim: int,
+        intermediate_dim: int,
+        head_dim: int,
+        num_prelude_layers: int = 1,
+        num_looped_layers: int = 1,
+        num_loops: int = 2,
+        num_coda_layers: int = 1,
+        loop_mode: str = "unroll",
+        rematerialize: bool = False,
+        query_head_dim_normalize: bool = True,
+        use_post_ffw_norm: bool = False,
+        use_post_attention_norm: bool = False,
+        attention_logit_soft_cap: float | None = None,
+        final_logit_soft_cap: float | None = None,
+        use_sliding_window_attention: bool = False,
+        sliding_window_size: int = 4096,
+        layer_norm_epsilon: float = 1e-6,
+        dropout: float = 0,
+        dtype: str | keras.DTypePolicy | None = None,
         **kwargs,
-    ):
+    ) -> None:
         check_integer("num_prelude_layers", num_prelude_layers, 0)
         check_integer("num_looped_layers", num_looped_layers, 1)
         num_loops = _validate_num_loops(num_loops)
@@ -379,7 +379,12 @@ class LoopedGemmaCausalLM(keras_hub.models.GemmaCausalLM):
 
     backbone_cls = LoopedGemmaBackbone
 
-    def __init__(self, backbone, preprocessor=None, **kwargs):
+    def __init__(
+        self,
+        backbone: LoopedGemmaBackbone,
+        preprocessor: keras_hub.models.GemmaCausalLMPreprocessor | None = None,
+        **kwargs,
+    ) -> None:
         # Loop count of the generate() call in progress (None: backbone's),
         # the one `generate_function` was traced with, and the compiled
         # generate function of every loop count used since `compile()`.
@@ -617,16 +622,16 @@ def source_layer_map(num_distinct, num_source, alternating=False):
 
 
 def looped_gemma_from_preset(
-    preset,
-    num_prelude_layers=1,
-    num_looped_layers=1,
-    num_loops=2,
-    num_coda_layers=1,
-    load_weights=True,
-    dtype=None,
-    loop_mode="unroll",
-    rematerialize=False,
-):
+    preset: str,
+    num_prelude_layers: int = 1,
+    num_looped_layers: int = 1,
+    num_loops: int = 2,
+    num_coda_layers: int = 1,
+    load_weights: bool = True,
+    dtype: str | keras.DTypePolicy | None = None,
+    loop_mode: str = "unroll",
+    rematerialize: bool = False,
+) -> "LoopedGemmaCausalLM":
     """Builds a `LoopedGemmaCausalLM` from a (local) Gemma preset.
 
     The architecture (sizes, heads, norms), the dtype policy and the

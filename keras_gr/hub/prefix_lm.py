@@ -37,6 +37,7 @@ backbone class when none is registered.
 """
 
 import itertools
+from typing import Any
 
 import keras
 import keras_hub
@@ -269,7 +270,12 @@ def get_prefix_adapter(backbone: keras.Model) -> PrefixLMAdapter:
     )
 
 
-def prefix_lm_logits(backbone, prefix, token_ids, padding_mask=None):
+def prefix_lm_logits(
+    backbone: keras.Model,
+    prefix: Any,
+    token_ids: Any,
+    padding_mask: Any | None = None,
+) -> Any:
     """Logits of a keras-hub backbone run on `[prefix, embed(token_ids)]`.
 
     Args:
@@ -372,9 +378,9 @@ class PrefixCausalLM(keras.Model):
     def __init__(
         self,
         causal_lm: keras_hub.models.CausalLM,
-        sampler="greedy",
+        sampler: str | keras_hub.samplers.Sampler = "greedy",
         **kwargs,
-    ):
+    ) -> None:
         if not isinstance(causal_lm, keras_hub.models.CausalLM):
             raise ValueError(
                 "`causal_lm` must be a `keras_hub.models.CausalLM`. "

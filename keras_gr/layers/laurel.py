@@ -1,6 +1,7 @@
 """LAuReL: the learned augmented residual join as a Keras layer."""
 
 import math
+from typing import Any
 
 import keras
 from keras import ops
@@ -192,9 +193,11 @@ class Laurel(keras.layers.Layer):
         pa_projection: str | None = None,
         lr_norm: bool = False,
         lr_norm_epsilon: float = 1e-6,
-        low_rank_initializer="column_orthogonal",
+        low_rank_initializer: (
+            str | dict[str, Any] | keras.initializers.Initializer
+        ) = "column_orthogonal",
         **kwargs,
-    ):
+    ) -> None:
         super().__init__(**kwargs)
         check_choice("variant", variant, VARIANTS)
         rank = check_integer("rank", rank, 1)

@@ -38,7 +38,9 @@ class LaurelStack:
     (4, (None, 16))
     """
 
-    def __init__(self, variant="rw_lr", name="laurel", **laurel_kwargs):
+    def __init__(
+        self, variant: str = "rw_lr", name: str = "laurel", **laurel_kwargs
+    ) -> None:
         # Validate the arguments once, eagerly, by building a throwaway join.
         Laurel(variant=variant, **laurel_kwargs)
         self.variant = variant

@@ -1,6 +1,8 @@
 """LoopedBlock: a block of layers applied several times with shared weights."""
 
 import inspect
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 from keras import ops
@@ -217,14 +219,18 @@ class LoopedBlock(keras.layers.Layer):
 
     def __init__(
         self,
-        layers,
+        layers: (
+            keras.layers.Layer
+            | dict[str, Any]
+            | Sequence[keras.layers.Layer | dict[str, Any]]
+        ),
         num_loops: int = 1,
         input_injection: bool = False,
         return_all_loops: bool = False,
         loop_mode: str = "unroll",
         rematerialize: bool = False,
         **kwargs,
-    ):
+    ) -> None:
         explicit_dtype = kwargs.get("dtype") is not None
         super().__init__(**kwargs)
         if isinstance(layers, (keras.layers.Layer, dict)):

@@ -29,6 +29,8 @@ Choices the paper leaves open, made here:
   rest bucket is empty so it equals the full KL exactly.
 """
 
+from typing import Any
+
 from keras import ops
 
 from keras_gr._validation import check_choice
@@ -48,8 +50,11 @@ def _log_softmax(logits, temperature):
 
 
 def distillation_divergence(
-    teacher_logits, student_logits, temperature=1.0, divergence="forward"
-):
+    teacher_logits: Any,
+    student_logits: Any,
+    temperature: float = 1.0,
+    divergence: str = "forward",
+) -> Any:
     """Per-token KL between teacher and student next-token distributions.
 
     `forward`: `tau^2 * sum_v p_T(v) (log p_T(v) - log p_S(v))`;
@@ -86,7 +91,9 @@ def distillation_divergence(
     return kl * (temperature**2)
 
 
-def teacher_topk(teacher_logits, k, temperature=1.0):
+def teacher_topk(
+    teacher_logits: Any, k: int, temperature: float = 1.0
+) -> tuple[Any, Any]:
     """The teacher's `k` most likely tokens and their log-probabilities at
     temperature `tau`: `(ids int32 (..., k), log_probs float32 (..., k))`.
 
@@ -111,12 +118,12 @@ def _log1mexp_of_logsumexp(log_values):
 
 
 def topk_distillation_divergence(
-    topk_ids,
-    topk_log_probs,
-    student_logits,
-    temperature=1.0,
-    divergence="forward",
-):
+    topk_ids: Any,
+    topk_log_probs: Any,
+    student_logits: Any,
+    temperature: float = 1.0,
+    divergence: str = "forward",
+) -> Any:
     """Per-token KL from stored top-k teacher targets ("rest" bucket kept).
 
     With teacher top-k log-probabilities `l_1..l_k` (at temperature `tau`)
@@ -166,7 +173,7 @@ def topk_distillation_divergence(
     return kl * (temperature**2)
 
 
-def masked_mean(values, mask=None):
+def masked_mean(values: Any, mask: Any = None) -> Any:
     """`sum(values * mask) / max(sum(mask), 1)` in float32 (plain mean when
     `mask` is `None`).
 
@@ -183,7 +190,9 @@ def masked_mean(values, mask=None):
     return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
-def kd_weight_schedule(step, kd_weight, n_kd_steps, schedule="step"):
+def kd_weight_schedule(
+    step: Any, kd_weight: float, n_kd_steps: int, schedule: str = "step"
+) -> Any:
     """The SALT KD weight `w_t` at (0-based) training step `step`.
 
     `"constant"`: `w` at every step (KD never switched off);

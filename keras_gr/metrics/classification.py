@@ -1,5 +1,7 @@
 """Accuracy of class-conditional samples under a reference classifier."""
 
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
@@ -7,7 +9,7 @@ from keras import ops
 from keras_gr._validation import check_array
 
 
-def class_accuracy(logits, labels) -> float:
+def class_accuracy(logits: Any, labels: Any) -> float:
     """Fraction of samples whose argmax class equals the conditioning label.
 
     A sample whose logits hold a NaN or an infinity counts as wrong (never
@@ -61,7 +63,7 @@ class ClassAccuracy(keras.metrics.Mean):
     0.6667
     """
 
-    def __init__(self, name: str = "class_accuracy", dtype=None):
+    def __init__(self, name: str = "class_accuracy", dtype: str | None = None):
         super().__init__(name=name, dtype=dtype)
 
     def update_state(self, y_true, y_pred, sample_weight=None):

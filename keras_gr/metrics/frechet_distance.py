@@ -1,5 +1,7 @@
 """Frechet distance between two feature sets (FID-style)."""
 
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
@@ -24,7 +26,9 @@ def _sqrtm_psd(matrix):
     return (vectors * np.sqrt(np.maximum(values, 0.0))) @ vectors.T
 
 
-def frechet_distance_from_moments(mean_a, cov_a, mean_b, cov_b) -> float:
+def frechet_distance_from_moments(
+    mean_a: Any, cov_a: Any, mean_b: Any, cov_b: Any
+) -> float:
     """`||m_a - m_b||^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2)`.
 
     The squared 2-Wasserstein distance between two Gaussians (the FID
@@ -63,7 +67,7 @@ def frechet_distance_from_moments(mean_a, cov_a, mean_b, cov_b) -> float:
     return value - 2.0 * trace_cross
 
 
-def frechet_distance(features_a, features_b) -> float:
+def frechet_distance(features_a: Any, features_b: Any) -> float:
     """FID-style Frechet distance between two sets of feature vectors.
 
     Fits a Gaussian (mean, unbiased covariance) to each set and returns
@@ -128,7 +132,10 @@ class FrechetDistance(keras.metrics.Metric):
     """
 
     def __init__(
-        self, feature_dim: int, name: str = "frechet_distance", dtype=None
+        self,
+        feature_dim: int,
+        name: str = "frechet_distance",
+        dtype: str | None = None,
     ):
         super().__init__(name=name, dtype=dtype)
         self.feature_dim = check_integer("feature_dim", feature_dim)

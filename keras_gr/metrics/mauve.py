@@ -31,6 +31,8 @@ so the two agree up to the clustering: exactly given the same histograms
 (`mauve_from_histograms`).
 """
 
+from typing import Any
+
 import numpy as np
 
 from keras_gr._validation import check_array
@@ -76,8 +78,8 @@ def frontier_area(curve) -> float:
 
 
 def mauve_from_histograms(
-    p_hist,
-    q_hist,
+    p_hist: Any,
+    q_hist: Any,
     scaling_factor: float = 5.0,
     discretization_size: int = 25,
 ) -> float:
@@ -171,9 +173,9 @@ def quantize(
 
 
 def mauve(
-    p_features,
-    q_features,
-    num_buckets="auto",
+    p_features: Any,
+    q_features: Any,
+    num_buckets: int | str = "auto",
     explained_variance: float = 0.9,
     scaling_factor: float = 5.0,
     discretization_size: int = 25,

@@ -27,6 +27,8 @@ Conventions (stated because the papers leave them open or differ):
   there are two models) and `PGR = (q - q_w) / (q_s - q_w)`.
 """
 
+from typing import Any
+
 import numpy as np
 
 from keras_gr._validation import check_array
@@ -43,7 +45,7 @@ def _points(costs, qualities):
     return costs, qualities
 
 
-def monotone_curve(costs, qualities) -> tuple:
+def monotone_curve(costs: Any, qualities: Any) -> tuple:
     """The curve's non-dominated points: sorted by cost, keeping a point
     only if its quality beats every cheaper point's (`(c, q)` arrays, both
     increasing). Between two of them the curve is their linear
@@ -86,7 +88,7 @@ def _range(costs, cost_range):
     return lo, hi
 
 
-def curve_value(costs, qualities, at_cost: float) -> float:
+def curve_value(costs: Any, qualities: Any, at_cost: float) -> float:
     """The budget curve's quality at cost `at_cost`.
 
     Example:
@@ -100,7 +102,7 @@ def curve_value(costs, qualities, at_cost: float) -> float:
     return float(np.interp(at_cost, c, q))
 
 
-def deferral_curve(choices, correctness, model_costs) -> tuple:
+def deferral_curve(choices: Any, correctness: Any, model_costs: Any) -> tuple:
     """Average cost and quality of routings given as chosen model indices.
 
     Args:
@@ -134,7 +136,9 @@ def deferral_curve(choices, correctness, model_costs) -> tuple:
     )
 
 
-def deferral_area(costs, qualities, cost_range: tuple | None = None) -> float:
+def deferral_area(
+    costs: Any, qualities: Any, cost_range: tuple | None = None
+) -> float:
     """Normalised area under the (budget) deferral curve.
 
     `(1 / (c_hi - c_lo)) integral_{c_lo}^{c_hi} q(c) dc` with the curve
@@ -158,7 +162,7 @@ def deferral_area(costs, qualities, cost_range: tuple | None = None) -> float:
     return _integrate(c, q, lo, hi) / (hi - lo)
 
 
-def upper_hull(costs, qualities) -> tuple:
+def upper_hull(costs: Any, qualities: Any) -> tuple:
     """The non-decreasing upper convex hull of the points (RouterBench):
     the concave envelope from the cheapest point up to the best one, flat
     after it. Returns its vertices `(c, q)`.
@@ -185,7 +189,7 @@ def upper_hull(costs, qualities) -> tuple:
     return hc, hq
 
 
-def aiq(costs, qualities, cost_range: tuple | None = None) -> float:
+def aiq(costs: Any, qualities: Any, cost_range: tuple | None = None) -> float:
     """RouterBench's Average Improvement in Quality: the normalised area
     under the non-decreasing convex hull of the `(cost, quality)` points,
     `(1 / (c_hi - c_lo)) integral_{c_lo}^{c_hi} hull(c) dc`.
@@ -204,7 +208,10 @@ def aiq(costs, qualities, cost_range: tuple | None = None) -> float:
 
 
 def quality_neutral_cost(
-    costs, qualities, target_quality: float, reference_cost: float
+    costs: Any,
+    qualities: Any,
+    target_quality: float,
+    reference_cost: float,
 ) -> float:
     """QNC: the least average cost at which the budget curve reaches
     `target_quality` (the best single LLM's quality), relative to
@@ -243,7 +250,7 @@ def _pgr_curve(costs, qualities, weak, strong):
     return (c - cw) / (cs - cw), (q - qw) / (qs - qw)
 
 
-def apgr(costs, qualities, weak: tuple, strong: tuple) -> float:
+def apgr(costs: Any, qualities: Any, weak: tuple, strong: tuple) -> float:
     """RouteLLM's average performance gap recovered:
     `integral_0^1 PGR(x) dx` over the cost fraction `x` (module docstring).
 
@@ -262,7 +269,11 @@ def apgr(costs, qualities, weak: tuple, strong: tuple) -> float:
 
 
 def cpt(
-    costs, qualities, weak: tuple, strong: tuple, fraction: float = 0.5
+    costs: Any,
+    qualities: Any,
+    weak: tuple,
+    strong: tuple,
+    fraction: float = 0.5,
 ) -> float:
     """RouteLLM's call-performance threshold CPT(`fraction`): the least
     cost fraction `x` (the share of strong-model calls for two models) at

@@ -2,13 +2,14 @@
 
 import math
 import numbers
+from typing import Any
 
 import numpy as np
 
 from keras_gr._validation import check_array
 
 
-def cosine_similarity_matrix(features, eps=1e-12):
+def cosine_similarity_matrix(features: Any, eps: float = 1e-12) -> np.ndarray:
     """`K[i, j] = <x_i, x_j> / (||x_i|| ||x_j||)` (float64).
 
     Example:
@@ -28,7 +29,7 @@ def cosine_similarity_matrix(features, eps=1e-12):
     return x @ x.T
 
 
-def vendi_score(features, q: float = 1.0) -> float:
+def vendi_score(features: Any, q: float = 1.0) -> float:
     """Vendi score of a set of samples (Friedman and Dieng, arXiv 2210.02410).
 
     `exp(H_q(p))` with `p = eig(K / n)`, `K` the cosine-similarity matrix

@@ -223,12 +223,12 @@ class DiffusionSampler(keras.Model):
 
     def __init__(
         self,
-        denoiser,
-        schedule,
+        denoiser: keras.layers.Layer | dict,
+        schedule: NoiseSchedule | dict,
         num_steps: int = 12,
         eta: float = 0.0,
         clip: float | None = None,
-        crf=None,
+        crf: keras.layers.Layer | dict | None = None,
         crf_start: int | None = None,
         crf_stop: int | None = None,
         crf_input: str = "x0",

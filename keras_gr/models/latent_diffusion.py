@@ -24,6 +24,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -245,10 +247,10 @@ class ClassConditionalUNet(keras.Model):
 
     def __init__(
         self,
-        latent_shape,
-        num_classes=10,
-        width=32,
-        embedding_dim=64,
+        latent_shape: Sequence[int],
+        num_classes: int = 10,
+        width: int = 32,
+        embedding_dim: int = 64,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -351,7 +353,13 @@ class DDIMSampler:
     (2, (2, 4, 4, 1))
     """
 
-    def __init__(self, denoiser, alpha_bars, num_steps, clip=None):
+    def __init__(
+        self,
+        denoiser: Any,
+        alpha_bars: Any,
+        num_steps: int,
+        clip: float | None = None,
+    ):
         self.denoiser = denoiser
         self.alpha_bars = np.asarray(alpha_bars, "float64")
         self.num_steps = check_integer("num_steps", num_steps)

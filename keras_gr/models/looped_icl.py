@@ -1,6 +1,8 @@
 """Looped (and non-looped deep) linear-attention models for in-context
 linear regression."""
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -9,7 +11,7 @@ from keras_gr.layers.linear_attention import LinearAttention
 from keras_gr.layers.looped_block import LoopedBlock
 
 
-def query_prediction(z):
+def query_prediction(z: Any) -> Any:
     """The prediction read at the query's `y` slot of token-major prompts:
     `-Z[query, y]`, shape `(batch, 1)`.
 

@@ -1,5 +1,7 @@
 """RoutedGenerator: serve a pool of causal LMs through a router."""
 
+from typing import Any
+
 import numpy as np
 
 from keras_gr._validation import check_number
@@ -55,7 +57,7 @@ class RoutedGenerator:
     2.0
     """
 
-    def __init__(self, models: dict, router: Router, embedder):
+    def __init__(self, models: dict, router: Router, embedder: Any):
         if not isinstance(router, Router):
             raise ValueError(
                 "`router` must be a keras_gr.models.Router. Received: "

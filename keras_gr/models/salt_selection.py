@@ -16,6 +16,7 @@ sharded over the devices, with the same scores as on one device.
 """
 
 import math
+from typing import Any
 
 import keras
 import numpy as np
@@ -31,7 +32,9 @@ from keras_gr.models.salt_distiller import TOPK_LOG_PROBS
 from keras_gr.models.salt_distiller import _vocabulary_size
 
 
-def salt_scores_from_logits(logits, labels, mask=None, k=10):
+def salt_scores_from_logits(
+    logits: Any, labels: Any, mask: Any = None, k: int = 10
+) -> Any:
     """SALT_DS score of each sequence from its teacher logits.
 
     With per-token loss `l_i = -log p_T(y_i | x_<i)` and the learnable set
@@ -139,12 +142,12 @@ def _teacher_inputs(teacher, x, labels=None, label_mask=None):
 def salt_selection_scores(
     teacher: keras.Model,
     x: dict,
-    labels,
-    label_mask=None,
+    labels: Any,
+    label_mask: Any = None,
     *,
     k: int = 10,
     batch_size: int = 32,
-    verbose="auto",
+    verbose: str | int = "auto",
 ) -> np.ndarray:
     """Scores every sequence once with the teacher (SALT_DS), in one
     compiled, batched `predict` pass; see `salt_scores_from_logits`.
@@ -194,7 +197,7 @@ def salt_selection_scores(
     )
 
 
-def select_top_fraction(scores, fraction: float) -> np.ndarray:
+def select_top_fraction(scores: Any, fraction: float) -> np.ndarray:
     """Indices of the `ceil(fraction * N)` highest-scoring sequences,
     best first (ties broken by the lower index).
 
@@ -217,7 +220,7 @@ def teacher_topk_targets(
     k: int = 32,
     temperature: float = 1.0,
     batch_size: int = 32,
-    verbose="auto",
+    verbose: str | int = "auto",
 ) -> dict:
     """Stores the teacher's top-k next-token ids and log-probabilities at
     temperature `tau` for every position, in one compiled `predict` pass.

@@ -33,6 +33,8 @@ project spec, which reconstructs them):
   `<bos>`; the continuation up to the next `<eos>` is one synthetic sample.
 """
 
+from typing import Any
+
 import keras
 import keras_hub
 import numpy as np
@@ -259,11 +261,11 @@ class SoftSRV(keras.Model):
         parametrization: str = "mc",
         num_prompts: int = 4,
         mlp_dim: int = 128,
-        context_embedder=None,
+        context_embedder: Any = None,
         context_dim: int | None = None,
         sequence_length: int = 64,
         initializer_stddev: float = 0.02,
-        sampler="top_k",
+        sampler: str | keras_hub.samplers.Sampler = "top_k",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -600,7 +602,7 @@ class HardPromptGenerator:
         num_shots: int = 3,
         header: str = "Here are examples.",
         shot_length: int = 48,
-        sampler="top_k",
+        sampler: str | keras_hub.samplers.Sampler = "top_k",
     ):
         if not isinstance(causal_lm, keras_hub.models.CausalLM) or (
             causal_lm.preprocessor is None

@@ -288,18 +288,18 @@ class LoraRite(keras.optimizers.Optimizer):
         relative_floor: float = DEFAULT_RELATIVE_FLOOR,
         fallback: str = "adam",
         fallback_epsilon: float = 1e-7,
-        weight_decay=None,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-        use_ema=False,
-        ema_momentum=0.99,
-        ema_overwrite_frequency=None,
-        loss_scale_factor=None,
-        gradient_accumulation_steps=None,
-        name="lora_rite",
+        weight_decay: float | None = None,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
+        loss_scale_factor: float | None = None,
+        gradient_accumulation_steps: int | None = None,
+        name: str = "lora_rite",
         **kwargs,
-    ):
+    ) -> None:
         if not callable(learning_rate) and not isinstance(
             learning_rate, keras.optimizers.schedules.LearningRateSchedule
         ):

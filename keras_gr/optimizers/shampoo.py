@@ -776,18 +776,18 @@ class Shampoo(_StructuredPreconditioner):
         relative_matrix_epsilon: float = 1e-6,
         exclude_embeddings: bool = True,
         exclude_layers: list | None = None,
-        weight_decay=None,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-        use_ema=False,
-        ema_momentum=0.99,
-        ema_overwrite_frequency=None,
-        loss_scale_factor=None,
-        gradient_accumulation_steps=None,
+        weight_decay: float | None = None,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
+        loss_scale_factor: float | None = None,
+        gradient_accumulation_steps: int | None = None,
         name: str | None = None,
         **kwargs,
-    ):
+    ) -> None:
         if name is None:
             name = "one_sided_shampoo" if self._one_sided else "shampoo"
         max_preconditioner_dim = _validation.check_integer(

@@ -17,6 +17,8 @@ loss  += lambda * (1 - mean_G R_G(k))
 one implemented). lambda = 10 with k = 4 is the paper's setting.
 """
 
+from collections.abc import Sequence
+
 import keras
 from keras import ops
 
@@ -213,12 +215,12 @@ class LoopingRegularizer(keras.regularizers.Regularizer):
 
     def __init__(
         self,
-        layers=None,
+        layers: Sequence[keras.layers.Layer] | keras.layers.Layer | None = None,
         block_size: int | None = None,
         strength: float = 10.0,
         min_ndim: int = 2,
         layer_names: list[str] | None = None,
-    ):
+    ) -> None:
         self.block_size = check_integer("block_size", block_size, 1)
         self.strength = check_number("strength", strength, minimum=0.0)
         self.min_ndim = check_integer("min_ndim", min_ndim, 0)
