@@ -348,30 +348,27 @@ def verdicts(area, qnc, rows):
         )
         return n, len(pairs)
 
+    def _verdict(n, t):  # n of t seeds agree with the paper
+        return "reproduced" if n == t else "partly" if n else "not reproduced"
+
     lines = ["## Verdicts (paper claims on this pool)", ""]
     n, t = wins("cluster", "zero")
     lines.append(
         f"- Cluster routing among unseen LLMs beats the zero router (area "
         f"{area['cluster']:.4f} vs {area['zero']:.4f}, better on {n}/{t} "
-        "seeds): "
-        + ("reproduced" if n == t else "partly" if n else "not reproduced")
-        + "."
+        "seeds): " + _verdict(n, t) + "."
     )
     n, t = wins("cluster", "knn")
     lines.append(
         f"- Cluster routing >= K-NN in area (paper 0.307 vs 0.298; here "
         f"{area['cluster']:.4f} vs {area['knn']:.4f}, better on {n}/{t} "
-        "seeds): "
-        + ("reproduced" if n == t else "partly" if n else "not reproduced")
-        + "."
+        "seeds): " + _verdict(n, t) + "."
     )
     n, t = wins("learned_map", "cluster")
     lines.append(
         f"- The learned cluster map improves on the plain cluster map "
         f"(area {area['learned_map']:.4f} vs {area['cluster']:.4f}, better "
-        f"on {n}/{t} seeds): "
-        + ("reproduced" if n == t else "partly" if n else "not reproduced")
-        + "."
+        f"on {n}/{t} seeds): " + _verdict(n, t) + "."
     )
     n, t = wins("cluster", "zero", key="qnc", higher=False)
     lines.append(
@@ -381,7 +378,7 @@ def verdicts(area, qnc, rows):
         f"{100 * qnc['knn']:.1f}%, zero {100 * qnc['zero']:.1f}%, learned "
         f"map {100 * qnc['learned_map']:.1f}%; cluster below zero on "
         f"{n}/{t} seeds): "
-        + ("reproduced" if n == t else "partly" if n else "not reproduced")
+        + _verdict(n, t)
         + " (mean over seeds; inf = some seed never reaches it)."
     )
     lines.append(
