@@ -9,31 +9,8 @@ from keras import ops
 from keras_gr.hub import PrefixCausalLM
 from keras_gr.hub import get_prefix_adapter
 from keras_gr.hub import prefix_lm_logits
-
-_TOKENS = ["<|endoftext|>", "Ġ", "a", "i", "r", "p", "l", "n", "e", "t", "o"]
-_TOKENS += ["ai", "air", "Ġair", "Ġa", "Ġat", "po", "rt", "port"]
-VOCAB = {token: i for i, token in enumerate(_TOKENS)}
-MERGES = ["a i", "ai r", "Ġ air", "Ġ a", "Ġa t", "p o", "r t", "po rt"]
-
-
-def tiny_gpt2(seed=0):
-    keras.utils.set_random_seed(seed)
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=len(VOCAB),
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=32,
-        dropout=0.0,
-    )
-    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=VOCAB, merges=MERGES)
-    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
-        tokenizer=tokenizer, sequence_length=12
-    )
-    return keras_hub.models.GPT2CausalLM(
-        backbone=backbone, preprocessor=preprocessor
-    )
+from tests.hub.tiny_gpt2 import VOCAB
+from tests.hub.tiny_gpt2 import tiny_gpt2
 
 
 @pytest.fixture(scope="module", params=["gemma", "gpt2"])

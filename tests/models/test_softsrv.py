@@ -319,7 +319,7 @@ def test_bad_inputs(causal_lm):
 
 @pytest.mark.slow
 def test_gpt2_family_through_the_same_extension_point():
-    from tests.hub.test_prefix_lm import tiny_gpt2
+    from tests.hub.tiny_gpt2 import tiny_gpt2
 
     gpt2 = tiny_gpt2(seed=5)
     model = SoftSRV(
