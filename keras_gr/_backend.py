@@ -1,20 +1,86 @@
 """The one place where keras_gr touches a backend module directly.
 
 Everything else is `keras.ops`. What is here has no `keras.ops`
-equivalent: compiling a plain function (not a Keras model) with XLA on the
-active backend, at full float32 matmul precision.
+equivalent:
+
+- `jit`: compiling a plain function (not a Keras model) with XLA on the
+  active backend, at full float32 matmul precision;
+- `highest_matmul_precision`: full float32 matrix products for the matrix
+  functions of the optimizers (inverse roots, Newton iterations):
+  `jax.default_matmul_precision("highest")` under JAX, read when the
+  products are traced, so it applies inside `jit` (on TPU the default is a
+  single bf16 pass, on recent GPUs TF32). TensorFlow has no per-operation
+  matmul precision; its TF32 switch
+  (`tf.config.experimental.enable_tensor_float_32_execution`) is
+  process-wide and a library must not flip it behind the user's back, so
+  this is a no-op there (CPUs and TPUs under TensorFlow run float32
+  products in float32; on an Ampere+ GPU disable TF32 yourself);
+- `distributed_replicas`: the replica count of a `tf.distribute` strategy;
+- `count_executions`: a host callback that counts real executions of a
+  compiled branch (a Python counter in a traced function counts traces).
+
+Backend modules are imported inside the functions, so importing this
+module (and `keras_gr.optimizers`) needs neither TensorFlow nor JAX.
 """
 
+import contextlib
 import functools
 
 import keras
 
 
+def highest_matmul_precision():
+    """A context manager: full float32 matrix products (JAX; see above)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_matmul_precision("highest")
+    return contextlib.nullcontext()
+
+
+def distributed_replicas(optimizer):
+    """Number of synchronous replicas of a TensorFlow `tf.distribute`
+    strategy the optimizer was created under (1 elsewhere)."""
+    strategy = getattr(optimizer, "_distribution_strategy", None)
+    return int(getattr(strategy, "num_replicas_in_sync", 1) or 1)
+
+
+def count_executions(tensor, counter):
+    """Returns `tensor` unchanged; `counter.increment()` runs on the host
+    every time the enclosing compiled branch executes.
+
+    `jax.debug.callback` under JAX (works under `jit`); `tf.py_function`
+    under TensorFlow (needs `jit_compile=False`: XLA cannot call back into
+    Python).
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        jax.debug.callback(lambda _: counter.increment(), tensor[..., :1])
+        return tensor
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def _bump(x):
+            counter.increment()
+            return x
+
+        token = tf.py_function(
+            _bump, [tf.zeros((), tensor.dtype)], tensor.dtype
+        )
+        return tensor + token
+    raise ValueError(
+        "`count_teacher_calls=True` is supported on the jax and tensorflow "
+        f"backends. Received: backend={backend!r}"
+    )
+
+
 def jit(fn):
     """Compiles `fn` (a function of tensors written with `keras.ops`).
 
-    JAX: `jax.jit`, traced and run under `jax.default_matmul_precision
-    ("float32")`, so a TPU or a recent GPU does not silently run the matmuls
+    JAX: `jax.jit`, traced and run under `highest_matmul_precision()`, so
+    a TPU or a recent GPU does not silently run the matmuls
     in bfloat16 / TF32 passes. TensorFlow: `tf.function(jit_compile=True)`
     (XLA; float32 matmuls are exact float32 on CPU, and TF32 is off unless a
     user enables it). Other backends: `fn` itself, run eagerly.
@@ -31,7 +97,7 @@ def jit(fn):
 
         @functools.wraps(fn)
         def call(*args):
-            with jax.default_matmul_precision("float32"):
+            with highest_matmul_precision():
                 return compiled(*args)
 
         return call

@@ -271,7 +271,7 @@ class SaltDistiller(keras.Model):
         def with_teacher():
             teacher_logits = self.teacher(x, training=False)
             if self.count_teacher_calls:
-                from keras_gr.models._salt_backend import count_executions
+                from keras_gr._backend import count_executions
 
                 teacher_logits = count_executions(
                     teacher_logits, self._teacher_counter

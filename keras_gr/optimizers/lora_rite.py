@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
+from keras_gr import _backend
 from keras_gr import _validation
-from keras_gr.optimizers import _backend
 from keras_gr.optimizers.matrix_functions import DEFAULT_PINV_RCOND
 from keras_gr.optimizers.matrix_functions import DEFAULT_RELATIVE_FLOOR
 from keras_gr.optimizers.matrix_functions import safe_eigh

@@ -14,7 +14,7 @@ Analysis", Xie et al., arXiv:2503.10537.
 
 from keras import ops
 
-from keras_gr.optimizers import _backend
+from keras_gr import _backend
 
 DEFAULT_RELATIVE_FLOOR = 1e-6
 """Default eigenvalue floor, relative to the largest eigenvalue."""
@@ -107,7 +107,7 @@ def matrix_inverse_pth_root(
       1e6` converge within the default 40 iterations in float32.
 
     All matrix products run at the highest matmul precision
-    (`keras_gr.optimizers._backend.highest_matmul_precision`).
+    (`keras_gr._backend.highest_matmul_precision`).
 
     Args:
         mat: `(..., n, n)` symmetric positive semi-definite matrix (any float

@@ -15,8 +15,8 @@ import warnings
 import keras
 from keras import ops
 
+from keras_gr import _backend
 from keras_gr import _validation
-from keras_gr.optimizers import _backend
 from keras_gr.optimizers import grafting as grafting_lib
 from keras_gr.optimizers import matrix_functions
 
