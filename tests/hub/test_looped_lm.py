@@ -488,26 +488,3 @@ def test_score_follows_the_schedule(looped_lm):
         looped_lm.score(tokens, scoring_mode="probs")
     with pytest.raises(ValueError, match="target_ids"):
         looped_lm.score(tokens, scoring_mode="loss")
-
-
-def _keras_hub_test_case():
-    """keras-hub's own test harness (`keras_hub.src.tests.test_case`, in the
-    keras-hub wheel; it imports `grain`), or a skip when it is missing."""
-    pytest.importorskip("grain")
-    module = pytest.importorskip("keras_hub.src.tests.test_case")
-    return module.TestCase
-
-
-@pytest.mark.slow  # keras-hub's full harness: ~ minutes on a loaded CPU
-@pytest.mark.parametrize("loop_mode", ["unroll", "scan"])
-def test_keras_hub_run_backbone_test(loop_mode):
-    case = _keras_hub_test_case()("run_backbone_test")
-    case.run_backbone_test(
-        cls=LoopedGemmaBackbone,
-        init_kwargs={**SMALL, "num_loops": 2, "loop_mode": loop_mode},
-        input_data={
-            "token_ids": np.ones((2, 5), dtype="int32"),
-            "padding_mask": np.ones((2, 5), dtype="int32"),
-        },
-        expected_output_shape=(2, 5, 16),
-    )
