@@ -24,10 +24,11 @@ import numpy as np
 
 from keras_gr.data.digits import load_digit_images
 from keras_gr.data.digits import split_digits
+from keras_gr.data.digits import train_digit_classifier
 from keras_gr.metrics import ClassAccuracy
 from keras_gr.metrics import FrechetDistance
 from keras_gr.metrics import vendi_score
-from keras_gr.models import latent_diffusion as ld
+from keras_gr.models import DigitsLatentDiffusion
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -52,7 +53,7 @@ images, labels = load_digit_images(16)
 x_train, y_train, x_test, y_test = split_digits(images, labels)
 
 # 2. The latent diffusion model: autoencoder, then the noise predictor.
-pipe = ld.DigitsLatentDiffusion(
+pipe = DigitsLatentDiffusion(
     width=args.width,
     num_sampling_steps=args.steps,
     skip_steps=args.skip,
@@ -85,7 +86,7 @@ same = np.allclose(
 print("reloaded .keras sampler gives the same samples:", same)
 
 # 5. Sample the same noise several ways and score them with a classifier.
-classifier, features = ld.train_digit_classifier(
+classifier, features = train_digit_classifier(
     x_train, y_train, steps=train_steps
 )
 reference = np.asarray(features.predict(x_train, verbose=0))

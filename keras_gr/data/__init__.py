@@ -3,8 +3,9 @@
 Generators of the papers' synthetic tasks (n-ary addition and
 multiplication, p-hop induction, in-context linear regression, math word
 problems), offline corpora that ship with Python (pydoc topics, standard
-library docstrings and source, a user's own text file), the digits images,
-and phased datasets. Nothing here touches the network. See ARCHITECTURE.md
+library docstrings and source, a user's own text file), the digits images
+and the digit classifier that scores generated digits, and phased
+datasets. Nothing here touches the network. See ARCHITECTURE.md
 for where this sits.
 """
 
@@ -19,8 +20,10 @@ from keras_gr.data.corpora import multi_source_corpus
 from keras_gr.data.corpora import pydoc_corpus
 from keras_gr.data.corpora import stdlib_docstrings_corpus
 from keras_gr.data.corpora import text_file_corpus
+from keras_gr.data.digits import build_digit_classifier
 from keras_gr.data.digits import load_digit_images
 from keras_gr.data.digits import split_digits
+from keras_gr.data.digits import train_digit_classifier
 from keras_gr.data.icl_regression import icl_regression_dataset
 from keras_gr.data.icl_regression import icl_regression_problems
 from keras_gr.data.math_word_problems import math_answer_correct
@@ -49,8 +52,10 @@ __all__ = [
     "pydoc_corpus",
     "stdlib_docstrings_corpus",
     "text_file_corpus",
+    "build_digit_classifier",
     "load_digit_images",
     "split_digits",
+    "train_digit_classifier",
     "icl_regression_dataset",
     "icl_regression_problems",
     "math_answer_correct",

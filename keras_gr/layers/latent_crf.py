@@ -1,5 +1,7 @@
 """LatentCRF: a continuous CRF over a latent grid, as unrolled inference."""
 
+import collections
+import json
 import math
 
 import keras
@@ -222,6 +224,44 @@ def _check_odd(name, value):
             f"Received: {name}={value!r}"
         )
     return int(value)
+
+
+# Compiled JAX inference programs, shared by the LatentCRF layers with the
+# same configuration and weight shapes (least recently used dropped first).
+_PROGRAMS = collections.OrderedDict()
+_MAX_PROGRAMS = 32
+
+
+def _shared_program(layer, trajectory):
+    """The jitted `(weight values, inputs) -> _inference(inputs)` of
+    `layer`, built once per configuration, weight shapes and `trajectory`.
+
+    The traced function is the first such layer's `_inference` with its
+    variables mapped to the values passed in, so any layer with the same
+    key computes exactly its own result through it.
+    """
+    config = {k: v for k, v in layer.get_config().items() if k != "name"}
+    key = (
+        json.dumps(config, sort_keys=True, default=str),
+        tuple((tuple(v.shape), str(v.dtype)) for v in layer.weights),
+        layer._channels,
+        layer._conditioning_dim,
+        trajectory,
+    )
+    if key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
+        return _PROGRAMS[key]
+    variables = list(layer.weights)
+
+    def pure(values, inputs):
+        mapping = list(zip(variables, values, strict=True))
+        with keras.StatelessScope(state_mapping=mapping):
+            return layer._inference(inputs, trajectory)
+
+    _PROGRAMS[key] = _backend.jit(pure)
+    while len(_PROGRAMS) > _MAX_PROGRAMS:
+        _PROGRAMS.popitem(last=False)
+    return _PROGRAMS[key]
 
 
 @keras.saving.register_keras_serializable(package="keras_gr")
@@ -611,21 +651,17 @@ class LatentCRF(keras.layers.Layer):
         Eager JAX dispatches and compiles every small op on its own: the
         unrolled inference is a few hundred of them, seconds per new latent
         size. Under an outer trace (`fit`, `predict`, `jax.grad`) the jitted
-        function is inlined into the caller's program. Other backends run
-        `_inference` directly (TensorFlow's eager ops are cheap, and its
-        models compile the whole step anyway).
+        function is inlined into the caller's program. The program depends
+        only on the configuration and the weight shapes, so layers that
+        share both (a clone, a reloaded model, a CRF retrained with another
+        seed) share one compiled program (`_shared_program`). Other
+        backends run `_inference` directly (TensorFlow's eager ops are
+        cheap, and its models compile the whole step anyway).
         """
         if keras.backend.backend() != "jax":
             return self._inference(inputs, trajectory)
         if trajectory not in self._jitted:
-            variables = list(self.weights)
-
-            def pure(values, inputs):
-                mapping = list(zip(variables, values, strict=True))
-                with keras.StatelessScope(state_mapping=mapping):
-                    return self._inference(inputs, trajectory)
-
-            self._jitted[trajectory] = _backend.jit(pure)
+            self._jitted[trajectory] = _shared_program(self, trajectory)
         values = [v.value for v in self.weights]
         return self._jitted[trajectory](values, inputs)
 

@@ -87,16 +87,51 @@ class NoiseSchedule:
             betas = np.clip(1.0 - f[1:] / f[:-1], 0.0, 0.999)
         self.alpha_bars = np.cumprod(1.0 - betas)
 
-    def timesteps(self, num_steps: int) -> np.ndarray:
-        """The `num_steps` sampling timesteps, descending, "trailing"
-        spacing: `t_k = round(N - k N / T) - 1` (Lin et al., arXiv
-        2305.08891), so the first step starts at the last training step."""
+    SPACINGS = ("trailing", "leading", "linspace", "quadratic")
+
+    def timesteps(
+        self, num_steps: int, spacing: str = "trailing"
+    ) -> np.ndarray:
+        """The `num_steps` sampling timesteps, descending.
+
+        Spacings (`N` training steps, `T = num_steps`, `k = 0, ..., T-1`):
+
+        - `"trailing"`: `t_k = round(N - k N / T) - 1`, so the first step
+          starts at the last training step (Lin et al., arXiv 2305.08891);
+        - `"leading"`: `t_k = (T - 1 - k) floor(N / T)` (the DDIM / Stable
+          Diffusion default, which never visits `t = N - 1`);
+        - `"linspace"`: `T` points evenly from `N - 1` down to `0` (`N - 1`
+          alone when `T = 1`);
+        - `"quadratic"`: `t_k = round((N - 1) ((T - 1 - k) / (T - 1))^2)`,
+          dense near `t = 0` (DDIM's "quad" spacing, here reaching
+          `N - 1`).
+
+        Raises a `ValueError` when the spacing repeats a timestep.
+        """
         num_steps = check_integer(
             "num_steps", num_steps, 1, self.num_train_steps
         )
-        n = self.num_train_steps
-        steps = np.round(np.arange(n, 0, -n / num_steps))
-        return steps.astype("int64")[:num_steps] - 1
+        spacing = check_choice("spacing", spacing, self.SPACINGS)
+        n, k = self.num_train_steps, np.arange(num_steps)
+        if spacing == "trailing":
+            steps = np.round(np.arange(n, 0, -n / num_steps))
+            steps = steps[:num_steps] - 1
+        elif spacing == "leading":
+            steps = (num_steps - 1 - k) * (n // num_steps)
+        else:
+            frac = (num_steps - 1 - k) / max(num_steps - 1, 1)
+            frac = frac if num_steps > 1 else np.ones(1)
+            if spacing == "quadratic":
+                frac = frac**2
+            steps = np.round((n - 1) * frac)
+        steps = steps.astype("int64")
+        if len(np.unique(steps)) != num_steps:
+            raise ValueError(
+                f"`spacing` {spacing!r} repeats a timestep at "
+                f"num_steps={num_steps}, num_train_steps={n}. Received: "
+                f"spacing={spacing!r}"
+            )
+        return steps
 
     def get_config(self):
         return {
@@ -204,6 +239,9 @@ class DiffusionSampler(keras.Model):
         crf_input: `"x0"` or `"zt"`. Defaults to `"x0"`.
         crf_num_classes: one-hot size for the CRF's conditioning (None:
             pass the conditioning unchanged). Defaults to `None`.
+        spacing: the timestep spacing (`NoiseSchedule.timesteps`), one of
+            `"trailing"`, `"leading"`, `"linspace"`, `"quadratic"`.
+            Defaults to `"trailing"`.
         seed: seed of the `eta > 0` noise. Defaults to `0`.
         **kwargs: base `keras.Model` arguments.
 
@@ -233,6 +271,7 @@ class DiffusionSampler(keras.Model):
         crf_stop: int | None = None,
         crf_input: str = "x0",
         crf_num_classes: int | None = None,
+        spacing: str = "trailing",
         seed: int = 0,
         **kwargs,
     ):
@@ -287,7 +326,8 @@ class DiffusionSampler(keras.Model):
             else check_integer("crf_num_classes", crf_num_classes)
         )
         self.seed = check_integer("seed", seed, 0)
-        self.timesteps = schedule.timesteps(self.num_steps)
+        self.spacing = spacing
+        self.timesteps = schedule.timesteps(self.num_steps, spacing)
 
     @property
     def denoiser_calls(self) -> int:
@@ -379,6 +419,7 @@ class DiffusionSampler(keras.Model):
                 "crf_stop": self.crf_stop,
                 "crf_input": self.crf_input,
                 "crf_num_classes": self.crf_num_classes,
+                "spacing": self.spacing,
                 "seed": self.seed,
             }
         )

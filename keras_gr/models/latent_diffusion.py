@@ -1,15 +1,19 @@
-"""A small class-conditional latent diffusion pipeline on scikit-learn digits,
-with a LatentCRF that bypasses the last denoiser steps.
+"""A small class-conditional latent diffusion model, and the digits
+reference pipeline that trains it with a LatentCRF bypassing the last
+denoiser steps.
 
 Pieces, top to bottom: the DDIM maths (NumPy, for the host-side reference
-sampler), the models (autoencoder, class-conditional U-Net denoiser, digit
-classifier for the metrics), the host-side DDIM sampler that counts
-denoiser calls (used to make the CRF's training pairs and as a reference),
-and `DigitsLatentDiffusion`, which trains everything and samples through
-the generic compiled `keras_gr.models.DiffusionSampler` (one jitted
-function per method) with the full, the re-spaced short and the
-LatentCRF-shortcut timelines. The digits data and its `tf.data` streams
-live in `keras_gr.data.digits` (re-exported here).
+sampler), the models (autoencoder, class-conditional U-Net denoiser), the
+host-side DDIM sampler that counts denoiser calls (used to make the CRF's
+training pairs and as a reference), and `DigitsLatentDiffusion`, which
+trains everything and samples through the generic compiled
+`keras_gr.models.DiffusionSampler` (one jitted function per method) with
+the full, the re-spaced short and the LatentCRF-shortcut timelines.
+
+Nothing here loads or scores digits: the images, their `tf.data` streams
+and the digit classifier that scores samples live in
+`keras_gr.data.digits`, the evaluation in `benchmarks/latent_crf.py` and
+`examples/latent_crf_digits.py`.
 
 Reference: Ranasinghe et al., "LatentCRF: Continuous CRF for Efficient
 Latent Diffusion", arXiv 2412.18596 (the LDM stays frozen; a LatentCRF
@@ -17,7 +21,7 @@ replaces a block of its DDIM steps). DDIM: Song et al., "Denoising Diffusion
 Implicit Models", arXiv 2010.02502.
 
 `tensorflow` is imported lazily, only by the `tf.data` input functions of
-`keras_gr.data.digits`; `sklearn` only by `load_digit_images`.
+`keras_gr.data.digits`.
 """
 
 import json
@@ -34,12 +38,11 @@ from keras import ops
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr.data.digits import array_dataset
-from keras_gr.data.digits import load_digit_images  # noqa: F401 (re-export)
 from keras_gr.data.digits import noised_latent_dataset
-from keras_gr.data.digits import split_digits  # noqa: F401 (re-export)
 from keras_gr.layers.latent_crf import LatentCRF
 from keras_gr.models.diffusion_sampler import DiffusionSampler
 from keras_gr.models.diffusion_sampler import NoiseSchedule
+from keras_gr.models.diffusion_sampler import ddim_sigma
 
 # --------------------------------------------------------------------------
 # Noise schedule and DDIM maths.
@@ -108,30 +111,6 @@ def build_autoencoder(image_size=16, latent_channels=4, width=16):
     images = keras.layers.Conv2D(1, 3, padding="same", activation="tanh")(x)
     decoder = keras.Model(z, images, name="decoder")
     return encoder, decoder
-
-
-def build_digit_classifier(image_size=16, num_classes=10, feature_dim=64):
-    """Small CNN classifier; its penultimate layer is the metric space.
-
-    Returns:
-        `(classifier, feature_extractor)`, sharing weights; the classifier
-        outputs logits.
-    """
-    inputs = keras.Input((image_size, image_size, 1))
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
-    x = keras.layers.Conv2D(
-        32, 3, strides=2, padding="same", activation="relu"
-    )(x)
-    x = keras.layers.Conv2D(
-        64, 3, strides=2, padding="same", activation="relu"
-    )(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    features = keras.layers.Dense(feature_dim, activation="relu")(x)
-    logits = keras.layers.Dense(num_classes)(features)
-    return (
-        keras.Model(inputs, logits, name="digit_classifier"),
-        keras.Model(inputs, features, name="digit_features"),
-    )
 
 
 def _conv_flops(height, width, layer):
@@ -417,8 +396,19 @@ class DDIMSampler:
 
 
 class DigitsLatentDiffusion:
-    """Class-conditional latent diffusion on upsampled sklearn digits, with
-    a LatentCRF shortcut for the last `skip_steps` DDIM steps.
+    """The digits reference pipeline: a class-conditional latent diffusion
+    model of small grayscale images with a LatentCRF shortcut for the last
+    `skip_steps` DDIM steps.
+
+    It trains on any `(n, image_size, image_size, 1)` images in `[-1, 1]`
+    with integer labels; its name and defaults (16 x 16 grayscale, 10
+    classes, the widths) are the digits set-up of `benchmarks/latent_crf.py`
+    and `examples/latent_crf_digits.py` (data and classifier:
+    `keras_gr.data.digits`). It is kept in the library as the one tested
+    recipe that wires the generic parts together (`build_autoencoder`,
+    `ClassConditionalUNet`, `NoiseSchedule`, `DiffusionSampler`,
+    `LatentCRF`), trains the CRF's pairs with the LDM frozen, and saves and
+    loads as a whole; a model of other images uses those parts directly.
 
     Usage: `fit_autoencoder`, `fit_denoiser`, `fit_crf` (base frozen),
     then `generate(labels, noise, method)` with method `"full"` (T denoiser
@@ -443,7 +433,8 @@ class DigitsLatentDiffusion:
     timestep it starts at.
 
     Args:
-        image_size: side of the upsampled digits. Defaults to `16`.
+        image_size: side of the (square, one-channel) images. Defaults to
+            `16`.
         latent_channels: channels of the latent grid. Defaults to `4`.
         width: U-Net top width. Defaults to `32`.
         autoencoder_width: autoencoder width. Defaults to `16`.
@@ -530,6 +521,7 @@ class DigitsLatentDiffusion:
             ]
         )
         self.crf_kwargs = dict(crf_kwargs or {})
+        self._samplers = {}
         self.reset_crf()
         self.latent_mean = np.zeros(latent_channels, "float32")
         self.latent_std = np.ones(latent_channels, "float32")
@@ -539,11 +531,28 @@ class DigitsLatentDiffusion:
         self._samplers = {}
         self.history = {}
 
-    def reset_crf(self, seed=None):
+    def reset_crf(
+        self, seed=None, crf_kwargs=None, crf_input=None, skip_steps=None
+    ):
         """A fresh, untrained LatentCRF (and its training model), e.g. to
-        repeat the CRF training with another seed; the LDM is untouched."""
+        repeat the CRF training with another seed, or (for ablations) with
+        other `crf_kwargs`, `crf_input` or `skip_steps` (None: unchanged;
+        the config follows). The LDM is untouched."""
         if seed is not None:
             keras.utils.set_random_seed(seed)
+        if crf_kwargs is not None:
+            self.crf_kwargs = dict(crf_kwargs)
+            self._config["crf_kwargs"] = dict(crf_kwargs)
+        if crf_input is not None:
+            self.crf_input = check_choice("crf_input", crf_input, ("x0", "zt"))
+            self._config["crf_input"] = crf_input
+        new_skip = skip_steps is not None and skip_steps != self.skip_steps
+        if new_skip:
+            self.skip_steps = check_integer(
+                "skip_steps", skip_steps, 1, self.num_sampling_steps - 1
+            )
+            self._config["skip_steps"] = skip_steps
+            self._samplers = {}  # the short sampler changes too
         self.crf = LatentCRF(**self.crf_kwargs, name="latent_crf")
         inputs = [
             keras.Input((None, None, self.latent_channels)),
@@ -552,7 +561,7 @@ class DigitsLatentDiffusion:
         if self.crf.use_timestep:
             inputs.append(keras.Input((1,)))
         self.crf_model = keras.Model(inputs, self.crf(inputs), name="crf")
-        self._samplers = {}
+        self._samplers.pop("crf", None)
 
     # --- saving -------------------------------------------------------------
 
@@ -701,14 +710,26 @@ class DigitsLatentDiffusion:
             inputs.append(np.full((len(x), 1), t, "float32"))
         return inputs
 
-    def crf_training_pairs(self, num_pairs=1024, batch_size=512, seed=1):
+    def crf_training_pairs(
+        self, num_pairs=1024, batch_size=512, seed=1, target_eta=0.0
+    ):
         """Inputs at step T - s and the latents the last s steps produce
         (host-side reference sampler).
+
+        Args:
+            num_pairs: number of pairs (fresh noise and random labels).
+            batch_size: denoiser batch.
+            seed: seed of the noise, labels and tail noise.
+            target_eta: `eta` of the last s steps that make the target: 0
+                (deterministic DDIM, the full sampler's own output) or up
+                to 1 (DDPM-like ancestral steps: a random target with the
+                detail the deterministic tail does not add).
 
         Returns:
             `(crf_inputs, labels, targets)`.
         """
         rng = np.random.default_rng(seed)
+        tail_rng = np.random.default_rng([seed, 1])  # inputs independent of eta
         inputs, labels_out, targets = [], [], []
         keep = self.num_sampling_steps - self.skip_steps
         for start in range(0, num_pairs, batch_size):
@@ -717,7 +738,9 @@ class DigitsLatentDiffusion:
             labels = rng.integers(0, self.num_classes, n).astype("int32")
             partial = self.sampler.sample(noise, labels, stop_after=keep)
             # Resume the remaining s steps from the saved state.
-            final = self._finish(partial["zt"], labels, keep)
+            final = self._finish(
+                partial["zt"], labels, keep, target_eta, tail_rng
+            )
             inputs.append(partial[self.crf_input])
             labels_out.append(labels)
             targets.append(final)
@@ -727,14 +750,25 @@ class DigitsLatentDiffusion:
             np.concatenate(targets),
         )
 
-    def _finish(self, z, labels, start):
+    def _finish(self, z, labels, start, eta=0.0, rng=None):
         ts = self.sampler.timesteps
         x0 = z
         for k in range(start, len(ts)):
             ab = self.alpha_bars[ts[k]]
             ab_next = 1.0 if k + 1 == len(ts) else self.alpha_bars[ts[k + 1]]
             eps = self.sampler._eps(z, int(ts[k]), labels)
-            z, x0 = ddim_step(z, eps, ab, ab_next, self.sampler.clip)
+            sigma = ddim_sigma(ab, ab_next, eta)
+            if sigma == 0:
+                z, x0 = ddim_step(z, eps, ab, ab_next, self.sampler.clip)
+                continue
+            x0 = (z - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab)
+            if self.sampler.clip is not None:
+                x0 = np.clip(x0, -self.sampler.clip, self.sampler.clip)
+            z = (
+                math.sqrt(ab_next) * x0
+                + math.sqrt(max(1.0 - ab_next - sigma**2, 0.0)) * eps
+                + sigma * rng.normal(size=z.shape)
+            )
         return np.asarray(z, "float32")
 
     def fit_crf(
@@ -746,12 +780,16 @@ class DigitsLatentDiffusion:
         seed=1,
         verbose=0,
         callbacks=None,
+        target_eta=0.0,
     ):
         """Trains the LatentCRF with the diffusion model frozen (latent MSE
-        to the full sampler's final latents). Returns (before, after) MSE on
-        the training pairs."""
+        to the full sampler's final latents; with `target_eta > 0` to
+        those of a stochastic tail, see `crf_training_pairs`). Returns
+        (before, after) MSE on the training pairs."""
         self.denoiser.trainable = False
-        x, labels, y = self.crf_training_pairs(num_pairs, seed=seed)
+        x, labels, y = self.crf_training_pairs(
+            num_pairs, seed=seed, target_eta=target_eta
+        )
         inputs = self._crf_inputs(x, labels)
         self.crf_model.compile(keras.optimizers.Adam(lr), loss="mse")
         before = float(self.crf_model.evaluate(inputs, y, verbose=0))
@@ -837,66 +875,3 @@ class DigitsLatentDiffusion:
             "crf_flops": crf["flops"],
             "crf_params": crf["params"],
         }
-
-
-# --------------------------------------------------------------------------
-# Evaluation helpers (classifier feature space; see keras_gr.metrics).
-# --------------------------------------------------------------------------
-
-
-def train_digit_classifier(images, labels, steps=400, batch_size=64, seed=0):
-    """Trains `build_digit_classifier` on real images (cross-entropy).
-
-    Returns:
-        `(classifier, feature_extractor)`.
-    """
-    keras.utils.set_random_seed(seed)
-    classifier, features = build_digit_classifier(images.shape[1])
-    classifier.compile(
-        keras.optimizers.Adam(2e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    ds = array_dataset(images, labels, batch_size, seed=seed)
-    classifier.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    return classifier, features
-
-
-def evaluate_samples(
-    images,
-    labels,
-    classifier,
-    feature_extractor,
-    reference_features,
-    vendi_group_size=16,
-):
-    """FID-style distance, class accuracy and Vendi diversity of samples.
-
-    Args:
-        images: `(n, s, s, 1)` samples in `[-1, 1]`.
-        labels: `(n,)` the classes they were conditioned on.
-        classifier, feature_extractor: from `train_digit_classifier`.
-        reference_features: classifier features of real images.
-        vendi_group_size: Vendi score (q = 1, cosine similarity of the
-            classifier features) over the first `vendi_group_size` samples
-            of each class, averaged over classes (the paper's protocol:
-            a group of samples per prompt).
-    Returns:
-        A dict with `frechet_distance`, `class_accuracy`, `vendi`.
-    """
-    from keras_gr.metrics import class_accuracy
-    from keras_gr.metrics import frechet_distance
-    from keras_gr.metrics import vendi_score
-
-    labels = np.asarray(labels)
-    feats = np.asarray(feature_extractor.predict(images, verbose=0))
-    logits = np.asarray(classifier.predict(images, verbose=0))
-    vendis = []
-    for c in np.unique(labels):
-        group = feats[labels == c][:vendi_group_size]
-        if len(group) > 1:
-            vendis.append(vendi_score(group))
-    return {
-        "frechet_distance": frechet_distance(feats, reference_features),
-        "class_accuracy": class_accuracy(logits, labels),
-        "vendi": float(np.mean(vendis)),
-    }

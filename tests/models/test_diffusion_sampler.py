@@ -1,3 +1,4 @@
+import functools
 import math
 import os
 
@@ -12,8 +13,10 @@ from keras_gr.models import NoiseSchedule
 SHAPE = (4, 4, 2)
 
 
+@functools.cache
 def _denoiser(seed=0, num_classes=3):
-    """A small conditional noise predictor with random weights."""
+    """A small conditional noise predictor with random weights (built once
+    per seed and shared read-only: its compiled predict is reused)."""
     keras.utils.set_random_seed(seed)
     z = keras.Input(SHAPE)
     t = keras.Input((1,))
@@ -29,10 +32,10 @@ def _denoiser(seed=0, num_classes=3):
 def _crf(seed=1, **kwargs):
     keras.utils.set_random_seed(seed)
     crf = LatentCRF(num_steps=2, num_experts=2, dilations=(2,), **kwargs)
-    inputs = [np.zeros((1,) + SHAPE, "float32"), np.zeros((1, 3), "float32")]
+    shapes = [(None,) + SHAPE, (None, 3)]
     if kwargs.get("use_timestep"):
-        inputs.append(np.zeros((1, 1), "float32"))
-    crf(inputs)
+        shapes.append((None, 1))
+    crf.build(shapes)
     rng = np.random.default_rng(seed)
     for v in crf.weights:  # move it away from the identity
         v.assign(v + 0.3 * rng.normal(size=v.shape).astype("float32"))
@@ -49,9 +52,10 @@ def _reference(
     start=None,
     stop=None,
     clip=None,
+    spacing="trailing",
 ):
     """Step by step: one eager denoiser call per step, NumPy DDIM maths."""
-    ts = schedule.timesteps(num_steps)
+    ts = schedule.timesteps(num_steps, spacing)
     abars = schedule.alpha_bars
 
     def ab(k):
@@ -108,6 +112,22 @@ def test_noise_schedule_golden_and_config():
     np.testing.assert_array_equal(clone.alpha_bars, lin.alpha_bars)
     with pytest.raises(ValueError, match="`num_steps` must be an integer"):
         s.timesteps(1001)
+    # The other spacings, written out for N = 1000, T = 8.
+    np.testing.assert_array_equal(
+        s.timesteps(8, "leading"), [875, 750, 625, 500, 375, 250, 125, 0]
+    )
+    np.testing.assert_array_equal(
+        s.timesteps(8, "linspace"), np.round(np.linspace(999, 0, 8))
+    )
+    np.testing.assert_array_equal(
+        s.timesteps(8, "quadratic"),
+        np.round(999 * (np.arange(7, -1, -1) / 7) ** 2),
+    )
+    np.testing.assert_array_equal(s.timesteps(1, "linspace"), [999])
+    with pytest.raises(ValueError, match="repeats a timestep"):
+        NoiseSchedule(20).timesteps(10, "quadratic")
+    with pytest.raises(ValueError, match="`spacing` must be one of"):
+        s.timesteps(4, "uniform")
     with pytest.raises(ValueError, match="`kind` must be one of"):
         NoiseSchedule(kind="sigmoid")
 
@@ -137,9 +157,16 @@ def test_compiled_sampler_recovers_a_point_mass():
 
 
 @pytest.mark.parametrize(
-    "start, stop, timed", [(None, None, False), (3, 5, False), (1, 3, True)]
+    "start, stop, timed, spacing",
+    [
+        (None, None, False, "linspace"),
+        (3, 5, False, "trailing"),
+        (1, 3, True, "trailing"),
+    ],
 )
-def test_compiled_sampler_equals_step_by_step_reference(start, stop, timed):
+def test_compiled_sampler_equals_step_by_step_reference(
+    start, stop, timed, spacing
+):
     schedule = NoiseSchedule(1000)
     denoiser = _denoiser()
     crf = None if start is None else _crf(use_timestep=timed)
@@ -152,13 +179,14 @@ def test_compiled_sampler_equals_step_by_step_reference(start, stop, timed):
         crf_start=start,
         crf_stop=stop,
         crf_num_classes=3,
+        spacing=spacing,
     )
     rng = np.random.default_rng(3)
     noise = rng.normal(size=(4,) + SHAPE).astype("float32")
     labels = np.array([0, 1, 2, 1], "int32")
     out = np.asarray(sampler.predict_on_batch([noise, labels]))
     want = _reference(
-        denoiser, schedule, 5, noise, labels, crf, start, stop, clip=3.0
+        denoiser, schedule, 5, noise, labels, crf, start, stop, 3.0, spacing
     )
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
     assert sampler.denoiser_calls == 5 - (0 if start is None else stop - start)
@@ -178,6 +206,7 @@ def test_sampler_save_load_gives_same_samples(tmp_path):
         crf_start=1,
         crf_stop=3,
         crf_num_classes=3,
+        spacing="quadratic",
         seed=7,
     )
     rng = np.random.default_rng(6)
@@ -194,6 +223,7 @@ def test_sampler_save_load_gives_same_samples(tmp_path):
     assert isinstance(loaded, DiffusionSampler)
     assert isinstance(loaded.crf, LatentCRF)
     assert loaded.schedule.get_config() == schedule.get_config()
+    np.testing.assert_array_equal(loaded.timesteps, [499, 222, 55, 0])
     np.testing.assert_allclose(
         np.asarray(loaded.predict_on_batch([noise, labels])), out, atol=1e-5
     )

@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 
+from keras_gr.data import digits
 from keras_gr.models import DDIMSampler
 from keras_gr.models import DigitsLatentDiffusion
 from keras_gr.models import latent_diffusion as ld
@@ -68,7 +69,9 @@ def test_noised_latent_dataset_formula_and_seed():
     base = np.random.default_rng(3).normal(size=(1, 2, 2, 3)).astype("float32")
     latents = np.repeat(base, 16, axis=0)
     labels = np.arange(16, dtype="int32")
-    ds = ld.noised_latent_dataset(latents, labels, abars, batch_size=8, seed=5)
+    ds = digits.noised_latent_dataset(
+        latents, labels, abars, batch_size=8, seed=5
+    )
     (zt, t, y), eps = next(iter(ds))
     zt, t, eps = np.asarray(zt), np.asarray(t), np.asarray(eps)
     ab = abars[t[:, 0].astype(int)].reshape(-1, 1, 1, 1)
@@ -76,13 +79,13 @@ def test_noised_latent_dataset_formula_and_seed():
         zt, np.sqrt(ab) * base + np.sqrt(1 - ab) * eps, rtol=1e-5, atol=1e-5
     )
     (zt2, _, _), _ = next(
-        iter(ld.noised_latent_dataset(latents, labels, abars, 8, seed=5))
+        iter(digits.noised_latent_dataset(latents, labels, abars, 8, seed=5))
     )
     np.testing.assert_array_equal(zt, np.asarray(zt2))
 
 
 def test_digit_images():
-    images, labels = ld.load_digit_images(16)
+    images, labels = digits.load_digit_images(16)
     assert images.shape == (1797, 16, 16, 1) and labels.shape == (1797,)
     assert images.min() >= -1.0 and images.max() <= 1.0
     assert set(np.unique(labels)) == set(range(10))
@@ -148,7 +151,7 @@ def test_pipeline_save_load_gives_same_samples(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_pipeline_counts_calls_crf_learns_and_saves(tmp_path):
-    images, labels = ld.load_digit_images(8)
+    images, labels = digits.load_digit_images(8)
     images, labels = images[:128], labels[:128]
     pipe = DigitsLatentDiffusion(
         image_size=8,
@@ -216,3 +219,66 @@ def test_tiny_pipeline_counts_calls_crf_learns_and_saves(tmp_path):
     assert calls == 2
     np.testing.assert_allclose(again, outputs["crf"], atol=1e-5)
     assert loaded.get_config() == pipe.get_config()
+
+
+class _LinearDenoiser:
+    """A fixed, non-trivial NumPy noise predictor (counts its calls)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict_on_batch(self, inputs):
+        z, t, labels = inputs
+        self.calls += 1
+        return 0.7 * z + 0.01 * np.asarray(labels)[:, None, None, None]
+
+
+@pytest.mark.slow  # a whole (tiny) pipeline: ~80 weight initialisations
+def test_crf_pairs_targets_and_reset_options():
+    pipe = _tiny_pipeline(num_sampling_steps=4, skip_steps=2, num_classes=3)
+    pipe.sampler.denoiser = _LinearDenoiser()
+    pipe.sampler.clip = 3.0
+    x, labels, y = pipe.crf_training_pairs(6, batch_size=4, seed=5)
+    # Deterministic targets are the full host-side sampler's output from
+    # the same noise; the inputs are its clean estimate after T - s steps.
+    rng = np.random.default_rng(5)
+    noise = rng.normal(size=(4, 4, 4, 2)).astype("float32")
+    lab = rng.integers(0, 3, 4)
+    full = pipe.sampler.sample(noise, lab)
+    part = pipe.sampler.sample(noise, lab, stop_after=2)
+    np.testing.assert_array_equal(labels[:4], lab)
+    np.testing.assert_allclose(y[:4], full["latents"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x[:4], part["x0"], rtol=1e-6)
+    # A DDPM tail (eta = 1): the same inputs, other (random) targets.
+    x1, labels1, y1 = pipe.crf_training_pairs(
+        6, batch_size=4, seed=5, target_eta=1.0
+    )
+    np.testing.assert_array_equal(x1, x)
+    np.testing.assert_array_equal(labels1, labels)
+    assert np.mean(np.abs(y1 - y)) > 1e-2
+    # Ablation options: a fresh CRF with other arguments, input and s;
+    # the config follows and the short sampler is rebuilt.
+    assert pipe.sampler_for("short").denoiser_calls == 2
+    pipe.reset_crf(
+        seed=0, crf_kwargs={"num_steps": 1}, crf_input="zt", skip_steps=1
+    )
+    config = pipe.get_config()
+    assert config["crf_kwargs"] == {"num_steps": 1}
+    assert (config["crf_input"], config["skip_steps"]) == ("zt", 1)
+    assert pipe.crf.num_steps == 1
+    assert pipe.sampler_for("short").denoiser_calls == 3
+    assert pipe.sampler_for("crf").crf_input == "zt"
+    with pytest.raises(ValueError, match="`skip_steps`"):
+        pipe.reset_crf(skip_steps=4)
+
+
+@pytest.mark.slow  # a compiled training step; the docstring example runs it
+def test_digit_classifier_learns():
+    images, labels = digits.load_digit_images(8)
+    classifier, features = digits.train_digit_classifier(
+        images[:512], labels[:512], steps=60, batch_size=64
+    )
+    logits = np.asarray(classifier.predict(images[512:1024], verbose=0))
+    accuracy = np.mean(np.argmax(logits, -1) == labels[512:1024])
+    assert accuracy > 0.5  # chance: 0.1
+    assert features.output_shape == (None, 64)
