@@ -3,8 +3,10 @@
 `laurel_retrofit` turns every residual addition of every transformer block
 into a LAuReL join (arXiv 2411.07501) that starts at exactly `f(x) + x`, so
 the retrofitted model computes the pretrained function until it is trained.
-Here we load a small local Gemma preset, check that, fine-tune only the
-LAuReL parameters, generate with the KV cache, and save / reload.
+It modifies the model in place (Gemma, Gemma 3, Llama, Mistral, Qwen and
+GPT-2 work the same way). Here we load a small local Gemma preset, check
+that, fine-tune only the LAuReL parameters, generate with the KV cache, and
+save / reload.
 
 Run: `KERAS_BACKEND=jax python examples/laurel_retrofit.py [--tiny]`
 """
@@ -34,22 +36,25 @@ folder = build_local_preset(**(TINY_CONFIG if args.tiny else DEFAULT_CONFIG))
 lm = keras_hub.models.CausalLM.from_preset(folder)
 lm.preprocessor.sequence_length = 64
 
-# 2. Retrofit: RW + LR (rank 4) in every block; identical at init.
-new = laurel_retrofit(
-    lm, variant="rw_lr", rank=4, train_only_laurel_params=True
-)
+# 2. Retrofit, in place: RW + LR (rank 4) in every block; identical at init.
 batch = {
     "token_ids": np.arange(2, 34, dtype="int32").reshape(2, 16) % 200 + 2,
     "padding_mask": np.ones((2, 16), "int32"),
 }
-diff = np.max(np.abs(np.asarray(lm(batch)) - np.asarray(new(batch))))
-added = sum(int(np.prod(v.shape)) for v in laurel_parameters(new))
-print(f"max |logit diff| at init: {diff:.2e}")
-print(f"LAuReL parameters: {added} (+{100 * added / lm.count_params():.3f}%)")
 prompt = ["The for statement"]
 lm.compile(sampler="greedy")
-new.compile(sampler="greedy")
+before_logits = np.asarray(lm(batch))
 print("before:", lm.generate(prompt, max_length=40))
+n_params = lm.count_params()
+new = laurel_retrofit(
+    lm, variant="rw_lr", rank=4, train_only_laurel_params=True
+)
+assert new is lm  # the input model is modified, no second backbone
+diff = np.max(np.abs(before_logits - np.asarray(new(batch))))
+added = sum(int(np.prod(v.shape)) for v in laurel_parameters(new))
+print(f"{type(new).__name__}: max |logit diff| at init: {diff:.2e}")
+print(f"LAuReL parameters: {added} (+{100 * added / n_params:.3f}%)")
+new.compile(sampler="greedy")
 print("after :", new.generate(prompt, max_length=40))
 
 # 3. Fine-tune only the LAuReL parameters on held-out pydoc topics.

@@ -1,17 +1,17 @@
 """keras_gr.hub: keras-hub integrations.
 
-LAuReL retrofits of keras-hub Gemma and GPT-2 (`laurel_retrofit`), a looped
-Gemma decoder (`looped_gemma_from_preset`) and prefix-conditioned causal
-LMs (`PrefixCausalLM` with per-architecture adapters). Needs the `hub`
+LAuReL retrofits of keras-hub decoder LMs (Gemma, Gemma 3, Llama, Mistral,
+Qwen, GPT-2: `laurel_retrofit`), a looped Gemma decoder
+(`looped_gemma_from_preset`) and prefix-conditioned causal LMs
+(`PrefixCausalLM` with per-architecture adapters). Needs the `hub`
 extra. See ARCHITECTURE.md for where this sits.
 """
 
 from keras_gr.hub.laurel_retrofit import LaurelGemmaBackbone
 from keras_gr.hub.laurel_retrofit import LaurelGemmaCausalLM
-from keras_gr.hub.laurel_retrofit import LaurelGemmaDecoderBlock
 from keras_gr.hub.laurel_retrofit import LaurelGPT2Backbone
 from keras_gr.hub.laurel_retrofit import LaurelGPT2CausalLM
-from keras_gr.hub.laurel_retrofit import LaurelTransformerDecoder
+from keras_gr.hub.laurel_retrofit import laurel_backbone_class
 from keras_gr.hub.laurel_retrofit import laurel_parameters
 from keras_gr.hub.laurel_retrofit import laurel_retrofit
 from keras_gr.hub.laurel_retrofit import train_only_laurel
@@ -29,10 +29,9 @@ from keras_gr.hub.prefix_lm import register_prefix_adapter
 __all__ = [
     "LaurelGemmaBackbone",
     "LaurelGemmaCausalLM",
-    "LaurelGemmaDecoderBlock",
     "LaurelGPT2Backbone",
     "LaurelGPT2CausalLM",
-    "LaurelTransformerDecoder",
+    "laurel_backbone_class",
     "laurel_parameters",
     "laurel_retrofit",
     "train_only_laurel",

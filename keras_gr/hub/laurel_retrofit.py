@@ -1,39 +1,106 @@
-"""Retrofit LAuReL residual joins into keras-hub Gemma and GPT-2 models.
+"""Retrofit LAuReL residual joins into keras-hub decoder backbones, in place.
 
-keras-hub transformer blocks compute `x + f(x)` inside the block, twice
-(after attention and after the MLP). The blocks defined here are subclasses
-of keras-hub's `GemmaDecoderBlock` and `TransformerDecoder` whose `call` is
-keras-hub's own, with those two additions replaced by `Laurel` joins; the
-cache arguments and return values are unchanged, so
-`CausalLM.call_with_cache` (and therefore `generate()`) works as before.
+Every pre-norm keras-hub decoder block computes `x + f(x)` twice (after
+attention, after the MLP), and in each of them the input of the branch's
+pre-norm layer *is* the residual stream `x`. One mechanism covers every
+supported family, from a table of two sublayer names per join:
 
-Backend note: the keras-hub classes `GemmaDecoderBlock`, the Gemma and GPT-2
-backbone modules are not all exported publicly, so this module (and only
-this module) imports from `keras_hub.src`.
+- the *tap* (the branch's pre-norm layer): its instance `call` is wrapped to
+  record its input, the residual `x`, in the join's slot;
+- the *branch end* (the last sublayer before the block's own `x + g`): its
+  instance `call` (and `quantized_call`) is wrapped to return
+  `Laurel.residual_increment(g, x)` in place of `g`, so the block's own
+  addition computes the LAuReL join. For the additive RW and LR this is
+  `g + a g + b x + (1 + b) (x A) B`: exactly `g` at initialisation, so the
+  model's outputs are bit-identical until it is trained.
+
+The blocks' own `call` is untouched (cache arguments, `call_with_cache` and
+`generate()` work as before), the wrapped sublayers keep their weights
+(saved and loaded under the same paths), no module global is swapped and no
+second backbone is built. The `Laurel` layers are tracked on the backbone
+(`backbone.laurel_joins`).
+
+The slot of a join is a `threading.local()`: the tap and the branch end of a
+join run in the same thread (inside one block call), so concurrent calls of
+one model from several Python threads do not mix their residuals.
+
+The table names private attributes of keras-hub's block classes
+(`_self_attention_layernorm`, ...); `tests/hub/test_laurel_retrofit.py`
+pins it to the keras-hub version range of `pyproject.toml` with a parity
+test per family. No `keras_hub.src` module is imported.
 """
 
-import contextlib
 import functools
+import threading
 from typing import Any
 
 import keras
 import keras_hub
-from keras import ops
-from keras_hub.src.layers.modeling.transformer_layer_utils import (
-    compute_causal_mask,
-)
-from keras_hub.src.layers.modeling.transformer_layer_utils import (
-    merge_padding_and_attention_mask,
-)
-from keras_hub.src.models.gemma import gemma_backbone as _gemma_backbone
-from keras_hub.src.models.gemma.gemma_decoder_block import GemmaDecoderBlock
-from keras_hub.src.models.gpt2 import gpt2_backbone as _gpt2_backbone
 
 from keras_gr.layers.laurel import Laurel
 
-SUPPORTED_FAMILIES = ("GemmaBackbone", "GPT2Backbone")
 RETROFIT_VARIANTS = ("rw", "lr", "rw_lr")
 DEFAULT_LAUREL_CONFIG = {"variant": "rw_lr", "rank": 4}
+
+
+def _gemma_sites(block):
+    # GemmaDecoderBlock (Gemma, Gemma 2 options) and Gemma3DecoderBlock:
+    # the attention branch ends in its dropout, else its post norm, else
+    # the attention layer itself (which returns `(out, cache)` with a
+    # cache); the MLP branch in its post norm, else `ffw_linear`.
+    if block.dropout:
+        attention_end = "attention_dropout"
+    elif block.use_post_attention_norm:
+        attention_end = "post_attention_norm"
+    else:
+        attention_end = "attention"
+    ffw_end = "post_ffw_norm" if block.use_post_ffw_norm else "ffw_linear"
+    return (("pre_attention_norm", attention_end), ("pre_ffw_norm", ffw_end))
+
+
+def _llama_sites(block):
+    # Llama / Llama 3, Mistral, Qwen, Qwen 3 decoders.
+    return (
+        ("_self_attention_layernorm", "_self_attention_dropout"),
+        ("_feedforward_layernorm", "_feedforward_output_dense"),
+    )
+
+
+def _transformer_decoder_sites(block):
+    # keras_hub.layers.TransformerDecoder (GPT-2), pre-norm only: after a
+    # post-norm join the norm sees the sum, not the residual.
+    if not block.normalize_first:
+        raise ValueError(
+            "A LAuReL retrofit needs pre-norm blocks; this "
+            "TransformerDecoder is post-norm. Received: block "
+            f"{block.name!r} with normalize_first=False"
+        )
+    return (
+        ("_self_attention_layer_norm", "_self_attention_dropout"),
+        ("_feedforward_layer_norm", "_feedforward_dropout"),
+    )
+
+
+# Block class name -> (attention join, MLP join), each (tap, branch end).
+JOIN_SITES = {
+    "GemmaDecoderBlock": _gemma_sites,
+    "Gemma3DecoderBlock": _gemma_sites,
+    "LlamaTransformerDecoder": _llama_sites,
+    "MistralTransformerDecoder": _llama_sites,
+    "QwenTransformerDecoder": _llama_sites,
+    "Qwen3TransformerDecoder": _llama_sites,
+    "TransformerDecoder": _transformer_decoder_sites,
+}
+SUPPORTED_BACKBONES = (
+    "GemmaBackbone",
+    "Gemma3Backbone",
+    "LlamaBackbone",
+    "Llama3Backbone",
+    "MistralBackbone",
+    "QwenBackbone",
+    "Qwen3Backbone",
+    "GPT2Backbone",
+)
 
 
 def _laurel_kwargs(laurel_config):
@@ -58,252 +125,232 @@ def _laurel_kwargs(laurel_config):
     return config
 
 
-def _laurel_joins(layer, laurel_config):
-    kwargs = _laurel_kwargs(laurel_config)
-    attention = Laurel(
-        **kwargs, dtype=layer.dtype_policy, name="attention_laurel"
-    )
-    feedforward = Laurel(
-        **kwargs, dtype=layer.dtype_policy, name="feedforward_laurel"
-    )
-    return attention, feedforward
+def _join_sites(backbone):
+    """`[(block, ((tap, end), (tap, end)))]`; raises on any unsupported
+    block before anything is modified."""
+    blocks = getattr(backbone, "transformer_layers", None)
+    if not isinstance(backbone, keras_hub.models.Backbone) or not blocks:
+        raise ValueError(
+            "`model` must be a keras-hub decoder backbone (with "
+            "`transformer_layers`) of a supported family "
+            f"{SUPPORTED_BACKBONES}, or a CausalLM over one. Received: "
+            f"{type(backbone).__name__}"
+        )
+    sites = []
+    for block in blocks:
+        name = type(block).__name__
+        if name not in JOIN_SITES or not (
+            type(block).__module__.startswith("keras_hub.")
+        ):
+            raise ValueError(
+                f"A LAuReL retrofit does not support the decoder block class "
+                f"{name} (in {type(backbone).__name__}). Supported block "
+                f"classes: {tuple(JOIN_SITES)}, i.e. the backbones "
+                f"{SUPPORTED_BACKBONES}."
+            )
+        sites.append((block, JOIN_SITES[name](block)))
+    return sites
 
 
-@keras.saving.register_keras_serializable(package="keras_gr")
-class LaurelGemmaDecoderBlock(GemmaDecoderBlock):
-    """keras-hub's `GemmaDecoderBlock` with LAuReL residual joins.
+def _connect(tap_layer, end_layer, join):
+    """Wraps the instance `call` of a join's tap and branch end."""
+    slot = threading.local()
+    tap_call = tap_layer.call
 
-    Both residual additions of the block (after attention, after the
-    gated MLP) are `Laurel` layers (arXiv 2411.07501) built from
-    `laurel_config` (`Laurel` keyword arguments; defaults
-    `{"variant": "rw_lr", "rank": 4}`); RW uses the additive
-    parametrisation, so at initialisation the block computes exactly what
-    `GemmaDecoderBlock` computes. `call` keeps keras-hub's signature and
-    returns `(x, cache)` when a cache is given.
+    @functools.wraps(tap_call)
+    def record_residual(x, *args, **kwargs):
+        slot.residual = x
+        return tap_call(x, *args, **kwargs)
+
+    def join_branch(end_call):
+        @functools.wraps(end_call)
+        def call(*args, **kwargs):
+            out = end_call(*args, **kwargs)
+            residual = getattr(slot, "residual", None)
+            if residual is None:
+                raise RuntimeError(
+                    f"LAuReL join {join.name!r}: the branch end "
+                    f"{end_layer.name!r} ran before its tap "
+                    f"{tap_layer.name!r} in this thread."
+                )
+            slot.residual = None
+            if isinstance(out, tuple):  # (attention, cache)
+                return (join.residual_increment(out[0], residual), *out[1:])
+            return join.residual_increment(out, residual)
+
+        return call
+
+    tap_layer.call = record_residual
+    end_layer.call = join_branch(end_layer.call)
+    # A quantized layer runs `quantized_call` instead of `call`.
+    end_layer.quantized_call = join_branch(end_layer.quantized_call)
+
+
+def _install(backbone, laurel_config):
+    """Installs the joins on a built backbone (in place)."""
+    sites = _join_sites(backbone)
+    dim = backbone.hidden_dim
+    joins = []
+    for block, _ in sites:
+        for kind in ("attention", "feedforward"):
+            join = Laurel(
+                **laurel_config,
+                dtype=block.dtype_policy,
+                name=f"{block.name}_{kind}_laurel",
+            )
+            join.build([(None, None, dim), (None, None, dim)])
+            joins.append(join)
+    # Every join is built (argument errors raised) before any is connected.
+    joins_iter = iter(joins)
+    for block, pairs in sites:
+        for tap, end in pairs:
+            join = next(joins_iter)
+            _connect(getattr(block, tap), getattr(block, end), join)
+    backbone.laurel_joins = joins
+    backbone.laurel_config = dict(laurel_config)
+
+
+_BACKBONE_DOC = """`keras_hub.models.{base}` with LAuReL residual joins.
+
+    Same arguments as `keras_hub.models.{base}` plus `laurel_config`
+    (`Laurel` keyword arguments for every join; defaults
+    `{{"variant": "rw_lr", "rank": 4}}`; RW additive, no PA). `__init__`
+    builds the keras-hub backbone, then installs two `Laurel` joins per
+    block (tracked as `laurel_joins`) as `laurel_retrofit` does; outputs at
+    initialisation are those of `{base}`. Made by `laurel_backbone_class`.
+    """
+
+_CAUSAL_LM_DOC = """`keras_hub.models.{base}` over a `{backbone}`.
+
+    Behaviour is `{base}`'s; `backbone_cls` is the LAuReL backbone, so
+    `keras_hub.models.CausalLM.from_preset` finds this task for a preset
+    saved from a retrofitted model (once `keras_gr.hub` is imported).
+    """
+
+_BACKBONE_CLASSES = {}
+_CAUSAL_LM_CLASSES = {}
+
+
+def laurel_backbone_class(base_cls: type) -> type:
+    """The registered LAuReL subclass of a keras-hub decoder backbone class.
+
+    Returns `Laurel<Name>` (made once, registered serializable as
+    `keras_gr>Laurel<Name>`): its `__init__` takes the arguments of
+    `base_cls` plus `laurel_config`, runs `base_cls.__init__` and installs
+    the joins as `laurel_retrofit` does; `get_config` adds `laurel_config`.
+    The classes of the supported families (`SUPPORTED_BACKBONES`: Gemma,
+    Gemma 3, Llama, Llama 3, Mistral, Qwen, Qwen 3, GPT-2) exist once
+    `keras_gr.hub` is imported, so saved models and presets of them load.
+    Another backbone class whose blocks are all supported (e.g. another
+    pre-norm `TransformerDecoder` stack) works too, after calling this
+    function in the loading process.
+
+    Args:
+        base_cls: a `keras_hub.models.Backbone` subclass, e.g.
+            `keras_hub.models.Llama3Backbone`.
+
+    Returns:
+        The subclass.
 
     Example:
 
-    >>> import numpy as np
-    >>> block = LaurelGemmaDecoderBlock(
-    ...     hidden_dim=16, intermediate_dim=32, head_dim=8,
-    ...     num_query_heads=2, num_key_value_heads=1,
+    >>> import keras_hub
+    >>> cls = laurel_backbone_class(keras_hub.models.Llama3Backbone)
+    >>> cls.__name__
+    'LaurelLlama3Backbone'
+    >>> backbone = cls(
+    ...     vocabulary_size=40, num_layers=2, num_query_heads=2,
+    ...     num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+    ...     laurel_config={"variant": "lr", "rank": 2},
     ... )
-    >>> x = np.random.default_rng(0).normal(size=(1, 4, 16))
-    >>> tuple(block(x.astype("float32")).shape)
-    (1, 4, 16)
-    >>> block.attention_laurel.variant, block.feedforward_laurel.rank
-    ('rw_lr', 4)
+    >>> len(backbone.laurel_joins), backbone.laurel_joins[0].variant
+    (4, 'lr')
     """
-
-    def __init__(
-        self,
-        *args,
-        laurel_config: dict[str, Any] | None = None,
-        **kwargs,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.laurel_config = _laurel_kwargs(laurel_config)
-        self.attention_laurel, self.feedforward_laurel = _laurel_joins(
-            self, self.laurel_config
-        )
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self.attention_laurel.build([input_shape, input_shape])
-        self.feedforward_laurel.build([input_shape, input_shape])
-
-    def call(self, x, padding_mask=None, cache=None, cache_update_index=0):
-        normalized_x = self.pre_attention_norm(x)
-        attention_mask = self._compute_attention_mask(
-            normalized_x, padding_mask, cache, cache_update_index
-        )
-        if cache is not None:
-            attention, new_cache = self.attention(
-                normalized_x,
-                attention_mask=attention_mask,
-                cache=cache,
-                cache_update_index=cache_update_index,
-            )
-        else:
-            attention = self.attention(
-                normalized_x, attention_mask=attention_mask
-            )
-        if self.use_post_attention_norm:
-            attention = self.post_attention_norm(attention)
-        if self.dropout:
-            attention = self.attention_dropout(attention)
-
-        attention_x = self.attention_laurel([x, attention])
-
-        normalized_x = self.pre_ffw_norm(attention_x)
-        x1 = self.gating_ffw(normalized_x)
-        x2 = self.gating_ffw_2(normalized_x)
-        x = keras.activations.gelu(x1, approximate=True) * x2
-        x = self.ffw_linear(x)
-        if self.use_post_ffw_norm:
-            x = self.post_ffw_norm(x)
-
-        x = self.feedforward_laurel([attention_x, x])
-        if cache is not None:
-            return x, new_cache
-        return x
-
-    def get_config(self):
-        config = super().get_config()
-        config["laurel_config"] = dict(self.laurel_config)
-        return config
-
-
-@keras.saving.register_keras_serializable(package="keras_gr")
-class LaurelTransformerDecoder(keras_hub.layers.TransformerDecoder):
-    """keras-hub's `TransformerDecoder` (decoder-only) with LAuReL joins.
-
-    The self-attention and feed-forward residual additions are `Laurel`
-    layers (arXiv 2411.07501) built from `laurel_config`; at initialisation
-    the layer computes exactly what `TransformerDecoder` computes. Only the
-    decoder-only form (GPT-2) is supported: passing `encoder_sequence`
-    raises. Returns `(x, self_attention_cache)` when a cache is given.
-
-    Example:
-
-    >>> import numpy as np
-    >>> layer = LaurelTransformerDecoder(
-    ...     intermediate_dim=32, num_heads=2, laurel_config={"variant": "rw"}
-    ... )
-    >>> x = np.random.default_rng(0).normal(size=(1, 4, 16))
-    >>> tuple(layer(x.astype("float32")).shape)
-    (1, 4, 16)
-    >>> layer.attention_laurel.variant
-    'rw'
-    """
-
-    def __init__(
-        self,
-        *args,
-        laurel_config: dict[str, Any] | None = None,
-        **kwargs,
-    ) -> None:
-        decoder_shape = kwargs.pop("decoder_sequence_shape", None)
-        encoder_shape = kwargs.pop("encoder_sequence_shape", None)
-        if encoder_shape is not None:
-            raise ValueError(
-                "LaurelTransformerDecoder supports decoder-only stacks; "
-                f"Received: encoder_sequence_shape={encoder_shape}"
-            )
-        super().__init__(*args, **kwargs)
-        self.laurel_config = _laurel_kwargs(laurel_config)
-        self.attention_laurel, self.feedforward_laurel = _laurel_joins(
-            self, self.laurel_config
-        )
-        if decoder_shape is not None:
-            self.build(decoder_shape)
-
-    def build(self, decoder_sequence_shape, encoder_sequence_shape=None):
-        if encoder_sequence_shape is not None:
-            raise ValueError(
-                "LaurelTransformerDecoder supports decoder-only stacks; "
-                f"Received: encoder_sequence_shape={encoder_sequence_shape}"
-            )
-        super().build(decoder_sequence_shape)
-        shape = decoder_sequence_shape
-        self.attention_laurel.build([shape, shape])
-        self.feedforward_laurel.build([shape, shape])
-
-    def call(
-        self,
-        decoder_sequence,
-        encoder_sequence=None,
-        decoder_padding_mask=None,
-        decoder_attention_mask=None,
-        self_attention_cache=None,
-        self_attention_cache_update_index=None,
-        use_causal_mask=True,
-        training=None,
+    if base_cls in _BACKBONE_CLASSES.values():
+        return base_cls
+    if base_cls in _BACKBONE_CLASSES:
+        return _BACKBONE_CLASSES[base_cls]
+    if not (
+        isinstance(base_cls, type)
+        and issubclass(base_cls, keras_hub.models.Backbone)
     ):
-        if encoder_sequence is not None:
-            raise ValueError(
-                "LaurelTransformerDecoder supports decoder-only stacks; "
-                "`encoder_sequence` must be None."
-            )
-        mask = merge_padding_and_attention_mask(
-            decoder_sequence, decoder_padding_mask, decoder_attention_mask
+        raise ValueError(
+            "`base_cls` must be a keras-hub Backbone class. Received: "
+            f"base_cls={base_cls!r}"
         )
-        if use_causal_mask:
-            batch_size = ops.shape(decoder_sequence)[0]
-            input_length = output_length = ops.shape(decoder_sequence)[1]
-            if self_attention_cache is not None:
-                input_length = ops.shape(self_attention_cache)[2]
-            index = self_attention_cache_update_index
-            causal = compute_causal_mask(
-                batch_size,
-                input_length,
-                output_length,
-                0 if index is None else index,
-            )
-            mask = causal if mask is None else ops.minimum(mask, causal)
 
-        x = decoder_sequence
-        residual = x
-        if self.normalize_first:
-            x = self._self_attention_layer_norm(x)
-        attention_output = self._self_attention_layer(
-            query=x,
-            value=x,
-            attention_mask=mask,
-            cache=self_attention_cache,
-            cache_update_index=self_attention_cache_update_index,
-            training=training,
-        )
-        if self_attention_cache is None:
-            x = attention_output
-        else:
-            x, self_attention_cache = attention_output
-        x = self._self_attention_dropout(x, training=training)
-        x = self.attention_laurel([residual, x])
-        if not self.normalize_first:
-            x = self._self_attention_layer_norm(x)
-
-        residual = x
-        if self.normalize_first:
-            x = self._feedforward_layer_norm(x)
-        x = self._feedforward_intermediate_dense(x)
-        x = self._feedforward_output_dense(x)
-        x = self._feedforward_dropout(x, training=training)
-        x = self.feedforward_laurel([residual, x])
-        if not self.normalize_first:
-            x = self._feedforward_layer_norm(x)
-
-        if self_attention_cache is not None:
-            return x, self_attention_cache
-        return x
+    def __init__(
+        self,
+        *args,
+        laurel_config: dict[str, Any] | None = None,
+        **kwargs,
+    ) -> None:
+        config = _laurel_kwargs(laurel_config)
+        base_cls.__init__(self, *args, **kwargs)
+        _install(self, config)
 
     def get_config(self):
-        config = super().get_config()
+        config = base_cls.get_config(self)
         config["laurel_config"] = dict(self.laurel_config)
         return config
 
+    name = f"Laurel{base_cls.__name__}"
+    cls = type(
+        name,
+        (base_cls,),
+        {
+            "__init__": __init__,
+            "get_config": get_config,
+            "__module__": __name__,
+            "__qualname__": name,
+            "__doc__": _BACKBONE_DOC.format(base=base_cls.__name__),
+        },
+    )
+    cls = keras.saving.register_keras_serializable(package="keras_gr")(cls)
+    _BACKBONE_CLASSES[base_cls] = cls
+    return cls
 
-@contextlib.contextmanager
-def _replace_block_class(module, name, factory):
-    # keras-hub backbones build their blocks from a module-level class name;
-    # swapping it while the parent __init__ runs reuses keras-hub's own
-    # functional graph (embedding, scaling, final norm) unchanged.
-    original = getattr(module, name)
-    setattr(module, name, factory)
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
+
+def _laurel_causal_lm_class(task_cls):
+    if task_cls in _CAUSAL_LM_CLASSES.values():
+        return task_cls
+    if task_cls not in _CAUSAL_LM_CLASSES:
+        backbone_cls = laurel_backbone_class(task_cls.backbone_cls)
+        name = f"Laurel{task_cls.__name__}"
+        cls = type(
+            name,
+            (task_cls,),
+            {
+                "backbone_cls": backbone_cls,
+                "__module__": __name__,
+                "__qualname__": name,
+                "__doc__": _CAUSAL_LM_DOC.format(
+                    base=task_cls.__name__, backbone=backbone_cls.__name__
+                ),
+            },
+        )
+        cls = keras.saving.register_keras_serializable(package="keras_gr")(cls)
+        _CAUSAL_LM_CLASSES[task_cls] = cls
+    return _CAUSAL_LM_CLASSES[task_cls]
 
 
-@keras.saving.register_keras_serializable(package="keras_gr")
-class LaurelGemmaBackbone(keras_hub.models.GemmaBackbone):
-    """`GemmaBackbone` whose blocks are `LaurelGemmaDecoderBlock`s.
+# The supported families' classes exist at import (saved models and
+# presets name them).
+for _task in (
+    keras_hub.models.GemmaCausalLM,
+    keras_hub.models.Gemma3CausalLM,
+    keras_hub.models.LlamaCausalLM,
+    keras_hub.models.Llama3CausalLM,
+    keras_hub.models.MistralCausalLM,
+    keras_hub.models.QwenCausalLM,
+    keras_hub.models.Qwen3CausalLM,
+    keras_hub.models.GPT2CausalLM,
+):
+    _laurel_causal_lm_class(_task)
+del _task
 
-    Same arguments as `keras_hub.models.GemmaBackbone` plus `laurel_config`
-    (`Laurel` keyword arguments for every join). Usually made by
-    `laurel_retrofit`, not by hand.
-
+LaurelGemmaBackbone = laurel_backbone_class(keras_hub.models.GemmaBackbone)
+LaurelGemmaBackbone.__doc__ += """
     Example:
 
     >>> backbone = LaurelGemmaBackbone(
@@ -311,79 +358,26 @@ class LaurelGemmaBackbone(keras_hub.models.GemmaBackbone):
     ...     num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
     ...     head_dim=8, laurel_config={"variant": "lr", "rank": 2},
     ... )
-    >>> type(backbone.transformer_layers[0]).__name__
-    'LaurelGemmaDecoderBlock'
+    >>> [join.name for join in backbone.laurel_joins[:2]]
+    ['decoder_block_0_attention_laurel', 'decoder_block_0_feedforward_laurel']
     >>> backbone.get_config()["laurel_config"]["variant"]
     'lr'
     """
 
-    def __init__(
-        self,
-        *args,
-        laurel_config: dict[str, Any] | None = None,
-        **kwargs,
-    ) -> None:
-        config = _laurel_kwargs(laurel_config)
-        factory = functools.partial(
-            LaurelGemmaDecoderBlock, laurel_config=config
-        )
-        with _replace_block_class(
-            _gemma_backbone, "GemmaDecoderBlock", factory
-        ):
-            super().__init__(*args, **kwargs)
-        self.laurel_config = config
-
-    def get_config(self):
-        config = super().get_config()
-        config["laurel_config"] = dict(self.laurel_config)
-        return config
-
-
-@keras.saving.register_keras_serializable(package="keras_gr")
-class LaurelGPT2Backbone(keras_hub.models.GPT2Backbone):
-    """`GPT2Backbone` whose blocks are `LaurelTransformerDecoder`s.
-
-    Same arguments as `keras_hub.models.GPT2Backbone` plus `laurel_config`.
-    Usually made by `laurel_retrofit`.
-
+LaurelGPT2Backbone = laurel_backbone_class(keras_hub.models.GPT2Backbone)
+LaurelGPT2Backbone.__doc__ += """
     Example:
 
     >>> backbone = LaurelGPT2Backbone(
     ...     vocabulary_size=40, num_layers=2, num_heads=2, hidden_dim=16,
     ...     intermediate_dim=32, max_sequence_length=8,
     ... )
-    >>> type(backbone.transformer_layers[1]).__name__
-    'LaurelTransformerDecoder'
+    >>> len(backbone.laurel_joins)
+    4
     """
 
-    def __init__(
-        self,
-        *args,
-        laurel_config: dict[str, Any] | None = None,
-        **kwargs,
-    ) -> None:
-        config = _laurel_kwargs(laurel_config)
-        factory = functools.partial(
-            LaurelTransformerDecoder, laurel_config=config
-        )
-        with _replace_block_class(
-            _gpt2_backbone, "TransformerDecoder", factory
-        ):
-            super().__init__(*args, **kwargs)
-        self.laurel_config = config
-
-    def get_config(self):
-        config = super().get_config()
-        config["laurel_config"] = dict(self.laurel_config)
-        return config
-
-
-@keras.saving.register_keras_serializable(package="keras_gr")
-class LaurelGemmaCausalLM(keras_hub.models.GemmaCausalLM):
-    """`GemmaCausalLM` over a `LaurelGemmaBackbone` (so that
-    `keras_hub.models.CausalLM.from_preset` finds the task of a saved
-    retrofitted preset). Behaviour is `GemmaCausalLM`'s.
-
+LaurelGemmaCausalLM = _laurel_causal_lm_class(keras_hub.models.GemmaCausalLM)
+LaurelGemmaCausalLM.__doc__ += """
     Example:
 
     >>> import numpy as np
@@ -398,21 +392,14 @@ class LaurelGemmaCausalLM(keras_hub.models.GemmaCausalLM):
     ...     "padding_mask": np.ones((1, 4), "int32"),
     ... }
     >>> lm = laurel_retrofit(keras_hub.models.GemmaCausalLM(backbone))
-    >>> type(lm).__name__
-    'LaurelGemmaCausalLM'
+    >>> type(lm).__name__, type(lm.backbone).__name__
+    ('LaurelGemmaCausalLM', 'LaurelGemmaBackbone')
     >>> tuple(lm(inputs).shape)
     (1, 4, 40)
     """
 
-    backbone_cls = LaurelGemmaBackbone
-
-
-@keras.saving.register_keras_serializable(package="keras_gr")
-class LaurelGPT2CausalLM(keras_hub.models.GPT2CausalLM):
-    """`GPT2CausalLM` over a `LaurelGPT2Backbone` (found by
-    `keras_hub.models.CausalLM.from_preset`). Behaviour is
-    `GPT2CausalLM`'s.
-
+LaurelGPT2CausalLM = _laurel_causal_lm_class(keras_hub.models.GPT2CausalLM)
+LaurelGPT2CausalLM.__doc__ += """
     Example:
 
     >>> import numpy as np
@@ -431,15 +418,6 @@ class LaurelGPT2CausalLM(keras_hub.models.GPT2CausalLM):
     >>> tuple(lm(inputs).shape)
     (1, 4, 40)
     """
-
-    backbone_cls = LaurelGPT2Backbone
-
-
-_RETROFIT_CLASSES = {
-    keras_hub.models.GemmaBackbone: (LaurelGemmaBackbone, LaurelGemmaCausalLM),
-    keras_hub.models.GPT2Backbone: (LaurelGPT2Backbone, LaurelGPT2CausalLM),
-}
-_LAUREL_BLOCKS = (LaurelGemmaDecoderBlock, LaurelTransformerDecoder)
 
 
 def laurel_parameters(model: keras.Model) -> list[keras.Variable]:
@@ -461,16 +439,14 @@ def laurel_parameters(model: keras.Model) -> list[keras.Variable]:
     264
     """
     backbone = getattr(model, "backbone", model)
-    found = []
-    for block in backbone.transformer_layers:
-        if isinstance(block, _LAUREL_BLOCKS):
-            found += block.attention_laurel.weights
-            found += block.feedforward_laurel.weights
-    return found
+    joins = getattr(backbone, "laurel_joins", ())
+    return [v for join in joins for v in join.weights]
 
 
 def train_only_laurel(model: keras.Model) -> keras.Model:
-    """Freezes every layer of `model` except its `Laurel` joins (in place).
+    """Freezes every layer of a retrofitted model except its `Laurel` joins.
+
+    In place; returns `model`. Compile the model after this call.
 
     Example:
 
@@ -486,18 +462,20 @@ def train_only_laurel(model: keras.Model) -> keras.Model:
     True
     """
     backbone = getattr(model, "backbone", model)
+    joins = getattr(backbone, "laurel_joins", None)
+    if not joins:
+        raise ValueError(
+            "`model` has no LAuReL joins; retrofit it first with "
+            f"`laurel_retrofit`. Received: model of type {type(model).__name__}"
+        )
+    if model is not backbone:
+        for layer in model.layers:
+            if layer is not backbone:
+                layer.trainable = False
     for layer in backbone.layers:
-        if isinstance(layer, _LAUREL_BLOCKS):
-            layer.trainable = True
-            for value in list(vars(layer).values()):
-                if isinstance(value, keras.layers.Layer) and not isinstance(
-                    value, Laurel
-                ):
-                    value.trainable = False
-            layer.attention_laurel.trainable = True
-            layer.feedforward_laurel.trainable = True
-        else:
-            layer.trainable = False
+        layer.trainable = False
+    for join in joins:
+        join.trainable = True
     return model
 
 
@@ -508,35 +486,43 @@ def laurel_retrofit(
     train_only_laurel_params: bool = False,
     **laurel_kwargs: Any,
 ) -> keras.Model:
-    """Returns a copy of a keras-hub model whose residuals are LAuReL joins.
+    """Turns the residual additions of a keras-hub model into LAuReL joins.
 
-    Every transformer block's two residual additions (after attention, after
-    the MLP) become `Laurel` layers ("LAuReL: Learned Augmented Residual
-    Layer", arXiv 2411.07501). RW uses the additive parametrisation
-    `alpha = 1 + a`, `beta = 1 + b` (a = b = 0) and LR has `B = 0`, so at
-    initialisation the new model computes exactly the pretrained function
-    (same float32 operations; logits equal up to float rounding of the
-    commuted addition, which is exact in IEEE arithmetic). The pretrained
-    weights are copied by variable path; the input model is not modified.
+    **Modifies `model` in place** and returns it. Both residual additions of
+    every decoder block (after attention, after the MLP) become `Laurel`
+    joins ("LAuReL: Learned Augmented Residual Layer", arXiv 2411.07501),
+    installed by wrapping the `call` of two existing sublayers per join
+    (see the module docstring): no weight is copied and no second backbone
+    is built. RW uses the additive parametrisation `alpha = 1 + a`,
+    `beta = 1 + b` (a = b = 0) and LR has `B = 0`, so at initialisation the
+    model's outputs are bit-identical to the pretrained model's. The
+    backbone's class becomes `laurel_backbone_class(type(backbone))` (e.g.
+    `LaurelGemmaBackbone`) and a CausalLM's class the matching
+    `Laurel<Task>` (e.g. `LaurelGemmaCausalLM`), so `get_config`, `.keras`
+    files and presets record the joins. Compile the model (again) after the
+    retrofit, before training; cached train / predict / generate functions
+    are dropped.
+
+    Concurrency: each join keeps the residual it records in a
+    `threading.local()`, so calls of one model from several Python threads
+    do not interfere.
 
     Args:
-        model: a keras-hub `CausalLM` (e.g. `GemmaCausalLM`, `GPT2CausalLM`,
-            as loaded with `from_preset`) or its backbone. Supported
-            families: Gemma (`GemmaBackbone`) and GPT-2 (`GPT2Backbone`).
+        model: a keras-hub `CausalLM` or its backbone, of a supported family:
+            Gemma (v1, Gemma 2 options), Gemma 3 (text), Llama, Llama 3,
+            Mistral, Qwen, Qwen 3, GPT-2 (pre-norm `TransformerDecoder`;
+            post-norm blocks are refused).
         variant: `"rw"`, `"lr"` or `"rw_lr"`. The PA variants are not
             supported here: keras-hub's `call_with_cache` passes only the
             current hidden state between blocks. Defaults to `"rw_lr"`.
         rank: rank of the LR term. Defaults to 4.
         train_only_laurel_params: if True, freeze everything but the LAuReL
-            parameters. Defaults to False.
+            parameters (`train_only_laurel`). Defaults to False.
         **laurel_kwargs: other `Laurel` arguments (`per_channel`,
-            `low_rank_initializer`).
+            `low_rank_initializer`, `lr_norm`, `lr_norm_epsilon`).
 
     Returns:
-        A model of the same kind: a `LaurelGemmaCausalLM` /
-        `LaurelGPT2CausalLM` (subclasses of the keras-hub tasks, sharing the
-        input's preprocessor) or a `LaurelGemmaBackbone` /
-        `LaurelGPT2Backbone`. Save with `.save("x.keras")` or
+        `model`, retrofitted. Save with `.save("x.keras")` or
         `.save_to_preset(folder)`; reload with `keras.models.load_model` or
         `keras_hub.models.CausalLM.from_preset(folder)` once `keras_gr.hub`
         is imported.
@@ -554,53 +540,41 @@ def laurel_retrofit(
     ...     "token_ids": np.array([[1, 5, 7, 2]], "int32"),
     ...     "padding_mask": np.ones((1, 4), "int32"),
     ... }
+    >>> before = np.asarray(backbone(inputs))
     >>> laurel = laurel_retrofit(backbone, variant="rw_lr", rank=2)
-    >>> type(laurel).__name__
-    'LaurelGemmaBackbone'
-    >>> bool(np.allclose(laurel(inputs), backbone(inputs), atol=1e-5))
+    >>> laurel is backbone, type(backbone).__name__
+    (True, 'LaurelGemmaBackbone')
+    >>> bool(np.array_equal(np.asarray(backbone(inputs)), before))
     True
     """
     is_task = isinstance(model, keras_hub.models.CausalLM)
     backbone = model.backbone if is_task else model
-    if isinstance(backbone, (LaurelGemmaBackbone, LaurelGPT2Backbone)):
+    if getattr(backbone, "laurel_joins", None) is not None:
         raise ValueError(
             "`model` already has LAuReL residuals. Received: "
             f"model={type(model).__name__}"
         )
-    if is_task and type(model) not in (
-        keras_hub.models.GemmaCausalLM,
-        keras_hub.models.GPT2CausalLM,
-    ):
+    if is_task and type(backbone) is not type(model).backbone_cls:
         raise ValueError(
-            "`model` must be a GemmaCausalLM or GPT2CausalLM (or a Gemma / "
-            f"GPT-2 backbone). Received: model of type {type(model).__name__}"
+            f"The backbone of a {type(model).__name__} must be a "
+            f"{type(model).backbone_cls.__name__}. Received: "
+            f"{type(backbone).__name__}"
         )
-    new_cls, task_cls = _RETROFIT_CLASSES.get(type(backbone), (None, None))
-    if new_cls is None:
-        raise ValueError(
-            "`model` must be a keras-hub CausalLM or backbone of a supported "
-            f"family {SUPPORTED_FAMILIES}. Received: model of type "
-            f"{type(model).__name__} with backbone {type(backbone).__name__}"
-        )
-    laurel_config = _laurel_kwargs(
-        {"variant": variant, "rank": rank, **laurel_kwargs}
-    )
-    config = backbone.get_config()
-    config["laurel_config"] = laurel_config
-    new_backbone = new_cls.from_config(config)
-    _copy_weights(backbone, new_backbone)
+    config = _laurel_kwargs({"variant": variant, "rank": rank, **laurel_kwargs})
+    _install(backbone, config)  # raises before modifying anything
+    backbone.__class__ = laurel_backbone_class(type(backbone))
+    if is_task:
+        model.__class__ = _laurel_causal_lm_class(type(model))
+    for m in (model, backbone):
+        # Functions traced before the retrofit do not contain the joins.
+        for attribute in (
+            "train_function",
+            "test_function",
+            "predict_function",
+            "generate_function",
+        ):
+            if getattr(m, attribute, None) is not None:
+                setattr(m, attribute, None)
     if train_only_laurel_params:
-        train_only_laurel(new_backbone)
-    if not is_task:
-        return new_backbone
-    return task_cls(backbone=new_backbone, preprocessor=model.preprocessor)
-
-
-def _copy_weights(source, target):
-    by_path = {v.path: v for v in target.weights}
-    for variable in source.weights:
-        if variable.path not in by_path:
-            raise ValueError(
-                f"Retrofit could not place pretrained weight {variable.path}"
-            )
-        by_path[variable.path].assign(variable)
+        train_only_laurel(model)
+    return model

@@ -389,15 +389,7 @@ class Laurel(keras.layers.Layer):
         x, fx = ops.cast(inputs[0], dtype), ops.cast(inputs[1], dtype)
         residual = x
         if self.use_lr:
-            low = ops.matmul(ops.matmul(x, self.lr_a), self.lr_b)
-            if self.lr_norm:
-                low32 = ops.cast(low, "float32")
-                low32 = low32 * ops.rsqrt(
-                    ops.mean(ops.square(low32), axis=-1, keepdims=True)
-                    + self.lr_norm_epsilon
-                )
-                low = ops.cast(low32, dtype) * self.lr_norm_scale
-            residual = residual + low
+            residual = residual + self._low_rank(x)
         if self.use_pa:
             gamma = ops.cast(self.gamma, dtype)
             for j, act in enumerate([x] + list(inputs[2:])):
@@ -419,6 +411,89 @@ class Laurel(keras.layers.Layer):
                 ops.cast(alpha, dtype) * fx + ops.cast(beta, dtype) * residual
             )
         return fx + residual
+
+    def residual_increment(self, branch, residual):
+        """The join minus its residual: `join([residual, branch]) - residual`.
+
+        A block that ends in `residual + branch` computes this layer's join
+        when its branch returns this increment in place of `branch`: that
+        is how `keras_gr.hub.laurel_retrofit` puts LAuReL into keras-hub
+        blocks without rewriting their `call`. The increment is written so
+        that it is exactly `branch` at initialisation (bit for bit):
+
+        * `"rw"` (additive): `fx + a fx + b x`;
+        * `"lr"`: `fx + (x A) B` (or its normed form with `lr_norm`);
+        * `"rw_lr"` (additive): `fx + a fx + b x + (1 + b) (x A) B`;
+        * softmax / sigmoid RW: `alpha fx + (beta - 1) x (+ beta (x A) B)`
+          (not `fx` at init).
+
+        with `x = residual`, `fx = branch`, `alpha = 1 + a`, `beta = 1 + b`.
+        `residual + increment` equals `self([residual, branch])` up to float
+        rounding. It can be called outside `__call__` (inside another
+        layer's call): every weight is cast to this layer's compute dtype.
+        The PA variants need earlier activations and raise.
+
+        Args:
+            branch: the branch output `f(x)`, shape `(..., D)`.
+            residual: the residual stream `x`, same shape.
+
+        Returns:
+            The increment, in the compute dtype.
+
+        Example:
+
+        >>> import numpy as np
+        >>> join = Laurel(variant="rw_lr", rank=2)
+        >>> join.build([(None, 4), (None, 4)])
+        >>> x = np.ones((1, 4), "float32")
+        >>> fx = np.full((1, 4), 0.5, "float32")
+        >>> np.asarray(join.residual_increment(fx, x)).tolist()
+        [[0.5, 0.5, 0.5, 0.5]]
+        """
+        if self.use_pa:
+            raise ValueError(
+                "`residual_increment` needs an RW / LR variant; the PA "
+                "variants also need the earlier activations. Received: "
+                f"variant={self.variant!r}"
+            )
+        dtype = self.compute_dtype
+        x, fx = ops.cast(residual, dtype), ops.cast(branch, dtype)
+        low = self._low_rank(x) if self.use_lr else None
+        if not self.use_rw:
+            return fx + low
+        if self.rw_parametrization == "additive":
+            a, b = ops.cast(self.alpha, dtype), ops.cast(self.beta, dtype)
+            increment = fx + a * fx + b * x
+            if low is not None:
+                increment = increment + (1 + b) * low
+            return increment
+        a = ops.cast(self.alpha, "float32")
+        b = None
+        if self.rw_parametrization != "sigmoid":
+            b = ops.cast(self.beta, "float32")
+        alpha, beta = rw_weights(a, b, self.rw_parametrization)
+        alpha, beta = ops.cast(alpha, dtype), ops.cast(beta, dtype)
+        increment = alpha * fx + (beta - 1) * x
+        if low is not None:
+            increment = increment + beta * low
+        return increment
+
+    def _low_rank(self, x):
+        """The LR term `(x A) B` (normed with `lr_norm`), in the compute
+        dtype; weights cast explicitly so it also runs outside `__call__`."""
+        dtype = self.compute_dtype
+        low = ops.matmul(
+            ops.matmul(x, ops.cast(self.lr_a, dtype)),
+            ops.cast(self.lr_b, dtype),
+        )
+        if self.lr_norm:
+            low32 = ops.cast(low, "float32")
+            low32 = low32 * ops.rsqrt(
+                ops.mean(ops.square(low32), axis=-1, keepdims=True)
+                + self.lr_norm_epsilon
+            )
+            low = ops.cast(low32, dtype) * ops.cast(self.lr_norm_scale, dtype)
+        return low
 
     @classmethod
     def from_keras_hub_laurel_block(cls, block, name=None):

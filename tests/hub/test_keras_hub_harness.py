@@ -15,12 +15,10 @@ models. Here it runs on ours:
 - `run_task_test` (slow): the CausalLMs with a real preprocessor (the
   tiny preset's Gemma tokenizer, the tiny in-memory GPT-2 BPE): predict
   and fit on strings, a `tf.data` pipeline and split preprocessing;
-- `run_layer_test` (slow): the two LAuReL decoder blocks as layers (build,
-  symbolic and eager calls, a compiled fit step, the three policies).
 
 One `run_backbone_test` per backbone class, the saving tests of the default
-backbones and of every CausalLM run by default; the other variants and the
-layer tests are `slow`. On JAX most of the time is the first eager call of
+backbones and of every CausalLM run by default; the other variants are
+`slow`. On JAX most of the time is the first eager call of
 a model family at a new shape or dtype (every op is compiled once).
 """
 
@@ -32,12 +30,11 @@ from keras_hub.src.tests import test_case
 
 from keras_gr.hub import LaurelGemmaBackbone
 from keras_gr.hub import LaurelGemmaCausalLM
-from keras_gr.hub import LaurelGemmaDecoderBlock
 from keras_gr.hub import LaurelGPT2Backbone
 from keras_gr.hub import LaurelGPT2CausalLM
-from keras_gr.hub import LaurelTransformerDecoder
 from keras_gr.hub import LoopedGemmaBackbone
 from keras_gr.hub import LoopedGemmaCausalLM
+from keras_gr.hub import laurel_backbone_class
 from tests.hub import tiny_gpt2
 
 GEMMA = dict(
@@ -65,6 +62,14 @@ GPT2 = dict(
     hidden_dim=16,
     intermediate_dim=32,
     max_sequence_length=8,
+)
+LLAMA = dict(
+    vocabulary_size=40,
+    num_layers=2,
+    num_query_heads=2,
+    num_key_value_heads=1,
+    hidden_dim=16,
+    intermediate_dim=32,
 )
 LAUREL = {"variant": "rw_lr", "rank": 2}
 
@@ -108,6 +113,16 @@ BACKBONES = {
     "laurel_gpt2-rw": (
         LaurelGPT2Backbone,
         {**GPT2, "laurel_config": {"variant": "rw"}},
+    ),
+    # The other block classes of the retrofit (the classes made by
+    # `laurel_backbone_class`), slow.
+    "laurel_llama3-rw_lr": (
+        laurel_backbone_class(keras_hub.models.Llama3Backbone),
+        {**LLAMA, "laurel_config": LAUREL},
+    ),
+    "laurel_gemma3-rw_lr": (
+        laurel_backbone_class(keras_hub.models.Gemma3Backbone),
+        {**GEMMA, "num_layers": 2, "image_size": None, "laurel_config": LAUREL},
     ),
 }
 # One per class in the default run of `run_backbone_test`; the others are
@@ -189,51 +204,6 @@ def test_run_model_saving_test_causal_lm(harness, name):
         cls=cls,
         init_kwargs={"backbone": backbone, "preprocessor": None},
         input_data=_inputs(),
-    )
-
-
-# Weights: the keras-hub block's own (Gemma: 2 norms + q, k, v, o + 3 MLP
-# kernels = 9; GPT-2's TransformerDecoder: 2 layer norms x 2 + q, k, v, o
-# kernels and biases + 2 dense x 2 = 16) plus 4 per `rw_lr` Laurel join x 2.
-# `slow`: both blocks already run inside the backbones above (policies,
-# quantization, saving); this adds the harness's build / symbolic call /
-# compiled fit step checks at ~10 s per block on JAX.
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "cls, init_kwargs, num_weights",
-    [
-        (
-            LaurelGemmaDecoderBlock,
-            dict(
-                hidden_dim=16,
-                intermediate_dim=32,
-                head_dim=8,
-                num_query_heads=2,
-                num_key_value_heads=1,
-                laurel_config=LAUREL,
-            ),
-            9 + 8,
-        ),
-        (
-            LaurelTransformerDecoder,
-            dict(intermediate_dim=32, num_heads=2, laurel_config=LAUREL),
-            16 + 8,
-        ),
-    ],
-    ids=["gemma_block", "transformer_decoder"],
-)
-def test_run_layer_test_laurel_blocks(harness, cls, init_kwargs, num_weights):
-    # A backend tensor, not NumPy: the harness's precision check calls
-    # `compute_output_spec(input_data)`, which reads no shape off a NumPy
-    # array (keras-hub's own `GemmaDecoderBlock` fails the same way).
-    x = np.random.default_rng(0).normal(size=(2, 4, 16)).astype("float32")
-    x = keras.ops.convert_to_tensor(x)
-    harness.run_layer_test(
-        cls=cls,
-        init_kwargs=init_kwargs,
-        input_data=x,
-        expected_output_shape=(2, 4, 16),
-        expected_num_trainable_weights=num_weights,
     )
 
 

@@ -459,3 +459,62 @@ def test_equals_keras_hub_gemma3n_laurel_block():
     )
     with pytest.raises(ValueError, match="block"):
         Laurel.from_keras_hub_laurel_block(keras.layers.Dense(3))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"variant": "rw"},
+        {"variant": "lr"},
+        {"variant": "rw_lr"},
+        {"variant": "rw_lr", "per_channel": True},
+        {"variant": "lr", "lr_norm": True},
+        {"variant": "rw_lr", "rw_parametrization": "softmax"},
+        {"variant": "rw", "rw_parametrization": "sigmoid"},
+    ],
+    ids=lambda kwargs: "-".join(str(v) for v in kwargs.values()),
+)
+def test_residual_increment_is_the_join_minus_the_residual(kwargs):
+    layer = Laurel(rank=R, **kwargs)
+    layer.build([(None, 5, D), (None, 5, D)])
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 5, D)).astype("float32")
+    fx = rng.normal(size=(2, 5, D)).astype("float32")
+    increment = np.asarray(layer.residual_increment(fx, x))
+    if kwargs.get("rw_parametrization", "additive") == "additive":
+        # Exactly the branch at init: a retrofitted block is bit-identical.
+        np.testing.assert_array_equal(increment, fx)
+    np.testing.assert_allclose(
+        x + increment, np.asarray(layer([x, fx])), rtol=1e-5, atol=1e-5
+    )
+    randomise(layer, seed=2)
+    increment = np.asarray(layer.residual_increment(fx, x))
+    np.testing.assert_allclose(
+        x + increment, np.asarray(layer([x, fx])), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_residual_increment_in_the_compute_dtype_outside_call():
+    # Called inside another layer's call (no autocast scope of its own):
+    # weights are cast explicitly, the result is in the compute dtype.
+    layer = Laurel(variant="rw_lr", rank=R, dtype="mixed_bfloat16")
+    layer.build([(None, D), (None, D)])
+    randomise(layer)
+    x = keras.ops.ones((3, D), dtype="bfloat16")
+    out = layer.residual_increment(x, x)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    want = keras.ops.cast(layer([x, x]), "float32") - 1.0
+    np.testing.assert_allclose(
+        np.asarray(keras.ops.cast(out, "float32")),
+        np.asarray(want),
+        rtol=5e-2,
+        atol=5e-2,
+    )
+
+
+def test_residual_increment_refuses_pa():
+    layer = Laurel(variant="pa", num_activations=2)
+    layer.build([(None, D)] * 3)
+    x = np.ones((1, D), "float32")
+    with pytest.raises(ValueError, match="variant='pa'"):
+        layer.residual_increment(x, x)
