@@ -17,11 +17,13 @@ Three parts (`--part regression|speed|quality|all`):
    number of steps with each optimizer (learning rate tuned on seed 0 over
    a small grid), validation loss averaged over seeds.
 4. scale (`--part scale`, not in `all`): an MLP 1024-3072-3072-1024
-   (`--scale-widths`; the 3072 x 3072 kernel is above the old 2048 limit) and
-   the 4-layer width-512 MLP, median and worst step of OneSidedShampoo
-   (before blocking/staggering, after with eigh, after with the Newton
-   root) vs Keras Adam and Muon, interleaved, with the preconditioned
-   fraction of the parameters.
+   (`--scale-widths`; the 3072 x 3072 kernel is above the old 2048 limit)
+   at `--scale-batch` rows per step (default 2048: an LM step carries
+   thousands of tokens) and at batch 128, and the 4-layer width-512 MLP
+   (batch 512): median and worst step of OneSidedShampoo (before issue 15,
+   the defaults, the statistics interval, ...: `SCALE_OPTIMIZERS`) vs
+   Keras Adam and Muon, interleaved, with the preconditioned fraction of
+   the parameters.
 
 Run: `KERAS_BACKEND=jax .venv/bin/python -m benchmarks.shampoo [--quick]`.
 """
@@ -334,22 +336,47 @@ def scale_model(widths, seed=0):
 
 
 SCALE_OPTIMIZERS = {
-    "Adam": lambda: keras.optimizers.Adam(1e-3),
-    "Muon": lambda: keras.optimizers.Muon(1e-3),
-    # The behaviour before blocking: sides above 2048 fall back to Adam,
-    # every root on the same step.
-    "OneSidedShampoo before (no blocks, no stagger)": lambda: OneSidedShampoo(
-        1e-3,
-        precondition_frequency=10,
-        max_preconditioner_dim=2048,
-        blocking=False,
-        stagger_roots=False,
+    "Adam": ("Adam", lambda: keras.optimizers.Adam(1e-3)),
+    "Muon": ("Muon", lambda: keras.optimizers.Muon(1e-3)),
+    # The behaviour before issue 15: sides above 2048 fall back to Adam,
+    # eigh, every root on the same step, statistics every step.
+    "before": (
+        "before: unblocked (max_dim 2048), eigh, unstaggered",
+        lambda: OneSidedShampoo(
+            1e-3,
+            precondition_frequency=10,
+            max_preconditioner_dim=2048,
+            blocking=False,
+            stagger_roots=False,
+            root_method="eigh",
+        ),
     ),
-    "OneSidedShampoo eigh (blocks 1024, staggered)": lambda: OneSidedShampoo(
-        1e-3, precondition_frequency=10
+    # Staggered per variable and eigh: the previous defaults (except
+    # that staggering is now per block).
+    "eigh": (
+        "eigh: blocks 1024, block-staggered, statistics every step",
+        lambda: OneSidedShampoo(
+            1e-3, precondition_frequency=10, root_method="eigh"
+        ),
     ),
-    "OneSidedShampoo newton (blocks 1024, staggered)": lambda: OneSidedShampoo(
-        1e-3, precondition_frequency=10, root_method="newton"
+    "defaults": (
+        "defaults: blocks 1024, newton, block-staggered, stats every step",
+        lambda: OneSidedShampoo(1e-3, precondition_frequency=10),
+    ),
+    "tuned": (
+        "tuned: defaults + statistics_frequency=10",
+        lambda: OneSidedShampoo(
+            1e-3, precondition_frequency=10, statistics_frequency=10
+        ),
+    ),
+    "tuned512": (
+        "tuned512: tuned + max_preconditioner_dim=512",
+        lambda: OneSidedShampoo(
+            1e-3,
+            precondition_frequency=10,
+            statistics_frequency=10,
+            max_preconditioner_dim=512,
+        ),
     ),
 }
 
@@ -402,7 +429,13 @@ def part_scale(args):
     wide = [int(w) for w in args.scale_widths.split(",")]
     cases = {
         "wide": dict(widths=wide, batch=args.scale_batch),
+        "wide128": dict(widths=wide, batch=128),
         "mlp512": dict(widths=[512] * 5, batch=512),
+    }
+    rows_of = {
+        "wide": args.scale_rows,
+        "wide128": args.scale_rows_wide128,
+        "mlp512": args.scale_rows_mlp512,
     }
     cases = {k: v for k, v in cases.items() if k in args.scale_cases.split(",")}
     rng = np.random.default_rng(0)
@@ -413,15 +446,8 @@ def part_scale(args):
         x = rng.normal(size=(n, widths[0])).astype("float32")
         y = rng.normal(size=(n, widths[-1])).astype("float32")
         entries, opts = {}, {}
-        for name, make in SCALE_OPTIMIZERS.items():
-            if case == "wide" and "newton" in name and not args.scale_newton:
-                continue  # 40 x 3 batched 1024^3 products: slow on a CPU
-            if case == "wide" and name == "Muon" and not args.scale_muon:
-                # 5 Newton-Schulz iterations on every kernel, each 3
-                # products of its full size: ~1 TFLOP per step at widths
-                # 1024-3072-3072-1024, ~85x Adam's step at batch 128: too
-                # slow for a 2-core CPU (measured on the width-512 MLP).
-                continue
+        for key in rows_of[case].split(","):
+            name, make = SCALE_OPTIMIZERS[key]
             model = scale_model(widths)
             opt = make()
             model.compile(optimizer=opt, loss="mse", jit_compile=True)
@@ -474,9 +500,15 @@ def part_scale(args):
             "`steps_per_round` steps in an order rotated every round. "
             "median_s / worst_s: median / maximum over all timed steps; "
             "worst_vs_Adam_median = worst step / Adam's median step (the "
-            "spike). Root frequency 10. `before` = the pre-blocking "
-            "behaviour (a factor only on sides <= 2048, all roots on the "
-            "same step). CPU only, on a 2-core machine shared with other "
+            "spike). Root frequency 10 for every Shampoo row. `before` = "
+            "the behaviour before issue 15 (a factor only on sides <= "
+            "2048, eigh, all roots on the same step). Cost model per "
+            "preconditioned m x n kernel in blocks of b: statistics "
+            "2 m b n per statistics update, root application 2 m b n "
+            "per step, roots N b^3-ish per period (spread over it); Adam's "
+            "forward + backward 6 m n B for B rows per step: the "
+            "per-step ratio is about 1 + b (1 + 1/statistics_frequency) "
+            "/ (3 B). CPU only, on a 2-core machine shared with other "
             "jobs: ratios, not absolute times, are the result."
         ),
     )
@@ -489,9 +521,36 @@ QUALITY_GRID = {
         lambda lr: keras.optimizers.Muon(lr),
         [1e-3, 3e-3, 1e-2, 3e-2],
     ),
-    "OneSidedShampoo": (
+    # The defaults since issue 15 (bias-corrected statistics, blocks of
+    # 1024, block-staggered Newton roots). The runs cached under the name
+    # "OneSidedShampoo" in `shampoo_quality_runs_jax.json` are from
+    # before issue 15 (no bias correction, eigh, roots on one step).
+    # Grid: only 1e-2, the best peak lr of the pre-issue-15
+    # OneSidedShampoo over 1e-3 ... 3e-2 (a run takes ~10 minutes on the
+    # shared 2-core CPU; `--lrs` widens every row's grid).
+    "OneSidedShampoo newton (defaults)": (
         lambda lr: OneSidedShampoo(lr, precondition_frequency=10),
-        [1e-3, 3e-3, 1e-2, 3e-2],
+        [1e-2],
+    ),
+    # Rank > 2 kernels (the Gemma attention kernels) as one matrix, the
+    # view before issue 15; measured better than per axis on this LM.
+    "OneSidedShampoo flatten_tensors": (
+        lambda lr: OneSidedShampoo(
+            lr, precondition_frequency=10, flatten_tensors=True
+        ),
+        [1e-2],
+    ),
+    "OneSidedShampoo eigh": (
+        lambda lr: OneSidedShampoo(
+            lr, precondition_frequency=10, root_method="eigh"
+        ),
+        [1e-2],
+    ),
+    "OneSidedShampoo statistics_frequency=10": (
+        lambda lr: OneSidedShampoo(
+            lr, precondition_frequency=10, statistics_frequency=10
+        ),
+        [1e-2],
     ),
 }
 
@@ -562,7 +621,8 @@ def part_quality(args):
         {max(1, steps * k // n_points) for k in range(1, n_points + 1)}
     )
     rows, curves, tuning = [], {}, []
-    for name, (make, grid) in QUALITY_GRID.items():
+    for name in args.quality_optimizers.split(","):
+        make, grid = QUALITY_GRID[name]
         if args.lrs:
             grid = [float(v) for v in args.lrs.split(",")]
         tuned = {}
@@ -609,9 +669,13 @@ def part_quality(args):
     ax.set_ylabel("validation loss (mean over seeds)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(harness.result_path(f"shampoo_quality{suffix}", ".png"))
+    fig.savefig(
+        harness.result_path(
+            f"shampoo_quality{suffix}{args.quality_tag}", ".png"
+        )
+    )
     md = harness.write_results(
-        f"shampoo_quality{suffix}",
+        f"shampoo_quality{suffix}{args.quality_tag}",
         {
             "validation loss (mean over seeds, best peak lr)": rows,
             "peak learning-rate tuning (seed 0)": tuning,
@@ -622,7 +686,12 @@ def part_quality(args):
             "batch": batch,
             "sequence_length": seq_len,
             "checkpoints": checkpoints,
-            "lr_grid": args.lrs or {k: v[1] for k, v in QUALITY_GRID.items()},
+            "lr_grid": args.lrs
+            or {
+                k: v[1]
+                for k, v in QUALITY_GRID.items()
+                if k in args.quality_optimizers.split(",")
+            },
         },
         notes=(
             "The DEFAULT_CONFIG Gemma re-initialised from its config (not "
@@ -659,18 +728,40 @@ def main():
     )
     parser.add_argument("--scale-steps", type=int, default=10)
     parser.add_argument("--scale-rounds", type=int, default=3)
-    parser.add_argument("--scale-batch", type=int, default=64)
+    parser.add_argument(
+        "--scale-batch",
+        type=int,
+        default=2048,
+        help="rows per step of the wide case (an LM step carries thousands "
+        "of tokens; the wide128 case keeps batch 128)",
+    )
     parser.add_argument("--scale-widths", default="1024,3072,3072,1024")
     parser.add_argument(
         "--scale-cases",
-        default="wide,mlp512",
-        help="comma-separated cases of the scale part: wide, mlp512",
+        default="wide,wide128,mlp512",
+        help="comma-separated cases of the scale part: wide (batch "
+        "--scale-batch), wide128, mlp512",
     )
-    parser.add_argument("--scale-newton", action="store_true")
     parser.add_argument(
-        "--scale-muon",
-        action="store_true",
-        help="also time Keras Muon on the wide MLP (always on width 512)",
+        "--scale-rows",
+        default="Adam,before,defaults,tuned",
+        help="rows of the wide case (keys of SCALE_OPTIMIZERS; Muon is "
+        "~1 TFLOP per step there, too slow for a 2-core CPU)",
+    )
+    parser.add_argument("--scale-rows-wide128", default="Adam,defaults,tuned")
+    parser.add_argument(
+        "--scale-rows-mlp512",
+        default="Adam,Muon,before,eigh,defaults,tuned",
+    )
+    parser.add_argument(
+        "--quality-tag",
+        default="",
+        help="suffix of the quality result files (e.g. _issue15)",
+    )
+    parser.add_argument(
+        "--quality-optimizers",
+        default=",".join(QUALITY_GRID),
+        help="comma-separated rows of the quality part",
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--checkpoints", type=int, default=10)

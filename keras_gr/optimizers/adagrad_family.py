@@ -31,6 +31,7 @@ _THEORY = dict(
     grafting_beta2=0.999,
     precondition_frequency=1,
     start_preconditioning_step=1,
+    statistics_frequency=1,
 )
 
 

@@ -98,7 +98,9 @@ def matrix_inverse_pth_root(
 
       until `max |M_k - I| < newton_tolerance` (or the error grows by
       more than 20%, then the previous iterate is kept, or
-      `newton_iterations`); `H_k -> A^(-1/p)`. Only matrix
+      `newton_iterations`), decided per matrix of a batch (a batched
+      call gives each matrix the iterate it would get alone);
+      `H_k -> A^(-1/p)`. Only matrix
       products, which is what TPUs (and TensorFlow's slow compiled `eigh`)
       want. It returns `(mat + floor I)^(-1/p)` (shift) where `eigh`
       clips; they agree to about `1e-3` relative for eigenvalues above
@@ -193,7 +195,8 @@ def _newton_inverse_root(mat, p, epsilon, relative_floor, iterations, tol):
     alpha = -1.0 / float(p)
 
     def error_of(m):
-        return ops.max(ops.abs(m - eye))
+        # Per matrix of the batch: each one stops on its own.
+        return ops.max(ops.abs(m - eye), axis=(-2, -1))
 
     def body(k, m, h, err, stalled):
         t = (1.0 - alpha) * eye + alpha * m
@@ -203,31 +206,35 @@ def _newton_inverse_root(mat, p, epsilon, relative_floor, iterations, tol):
         m_new = ops.matmul(t_p, m)
         h_new = ops.matmul(h, t)
         err_new = error_of(m_new)
-        # Stop (keeping the previous iterate) once the error grows by more
-        # than 20% (float32 rounding; scalable_shampoo's rule).
+        # A matrix stops (keeping its previous iterate) once its error
+        # grows by more than 20% (float32 rounding; scalable_shampoo's
+        # rule) or falls below the tolerance.
+        running = ops.logical_and(err > tol, ops.logical_not(stalled))
         better = err_new < 1.2 * err
-        m_out = ops.where(better, m_new, m)
-        h_out = ops.where(better, h_new, h)
+        take = ops.logical_and(running, better)
+        m_out = ops.where(take[..., None, None], m_new, m)
+        h_out = ops.where(take[..., None, None], h_new, h)
         return [
             k + 1,
             m_out,
             h_out,
-            ops.where(better, err_new, err),
-            ops.logical_not(better),
+            ops.where(take, err_new, err),
+            ops.logical_or(
+                stalled, ops.logical_and(running, ops.logical_not(better))
+            ),
         ]
 
     def cond(k, m, h, err, stalled):
-        return ops.logical_and(
-            ops.logical_and(k < iterations, err > tol),
-            ops.logical_not(stalled),
-        )
+        running = ops.logical_and(err > tol, ops.logical_not(stalled))
+        return ops.logical_and(k < iterations, ops.any(running))
 
+    err0 = error_of(m0)
     state = [
         ops.convert_to_tensor(0, dtype="int32"),
         m0,
         h0,
-        error_of(m0),
-        ops.convert_to_tensor(False),
+        err0,
+        ops.zeros_like(err0, dtype="bool"),
     ]
     _, _, h, _, _ = ops.while_loop(cond, body, state)
     return h

@@ -139,6 +139,7 @@ def test_conformance(cls, kwargs):
         "block_size",
         "stagger_roots",
         "root_method",
+        "statistics_frequency",
     )
     check_optimizer(
         cls,

@@ -87,6 +87,8 @@ class NumpyShampoo:
         rel=1e-6,
         max_dim=1024,
         fallback=False,
+        stat_freq=1,
+        offsets=None,
     ):
         self.__dict__.update(locals())
         self.fallback = fallback or len(shape) < 2
@@ -141,22 +143,31 @@ class NumpyShampoo:
         if self.fallback:
             return w - self.lr * ref
         p = 2 * len(self.axes)
-        recompute = t >= self.start and (t - self.start) % self.freq == 0
         b2 = self.beta2
-        corr = 1 - b2**t if b2 < 1 else 1.0
+        # Statistics on steps 1, 1 + k, 1 + 2k, ...; the bias correction
+        # counts those updates only.
+        update_stats = (t - 1) % self.stat_freq == 0
+        n_updates = (t - 1) // self.stat_freq + 1
+        corr = 1 - b2**n_updates if b2 < 1 else 1.0
         gp, dp = self._pad(g), self._pad(d)
         out = np.zeros_like(dp)
         k = len(self.shape)
-        for blk in self.blocks:
+        for flat, blk in enumerate(self.blocks):
             sl = tuple(
                 slice(i * b, (i + 1) * b) for i, b in zip(blk, self.bsize)
             )
             gb, sb = gp[sl], dp[sl]
-            for a in self.axes:
+            for j, a in enumerate(self.axes):
+                offset = 0 if self.offsets is None else self.offsets[j][flat]
+                recompute = t >= self.start and (
+                    t == self.start or (t - self.start) % self.freq == offset
+                )
                 others = [x for x in range(k) if x != a]
                 gram = np.tensordot(gb, gb, axes=(others, others))
                 key = (blk, a)
-                if b2 < 1:
+                if not update_stats:
+                    pass
+                elif b2 < 1:
                     self.stats[key] = b2 * self.stats[key] + (1 - b2) * gram
                 else:
                     self.stats[key] = self.stats[key] + gram
@@ -190,6 +201,8 @@ def _keras_kwargs(ref):
         relative_matrix_epsilon=ref.rel,
         max_preconditioner_dim=ref.max_dim,
         stagger_roots=False,
+        root_method="eigh",
+        statistics_frequency=ref.stat_freq,
     )
 
 
@@ -460,6 +473,26 @@ def test_block_update_matches_numpy_on_uneven_blocks():
     np.testing.assert_allclose(got[0], want[0], rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("cls", [OneSidedShampoo, Shampoo])
+def test_flatten_tensors_is_the_matrix_update(cls):
+    """`flatten_tensors=True`: a (2, 3, 4) kernel is trained exactly as the
+    (6, 4) matrix by the reference; the option is in the config."""
+    kwargs = dict(lr=0.05, beta2=0.9, max_dim=4)
+    want, _, _ = _run_both(cls, [(6, 4)], steps=3, **kwargs)
+    rng = np.random.default_rng(0)
+    ref = NumpyShampoo((6, 4), cls is OneSidedShampoo, **kwargs)
+    var = keras.Variable(rng.normal(size=(6, 4)).reshape(2, 3, 4), name="w0")
+    opt = cls(flatten_tensors=True, **_keras_kwargs(ref))
+    apply = compiled_applier(opt, [var])
+    for _ in range(3):
+        apply([rng.normal(size=(6, 4)).reshape(2, 3, 4).astype("float32")])
+    np.testing.assert_allclose(
+        np.asarray(var).reshape(6, 4), want[0], rtol=2e-4, atol=2e-5
+    )
+    assert opt.get_config()["flatten_tensors"] is True
+    assert cls.from_config(opt.get_config()).flatten_tensors
+
+
 def test_mostly_fallback_model_warns():
     inputs = keras.Input((3,), dtype="int32")
     x = keras.layers.Embedding(1000, 16)(inputs)
@@ -533,8 +566,11 @@ def test_numpy_scalars_are_accepted():
         precondition_frequency=np.int64(10),
         start_preconditioning_step=np.int32(2),
         max_preconditioner_dim=np.int64(256),
+        statistics_frequency=np.int64(4),
     )
     config = opt.get_config()
+    assert config["statistics_frequency"] == 4
+    assert config["root_method"] == "newton"
     assert config["precondition_frequency"] == 10
     assert isinstance(config["precondition_frequency"], int)
     assert config["beta1"] == pytest.approx(0.9)
@@ -568,6 +604,174 @@ def test_staggered_roots_spread_over_the_period():
             assert changed == [3, 1, 1, 1, 1, 1, 1], changed
         else:
             assert changed == [3, 0, 0, 3, 0, 0, 3], changed
+
+
+@pytest.mark.parametrize("cls", [OneSidedShampoo, Shampoo])
+def test_statistics_frequency_matches_numpy(cls):
+    """`statistics_frequency=2`: statistics updated on steps 1, 3, 5 only
+    (the bias correction counts those updates), roots every 3rd step from
+    the current statistics, the preconditioned step taken every step."""
+    want, got, opt = _run_both(
+        cls,
+        [(4, 6), (7, 3)],
+        steps=5,
+        lr=0.05,
+        beta2=0.9,
+        freq=3,
+        stat_freq=2,
+        max_dim=4,
+    )
+    assert opt.statistics_frequency == 2
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5)
+    # The reference differs from statistics every step (the test can fail).
+    every, _, _ = _run_both(
+        cls, [(4, 6), (7, 3)], steps=5, lr=0.05, beta2=0.9, freq=3, max_dim=4
+    )
+    assert np.abs(every[0] - want[0]).max() > 1e-4
+
+
+def test_statistics_are_frozen_between_updates():
+    var = keras.Variable(np.zeros((3, 5), "float32"))
+    opt = OneSidedShampoo(statistics_frequency=3, precondition_frequency=1)
+    apply = compiled_applier(opt, [var])
+    (stat,) = [v for v in opt.variables if v.name.endswith("_statistics")]
+    rng = np.random.default_rng(0)
+    values, weights = [], []
+    for _ in range(5):
+        apply([rng.normal(size=(3, 5)).astype("float32")])
+        values.append(np.asarray(stat).copy())
+        weights.append(np.asarray(var).copy())
+    # Updated at steps 1 and 4 only; the weights move every step.
+    changed = [not np.array_equal(a, b) for a, b in zip(values, values[1:])]
+    assert changed == [False, False, True, False], changed
+    assert all(not np.array_equal(a, b) for a, b in zip(weights, weights[1:]))
+
+
+def _block_offsets(opt):
+    return [
+        v["root_offsets"] for v in opt.preconditioning_summary()["variables"]
+    ]
+
+
+@pytest.mark.parametrize("cls", [OneSidedShampoo, Shampoo])
+def test_block_staggering_balances_root_work_and_matches_numpy(cls):
+    """Staggering spreads *blocks*: the blocks of a 12-long side land on
+    all three steps of the period, no step's root work exceeds
+    `total / frequency + largest block`, and the trajectory equals the
+    reference that recomputes each block at its own offset."""
+    shapes = [(12, 20), (8, 20), (5, 20)]
+    freq = 3
+    rng = np.random.default_rng(0)
+    one_sided = cls is OneSidedShampoo
+    opt = cls(
+        learning_rate=0.05,
+        precondition_frequency=freq,
+        max_preconditioner_dim=4,
+        root_method="eigh",
+    )
+    variables = [
+        keras.Variable(rng.normal(size=s).astype("float32"), name=f"w{i}")
+        for i, s in enumerate(shapes)
+    ]
+    apply = compiled_applier(opt, variables)
+    summary = opt.preconditioning_summary()
+    offsets = _block_offsets(opt)
+    # The blocks of one variable's factor go to every step of the period.
+    assert set(offsets[0][0]) == {0, 1, 2}, offsets
+    loads = summary["root_cost_per_offset"]
+    costs = [
+        b**3
+        for v in summary["variables"]
+        for n, b, _ in v["factors"]
+        for _ in range(n)
+    ]
+    assert sum(loads) == sum(costs)
+    assert max(loads) <= sum(costs) / freq + max(costs), loads
+    assert max(loads) < 0.5 * sum(costs)  # the unstaggered spike is all
+    refs = [
+        NumpyShampoo(
+            s, one_sided, lr=0.05, freq=freq, max_dim=4, offsets=offsets[i]
+        )
+        for i, s in enumerate(shapes)
+    ]
+    ws = [np.asarray(v, dtype="float64") for v in variables]
+    roots = [v for v in opt.variables if v.name.endswith("_root")]
+    per_step = []
+    before = [np.asarray(r).copy() for r in roots]
+    for _ in range(7):
+        grads = [rng.normal(size=s) for s in shapes]
+        ws = [r.step(w, g) for r, w, g in zip(refs, ws, grads)]
+        apply([g.astype("float32") for g in grads])
+        now = [np.asarray(r).copy() for r in roots]
+        per_step.append(
+            sum(
+                int(not np.array_equal(a[k], b[k]))
+                for a, b in zip(before, now)
+                for k in range(a.shape[0])
+            )
+        )
+        before = now
+    for a, v in zip(ws, variables):
+        np.testing.assert_allclose(np.asarray(v), a, rtol=2e-4, atol=2e-5)
+    # Every block at step 1, then each block once per period.
+    n_blocks = sum(r.shape[0] for r in roots)
+    assert per_step[0] == n_blocks
+    assert sum(per_step[1:4]) == n_blocks and max(per_step[1:]) < n_blocks
+
+
+def _count_in_jaxpr(opt, variables, primitive):
+    import jax
+
+    opt.build(variables)
+    grads = [keras.ops.ones(v.shape) for v in variables]
+    jaxpr = jax.make_jaxpr(opt.stateless_apply)(
+        [v.value for v in opt.variables], grads, [v.value for v in variables]
+    )
+    return str(jaxpr).count(f"{primitive}[")
+
+
+@pytest.mark.parametrize("method", ["eigh", "newton"])
+def test_same_shaped_factors_share_one_batched_root(method):
+    """Factors of the same block size and exponent are decomposed in one
+    batched call across variables (jaxpr count under JAX) and the result
+    equals each variable optimized alone."""
+    shapes = [(4, 6), (4, 9), (5, 4), (3, 7)]  # b = 4, 4, 4, 3
+    kwargs = dict(
+        learning_rate=0.05,
+        precondition_frequency=2,
+        stagger_roots=False,
+        root_method=method,
+    )
+    rng = np.random.default_rng(0)
+    inits = [rng.normal(size=s).astype("float32") for s in shapes]
+    grads = [
+        [rng.normal(size=s).astype("float32") for s in shapes] for _ in range(4)
+    ]
+    together = [keras.Variable(w, name=f"w{i}") for i, w in enumerate(inits)]
+    apply = compiled_applier(OneSidedShampoo(**kwargs), together)
+    for step in grads:
+        apply(step)
+    for k, w in enumerate(inits):
+        alone = keras.Variable(w, name="alone")
+        apply_alone = compiled_applier(OneSidedShampoo(**kwargs), [alone])
+        for step in grads:
+            apply_alone([step[k]])
+        np.testing.assert_allclose(
+            np.asarray(together[k]), np.asarray(alone), rtol=1e-5, atol=1e-6
+        )
+    if keras.backend.backend() != "jax":
+        return
+    primitive = "eigh" if method == "eigh" else "while"
+    variables = [keras.Variable(w) for w in inits]
+    # Two groups (b = 4: three variables; b = 3: one), not four calls.
+    assert _count_in_jaxpr(OneSidedShampoo(**kwargs), variables, primitive) == 2
+    staggered = dict(kwargs, stagger_roots=True)
+    variables = [keras.Variable(w) for w in inits]
+    # Staggered over 2 steps: the b = 4 blocks split over both offsets.
+    assert (
+        _count_in_jaxpr(OneSidedShampoo(**staggered), variables, primitive) == 3
+    )
 
 
 @pytest.mark.parametrize("cls", [OneSidedShampoo, Shampoo])
@@ -610,6 +814,8 @@ def test_newton_root_method_tracks_eigh(cls):
         (dict(max_preconditioner_dim=0), "max_preconditioner_dim"),
         (dict(relative_matrix_epsilon=-1.0), "relative_matrix_epsilon"),
         (dict(root_method="svd"), "root_method"),
+        (dict(statistics_frequency=0), "statistics_frequency"),
+        (dict(statistics_frequency=1.5), "statistics_frequency"),
         (dict(beta1=True), "beta1"),
         (
             dict(precondition_frequency=np.float32(2.0)),
@@ -645,12 +851,18 @@ def test_recompute_frequency_caches_root():
     "cls, kwargs",
     [
         # Cached roots recomputed under `ops.cond`, staggered.
-        (OneSidedShampoo, dict(precondition_frequency=2)),
-        # Two-sided, roots every third step. (The Newton root is checked
-        # against eigh through training in
-        # `test_newton_root_method_tracks_eigh`; its compiled while loop
-        # would make this battery several times slower.)
-        (Shampoo, dict(precondition_frequency=3)),
+        # Statistics every other step (under `ops.cond`, bias-corrected by
+        # the number of updates), through fit / resume / accumulation.
+        (
+            OneSidedShampoo,
+            dict(precondition_frequency=2, statistics_frequency=2),
+        ),
+        # Two-sided, roots every third step, eigh. (The Newton root, the
+        # default, runs in the one-sided battery above and is checked
+        # against eigh in `test_newton_root_method_tracks_eigh`; with
+        # p = 4 its compiled while loop would make this battery several
+        # times slower.)
+        (Shampoo, dict(precondition_frequency=3, root_method="eigh")),
     ],
 )
 def test_conformance(cls, kwargs):
