@@ -21,7 +21,8 @@ one verdict per claim (with a guard: a chance-level LDM is "not
 informative") and a PNG grid of samples. `--ablations all` (or a
 comma-separated list of `ABLATIONS`) adds CRF variants trained and scored
 on the same LDM, seeds and noise: training pairs, input, target, range,
-iterations + timestep conditioning, and s.
+iterations + timestep conditioning, s, and the objective (MSE plus a
+latent adversarial loss).
 
     KERAS_BACKEND=jax .venv/bin/python -m benchmarks.latent_crf \
         --seeds 0,1,2 --ablations all
@@ -190,7 +191,8 @@ TUNE_SEED = 1000  # held-out noise for tuning the plain schedule
 ETAS = (0.0, 0.5)
 # Ablations of the CRF (same LDM, classifier, seeds and noise): name ->
 # (description, options). Options: `crf` (LatentCRF arguments merged into
-# the default ones), `crf_input`, `num_pairs`, `target_eta`, `skip`.
+# the default ones), `crf_input`, `num_pairs`, `target_eta`, `skip`,
+# `adversarial_weight`.
 ABLATIONS = {
     "pairs_256": ("trained on 256 pairs (default 1024)", {"num_pairs": 256}),
     "pairs_4096": ("trained on 4096 pairs", {"num_pairs": 4096}),
@@ -212,6 +214,19 @@ ABLATIONS = {
     "steps6_timestep": (
         "iterations and conditioning: 6 CRF steps + timestep input",
         {"crf": {"num_steps": 6, "use_timestep": True}},
+    ),
+    "adversarial_0.01": (
+        "objective: MSE + 0.01 x latent adversarial loss (class-conditional "
+        "spectrally normalised projection discriminator, non-saturating)",
+        {"adversarial_weight": 0.01},
+    ),
+    "adversarial_0.03": (
+        "objective: MSE + 0.03 x latent adversarial loss",
+        {"adversarial_weight": 0.03},
+    ),
+    "adversarial_0.1": (
+        "objective: MSE + 0.1 x latent adversarial loss",
+        {"adversarial_weight": 0.1},
     ),
 }
 
@@ -587,7 +602,7 @@ def main(argv=None):
 
     # 4. Ablations: only the CRF (or s) changes.
     t = time.perf_counter()
-    ablation_rows, ablation_per_seed = [], []
+    ablation_rows, ablation_per_seed, ablation_history = [], [], {}
     default_crf = {
         "crf": "default",
         "description": f"default: {crf_kwargs}, input x0, "
@@ -617,6 +632,7 @@ def main(argv=None):
                 crf_kwargs={**crf_kwargs, **opts.get("crf", {})},
                 crf_input=opts.get("crf_input", "x0"),
                 skip_steps=skip,
+                adversarial_weight=opts.get("adversarial_weight", 0.0),
             )
             pipe.fit_crf(
                 num_pairs=opts.get("num_pairs", size["crf_pairs"]),
@@ -627,6 +643,9 @@ def main(argv=None):
             mses.append(
                 (pipe.history["crf_mse_after"], pipe.history["crf_input_mse"])
             )
+            ablation_history[f"{ab}/seed{seed}"] = {
+                k: round(v, 5) for k, v in pipe.history.items() if "crf" in k
+            }
             out, calls = pipe.generate(eval_labels, noises[seed], "crf")
             group.append(
                 {
@@ -705,6 +724,7 @@ def main(argv=None):
         "autoencoder_loss": round(pipe.history["autoencoder_loss"], 4),
         "denoiser_loss": round(pipe.history["denoiser_loss"], 4),
         "crf_history": history,
+        "ablation_crf_history": ablation_history,
         "tuned_plain": {"spacing": best_spacing, "eta": best_eta},
         **{k: round(v, 1) for k, v in log.items()},
     }

@@ -37,6 +37,7 @@ from keras import ops
 
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
+from keras_gr._validation import check_number
 from keras_gr.data.digits import array_dataset
 from keras_gr.data.digits import noised_latent_dataset
 from keras_gr.layers.latent_crf import LatentCRF
@@ -305,6 +306,166 @@ class ClassConditionalUNet(keras.Model):
 
 
 # --------------------------------------------------------------------------
+# Latent adversarial training of the CRF (optional).
+# --------------------------------------------------------------------------
+
+
+def _spectral_normalize(kernel, iterations=5):
+    """`kernel / sigma`, `sigma` its largest singular value (as a matrix
+    `(fan_in, fan_out)`) by power iteration from a fixed start (no state;
+    the vectors are constants for the gradient)."""
+    w = ops.reshape(kernel, (-1, kernel.shape[-1]))
+    u = ops.ones((1, kernel.shape[-1]), kernel.dtype)
+    for _ in range(iterations):
+        v = ops.matmul(u, ops.transpose(w))
+        v = v / (ops.norm(v) + 1e-12)
+        u = ops.matmul(v, w)
+        u = u / (ops.norm(u) + 1e-12)
+    u, v = ops.stop_gradient(u), ops.stop_gradient(v)
+    sigma = ops.sum(ops.matmul(v, w) * u)
+    return kernel / (sigma + 1e-12)
+
+
+class _SpectralConv2D(keras.layers.Layer):
+    """A `same`-padded convolution (a dense layer for `kernel_size=None`)
+    whose kernel is spectrally normalised at every call (Miyato et al.,
+    arXiv 1802.05957): about 1-Lipschitz (5 power iterations from a fixed
+    start underestimate the top singular value, so the normalised norm is
+    a little above 1), so the discriminator's gradients stay bounded."""
+
+    def __init__(self, filters, kernel_size=None, strides=1, bias=True, **kw):
+        super().__init__(**kw)
+        self.filters, self.kernel_size = filters, kernel_size
+        self.strides, self.bias = strides, bias
+
+    def build(self, input_shape):
+        fan_in = input_shape[-1]
+        shape = (fan_in, self.filters)
+        if self.kernel_size is not None:
+            shape = (self.kernel_size, self.kernel_size) + shape
+        self.kernel = self.add_weight(
+            shape=shape, initializer="glorot_uniform", name="kernel"
+        )
+        self.b = None
+        if self.bias:
+            self.b = self.add_weight(
+                shape=(self.filters,), initializer="zeros", name="bias"
+            )
+
+    def call(self, x):
+        kernel = _spectral_normalize(self.kernel)
+        if self.kernel_size is None:
+            y = ops.matmul(x, kernel)
+        else:
+            y = ops.conv(x, kernel, self.strides, padding="same")
+        return y if self.b is None else y + self.b
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape[:-1]) + [self.filters]
+        if self.kernel_size is not None and self.strides > 1:
+            for i in (1, 2):
+                if shape[i] is not None:
+                    shape[i] = -(-shape[i] // self.strides)
+        return tuple(shape)
+
+
+def build_latent_discriminator(latent_channels, num_classes, width=32):
+    """A small class-conditional convolutional discriminator of latents.
+
+    `[latents (batch, h, w, latent_channels), one-hot class (batch,
+    num_classes)]` -> one logit per sample (`(batch, 1)`, "real" > 0):
+    3x3 conv (`width`) -> 3x3 stride-2 conv (`2 width`) -> 3x3 conv
+    (`2 width`), leaky ReLU (0.2) after each, global average pooling to
+    `h`, then the projection head `dense(h) + <embed(y), h>` (Miyato and
+    Koyama, "cGANs with Projection Discriminator", arXiv 1802.05637). Every
+    kernel is spectrally normalised (SN-GAN, arXiv 1802.05957). The
+    pooling makes it size-agnostic (`h`, `w` may be `None`).
+
+    Returns:
+        A functional `keras.Model` named `"latent_discriminator"`.
+    """
+    z = keras.Input((None, None, latent_channels))
+    y = keras.Input((num_classes,))
+    h = z
+    # Explicit names: TensorFlow refuses the default scope name of a
+    # class whose name starts with an underscore.
+    for i, (filters, strides) in enumerate(
+        ((width, 1), (2 * width, 2), (2 * width, 1))
+    ):
+        h = _SpectralConv2D(filters, 3, strides, name=f"sn_conv{i}")(h)
+        h = keras.layers.LeakyReLU(0.2)(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    embedded = _SpectralConv2D(2 * width, bias=False, name="sn_embed")(y)
+    projection = keras.layers.Dot(axes=1)([embedded, h])
+    logit = keras.layers.Add()(
+        [_SpectralConv2D(1, name="sn_logit")(h), projection]
+    )
+    return keras.Model([z, y], logit, name="latent_discriminator")
+
+
+class _AdversarialCRFTrainer(keras.Model):
+    """Training-only model: the CRF (generator) and a latent discriminator
+    updated in the same step, each by its own loss.
+
+    Called on the CRF's inputs `[x, one-hot class(, t)]` with the target
+    latents `y` (the full sampler's final latents) as the label:
+
+    - CRF loss: `mean((crf(x) - y)^2) + w * softplus(-D(crf(x)))`
+      (non-saturating GAN loss), with the discriminator's weights held
+      constant (`stateless_call` on `stop_gradient` copies);
+    - discriminator loss: `softplus(-D(y)) + softplus(D(sg(crf(x))))`
+      (the CRF output enters through `stop_gradient`).
+
+    Their sum is the loss `fit` differentiates: each set of weights gets
+    exactly its own player's gradient, so one Adam over both equals two
+    Adams with the same hyperparameters (Adam is per parameter), and the
+    updates are simultaneous. Only `compute_loss` is overridden: the same
+    code runs under JAX and TensorFlow, with `fit`'s callbacks. It logs
+    `mse`, `adversarial` (the CRF's GAN term, unweighted) and
+    `discriminator`.
+    """
+
+    def __init__(self, crf_model, discriminator, adversarial_weight, **kw):
+        kw.setdefault("name", "adversarial_crf_trainer")
+        super().__init__(**kw)
+        self.crf_model = crf_model
+        self.discriminator = discriminator
+        self.adversarial_weight = float(adversarial_weight)
+        self.mse_tracker = keras.metrics.Mean(name="mse")
+        self.adversarial_tracker = keras.metrics.Mean(name="adversarial")
+        self.discriminator_tracker = keras.metrics.Mean(name="discriminator")
+
+    def call(self, inputs, training=False):
+        return self.crf_model(inputs, training=training)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        onehot = x[1]
+        y = ops.cast(y, "float32")
+        fake = ops.cast(y_pred, "float32")
+        mse = ops.mean(ops.square(fake - y))
+        frozen = [
+            ops.stop_gradient(v) for v in self.discriminator.trainable_variables
+        ]
+        fake_logit, _ = self.discriminator.stateless_call(
+            frozen,
+            [v.value for v in self.discriminator.non_trainable_variables],
+            [fake, onehot],
+        )
+        adversarial = ops.mean(ops.softplus(-fake_logit))
+        real_logit = self.discriminator([y, onehot])
+        detached = self.discriminator([ops.stop_gradient(fake), onehot])
+        disc = ops.mean(ops.softplus(-real_logit)) + ops.mean(
+            ops.softplus(detached)
+        )
+        self.mse_tracker.update_state(mse)
+        self.adversarial_tracker.update_state(adversarial)
+        self.discriminator_tracker.update_state(disc)
+        return mse + self.adversarial_weight * adversarial + disc
+
+
+# --------------------------------------------------------------------------
 # Sampling.
 # --------------------------------------------------------------------------
 
@@ -432,6 +593,21 @@ class DigitsLatentDiffusion:
     With `crf_kwargs={"use_timestep": True}` the CRF also receives the
     timestep it starts at.
 
+    CRF training: latent MSE to the full sampler's final latents (the
+    paper's latent denoising / distillation loss) "plus optionally a
+    latent-space adversarial loss" (arXiv 2412.18596, summary only). With
+    `adversarial_weight=w > 0`, `fit_crf` adds `w` times a non-saturating
+    GAN loss `softplus(-D(crf(x), y))` against a fresh class-conditional
+    latent discriminator `D` (`build_latent_discriminator`: three
+    spectrally normalised 3x3 convolutions, global pooling, projection
+    head), trained at the same
+    time with `softplus(-D(real)) + softplus(D(crf(x)))`, the real latents
+    being the full sampler's final latents. The discriminator architecture,
+    the loss and the simultaneous (not alternating) updates with one Adam
+    of the CRF's learning rate are reconstructed choices; the discriminator
+    is training-only and not saved. `w = 0` (the default) is the MSE-only
+    training, unchanged.
+
     Args:
         image_size: side of the (square, one-channel) images. Defaults to
             `16`.
@@ -444,6 +620,8 @@ class DigitsLatentDiffusion:
         crf_kwargs: `LatentCRF` arguments. Defaults to `{}`.
         crf_input: `"x0"` or `"zt"`. Defaults to `"x0"`.
         num_classes: number of classes. Defaults to `10`.
+        adversarial_weight: weight `w >= 0` of the CRF's latent adversarial
+            loss (see above). Defaults to `0.0` (MSE only).
         seed: seed of every initialisation and data stream. Defaults to
             `0`.
 
@@ -472,6 +650,7 @@ class DigitsLatentDiffusion:
         crf_input: str = "x0",
         num_classes: int = 10,
         seed: int = 0,
+        adversarial_weight: float = 0.0,
     ):
         num_sampling_steps = check_integer(
             "num_sampling_steps", num_sampling_steps, 2
@@ -488,6 +667,9 @@ class DigitsLatentDiffusion:
         self.num_sampling_steps = num_sampling_steps
         self.num_classes = check_integer("num_classes", num_classes, 2)
         self.seed = check_integer("seed", seed, 0)
+        self.adversarial_weight = check_number(
+            "adversarial_weight", adversarial_weight, minimum=0.0
+        )
         self._config = {
             "image_size": image_size,
             "latent_channels": latent_channels,
@@ -500,6 +682,7 @@ class DigitsLatentDiffusion:
             "crf_input": crf_input,
             "num_classes": num_classes,
             "seed": seed,
+            "adversarial_weight": self.adversarial_weight,
         }
         size = image_size // 2
         self.latent_shape = (size, size, latent_channels)
@@ -532,12 +715,23 @@ class DigitsLatentDiffusion:
         self.history = {}
 
     def reset_crf(
-        self, seed=None, crf_kwargs=None, crf_input=None, skip_steps=None
+        self,
+        seed=None,
+        crf_kwargs=None,
+        crf_input=None,
+        skip_steps=None,
+        adversarial_weight=None,
     ):
         """A fresh, untrained LatentCRF (and its training model), e.g. to
         repeat the CRF training with another seed, or (for ablations) with
-        other `crf_kwargs`, `crf_input` or `skip_steps` (None: unchanged;
-        the config follows). The LDM is untouched."""
+        other `crf_kwargs`, `crf_input`, `skip_steps` or
+        `adversarial_weight` (None: unchanged; the config follows). The LDM
+        is untouched."""
+        if adversarial_weight is not None:
+            self.adversarial_weight = check_number(
+                "adversarial_weight", adversarial_weight, minimum=0.0
+            )
+            self._config["adversarial_weight"] = self.adversarial_weight
         if seed is not None:
             keras.utils.set_random_seed(seed)
         if crf_kwargs is not None:
@@ -561,6 +755,7 @@ class DigitsLatentDiffusion:
         if self.crf.use_timestep:
             inputs.append(keras.Input((1,)))
         self.crf_model = keras.Model(inputs, self.crf(inputs), name="crf")
+        self.discriminator = None  # made by fit_crf when adversarial
         self._samplers.pop("crf", None)
 
     # --- saving -------------------------------------------------------------
@@ -784,8 +979,10 @@ class DigitsLatentDiffusion:
     ):
         """Trains the LatentCRF with the diffusion model frozen (latent MSE
         to the full sampler's final latents; with `target_eta > 0` to
-        those of a stochastic tail, see `crf_training_pairs`). Returns
-        (before, after) MSE on the training pairs."""
+        those of a stochastic tail, see `crf_training_pairs`), plus, when
+        `adversarial_weight > 0`, the latent adversarial term against a
+        fresh discriminator (class docstring; its last losses go to
+        `history`). Returns (before, after) MSE on the training pairs."""
         self.denoiser.trainable = False
         x, labels, y = self.crf_training_pairs(
             num_pairs, seed=seed, target_eta=target_eta
@@ -794,13 +991,29 @@ class DigitsLatentDiffusion:
         self.crf_model.compile(keras.optimizers.Adam(lr), loss="mse")
         before = float(self.crf_model.evaluate(inputs, y, verbose=0))
         ds = array_dataset(tuple(inputs), y, batch_size, seed=seed)
-        self.crf_model.fit(
+        trainer = self.crf_model
+        if self.adversarial_weight > 0:
+            trainer = _AdversarialCRFTrainer(
+                self.crf_model,
+                build_latent_discriminator(
+                    self.latent_channels, self.num_classes
+                ),
+                self.adversarial_weight,
+            )
+            trainer.compile(keras.optimizers.Adam(lr))
+        self.history.pop("crf_adversarial_loss", None)
+        self.history.pop("crf_discriminator_loss", None)
+        h = trainer.fit(
             ds,
             steps_per_epoch=steps,
             epochs=1,
             verbose=verbose,
             callbacks=callbacks,
         )
+        if trainer is not self.crf_model:
+            self.discriminator = trainer.discriminator
+            for key in ("adversarial", "discriminator"):
+                self.history[f"crf_{key}_loss"] = float(h.history[key][-1])
         after = float(self.crf_model.evaluate(inputs, y, verbose=0))
         truncation = float(np.mean(np.square(x - y)))
         self.history.update(

@@ -1,9 +1,11 @@
 import os
 
+import keras
 import numpy as np
 import pytest
 
 from keras_gr.data import digits
+from keras_gr.layers import LatentCRF
 from keras_gr.models import DDIMSampler
 from keras_gr.models import DigitsLatentDiffusion
 from keras_gr.models import latent_diffusion as ld
@@ -100,6 +102,99 @@ def test_bad_pipeline_arguments():
         DigitsLatentDiffusion(num_sampling_steps=1, skip_steps=1)
     with pytest.raises(ValueError, match="`crf_input`"):
         DigitsLatentDiffusion(crf_input="eps")
+    for bad in (-0.1, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="`adversarial_weight`"):
+            DigitsLatentDiffusion(adversarial_weight=bad)
+
+
+def _adversarial_trainer(weight, seed=0):
+    keras.utils.set_random_seed(seed)
+    crf = LatentCRF(num_steps=1, num_experts=1, name="latent_crf")
+    inputs = [keras.Input((None, None, 2)), keras.Input((3,))]
+    crf_model = keras.Model(inputs, crf(inputs))
+    discriminator = ld.build_latent_discriminator(2, 3, width=4)
+    return ld._AdversarialCRFTrainer(crf_model, discriminator, weight)
+
+
+def _values(variables):
+    return [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
+
+
+@pytest.mark.slow  # 30-55 s on the loaded 2-core CPU (three CRF trainings)
+def test_adversarial_crf_training_gradients_reach_only_their_player():
+    # One full-batch step from the same initial weights. Each player must
+    # get exactly its own loss's gradient: at w = 0 the CRF moves as under
+    # plain MSE training (the discriminator's loss does not reach it); the
+    # discriminator moves the same for any w (the CRF's GAN term does not
+    # reach it); with w > 0 the CRF moves differently.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4, 4, 2)).astype("float32")
+    onehot = np.eye(3, dtype="float32")[rng.integers(0, 3, 16)]
+    y = (x + 0.3 * rng.normal(size=x.shape)).astype("float32")
+    crf, disc = {}, {}
+    for weight in (0.0, 5.0):
+        trainer = _adversarial_trainer(weight)
+        initial = _values(trainer.discriminator.weights)
+        trainer.compile(keras.optimizers.Adam(1e-2))
+        history = trainer.fit([x, onehot], y, batch_size=16, verbose=0)
+        logs = {k: v[-1] for k, v in history.history.items()}
+        # Logged terms: the loss is MSE + w * GAN term + discriminator loss.
+        np.testing.assert_allclose(
+            logs["loss"],
+            logs["mse"] + weight * logs["adversarial"] + logs["discriminator"],
+            rtol=1e-5,
+        )
+        crf[weight] = _values(trainer.crf_model.weights)
+        disc[weight] = _values(trainer.discriminator.weights)
+        assert any(
+            np.max(np.abs(a - b)) > 1e-4 for a, b in zip(disc[weight], initial)
+        )
+    keras.utils.set_random_seed(0)
+    layer = LatentCRF(num_steps=1, num_experts=1, name="latent_crf")
+    inputs = [keras.Input((None, None, 2)), keras.Input((3,))]
+    plain = keras.Model(inputs, layer(inputs))
+    plain.compile(keras.optimizers.Adam(1e-2), loss="mse")
+    plain.fit([x, onehot], y, batch_size=16, verbose=0)
+    for a, b in zip(crf[0.0], _values(plain.weights)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(disc[0.0], disc[5.0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert any(np.max(np.abs(a - b)) > 1e-4 for a, b in zip(crf[0.0], crf[5.0]))
+
+
+def test_spectral_normalize_against_numpy_svd():
+    # Power iteration from a fixed start underestimates the top singular
+    # value, so the normalised kernel's spectral norm is >= 1 and, after 5
+    # iterations, close to it; the result does not depend on the scale.
+    for seed, shape in enumerate(((3, 3, 4, 8), (10, 64), (64, 1))):
+        kernel = np.random.default_rng(seed).normal(size=shape)
+        kernel = kernel.astype("float32")
+        normalized = np.asarray(ld._spectral_normalize(kernel))
+        top = np.linalg.svd(
+            normalized.reshape(-1, shape[-1]), compute_uv=False
+        )[0]
+        assert 1.0 - 1e-5 <= top <= 1.2, (shape, top)
+        np.testing.assert_allclose(
+            np.asarray(ld._spectral_normalize(3.0 * kernel)),
+            normalized,
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
+def test_latent_discriminator_any_size_and_class_conditioned():
+    keras.utils.set_random_seed(0)
+    disc = ld.build_latent_discriminator(2, 3, width=4)
+    z = np.random.default_rng(1).normal(size=(1, 6, 10, 2)).astype("float32")
+    logits = np.asarray(
+        disc.predict_on_batch(
+            [np.repeat(z, 2, axis=0), np.eye(3, dtype="float32")[[0, 2]]]
+        )
+    )
+    # One logit per sample; the projection head: another class, another
+    # logit for the same latents.
+    assert logits.shape == (2, 1)
+    assert abs(logits[0, 0] - logits[1, 0]) > 1e-6
 
 
 def _tiny_pipeline(**kwargs):
@@ -282,3 +377,43 @@ def test_digit_classifier_learns():
     accuracy = np.mean(np.argmax(logits, -1) == labels[512:1024])
     assert accuracy > 0.5  # chance: 0.1
     assert features.output_shape == (None, 64)
+
+
+@pytest.mark.slow  # a whole (tiny) pipeline and three CRF trainings
+def test_fit_crf_adversarial_weight(tmp_path):
+    def trained(**kwargs):
+        pipe = _tiny_pipeline(
+            num_sampling_steps=3, skip_steps=1, num_classes=3, **kwargs
+        )
+        pipe.sampler.denoiser = _LinearDenoiser()
+        pipe.sampler.clip = 3.0
+        pipe.reset_crf(seed=0)
+        before, after = pipe.fit_crf(num_pairs=32, steps=6, batch_size=16)
+        return pipe, before, after
+
+    default, before, after = trained()
+    zero, _, _ = trained(adversarial_weight=0.0)
+    # w = 0 is today's MSE-only training, exactly.
+    assert default.discriminator is None and zero.discriminator is None
+    for a, b in zip(_values(default.crf.weights), _values(zero.crf.weights)):
+        np.testing.assert_array_equal(a, b)
+    assert "crf_adversarial_loss" not in default.history
+    adv, before_adv, after_adv = trained(adversarial_weight=0.5)
+    assert before_adv == pytest.approx(before)  # same pairs, same init
+    assert adv.discriminator is not None
+    assert np.isfinite(adv.history["crf_adversarial_loss"])
+    assert np.isfinite(adv.history["crf_discriminator_loss"])
+    assert any(
+        np.max(np.abs(a - b)) > 1e-6
+        for a, b in zip(_values(default.crf.weights), _values(adv.crf.weights))
+    )
+    # The weight is in the config and survives save / load; reset_crf can
+    # change it (for ablations) and checks it.
+    assert adv.get_config()["adversarial_weight"] == 0.5
+    directory = os.path.join(tmp_path, "pipe")
+    adv.save(directory)
+    assert DigitsLatentDiffusion.load(directory).adversarial_weight == 0.5
+    adv.reset_crf(adversarial_weight=0.1)
+    assert adv.get_config()["adversarial_weight"] == 0.1
+    with pytest.raises(ValueError, match="`adversarial_weight`"):
+        adv.reset_crf(adversarial_weight=-1.0)
