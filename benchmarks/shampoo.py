@@ -521,34 +521,42 @@ QUALITY_GRID = {
         lambda lr: keras.optimizers.Muon(lr),
         [1e-3, 3e-3, 1e-2, 3e-2],
     ),
-    # The defaults since issue 15 (bias-corrected statistics, blocks of
-    # 1024, block-staggered Newton roots). The runs cached under the name
+    # Since issue 15: bias-corrected statistics, blocks of 1024,
+    # block-staggered Newton roots. The runs cached under the name
     # "OneSidedShampoo" in `shampoo_quality_runs_jax.json` are from
     # before issue 15 (no bias correction, eigh, roots on one step).
     # Grid: only 1e-2, the best peak lr of the pre-issue-15
     # OneSidedShampoo over 1e-3 ... 3e-2 (a run takes ~10 minutes on the
     # shared 2-core CPU; `--lrs` widens every row's grid).
-    "OneSidedShampoo newton (defaults)": (
+    # The defaults: rank > 2 kernels (the Gemma attention kernels) viewed
+    # as one matrix (`flatten_tensors=True`).
+    "OneSidedShampoo (defaults)": (
         lambda lr: OneSidedShampoo(lr, precondition_frequency=10),
         [1e-2],
     ),
-    # Rank > 2 kernels (the Gemma attention kernels) as one matrix, the
-    # view before issue 15; measured better than per axis on this LM.
-    "OneSidedShampoo flatten_tensors": (
+    # Rank > 2 kernels preconditioned per axis; this and the rows below
+    # were measured per axis.
+    "OneSidedShampoo per-axis": (
         lambda lr: OneSidedShampoo(
-            lr, precondition_frequency=10, flatten_tensors=True
+            lr, precondition_frequency=10, flatten_tensors=False
         ),
         [1e-2],
     ),
     "OneSidedShampoo eigh": (
         lambda lr: OneSidedShampoo(
-            lr, precondition_frequency=10, root_method="eigh"
+            lr,
+            precondition_frequency=10,
+            root_method="eigh",
+            flatten_tensors=False,
         ),
         [1e-2],
     ),
     "OneSidedShampoo statistics_frequency=10": (
         lambda lr: OneSidedShampoo(
-            lr, precondition_frequency=10, statistics_frequency=10
+            lr,
+            precondition_frequency=10,
+            statistics_frequency=10,
+            flatten_tensors=False,
         ),
         [1e-2],
     ),

@@ -203,6 +203,7 @@ def _keras_kwargs(ref):
         stagger_roots=False,
         root_method="eigh",
         statistics_frequency=ref.stat_freq,
+        flatten_tensors=False,
     )
 
 
@@ -379,7 +380,7 @@ def test_routing_per_axis_blocks_and_summary():
     x = keras.layers.Dense(40, name="big")(x)
     outputs = keras.layers.Dense(2, name="head")(x)
     model = keras.Model(inputs, outputs)
-    opt = OneSidedShampoo(max_preconditioner_dim=20)
+    opt = OneSidedShampoo(max_preconditioner_dim=20, flatten_tensors=False)
     opt.build(model.trainable_variables)
     rows = _summary_by_path(opt)
 
@@ -398,7 +399,7 @@ def test_routing_per_axis_blocks_and_summary():
     assert row("head", "kernel")["factors"] == [(1, 2, 2)]
     assert all(not r["preconditioned"] for p, r in rows.items() if "bias" in p)
 
-    two = Shampoo(max_preconditioner_dim=20)
+    two = Shampoo(max_preconditioner_dim=20, flatten_tensors=False)
     two.build(model.trainable_variables)
     rows = _summary_by_path(two)
     assert row("conv1d", "kernel")["factors"] == [
@@ -482,7 +483,7 @@ def test_flatten_tensors_is_the_matrix_update(cls):
     rng = np.random.default_rng(0)
     ref = NumpyShampoo((6, 4), cls is OneSidedShampoo, **kwargs)
     var = keras.Variable(rng.normal(size=(6, 4)).reshape(2, 3, 4), name="w0")
-    opt = cls(flatten_tensors=True, **_keras_kwargs(ref))
+    opt = cls(**{**_keras_kwargs(ref), "flatten_tensors": True})
     apply = compiled_applier(opt, [var])
     for _ in range(3):
         apply([rng.normal(size=(6, 4)).reshape(2, 3, 4).astype("float32")])
