@@ -36,41 +36,16 @@ from keras_gr.hub import LoopedGemmaBackbone
 from keras_gr.hub import LoopedGemmaCausalLM
 from keras_gr.hub import laurel_backbone_class
 from tests.hub import tiny_gpt2
+from tests.hub.tiny_configs import DECODER
+from tests.hub.tiny_configs import GPT2
+from tests.hub.tiny_configs import gemma2_options
 
-GEMMA = dict(
-    vocabulary_size=40,
-    num_query_heads=2,
-    num_key_value_heads=1,
-    hidden_dim=16,
-    intermediate_dim=32,
-    head_dim=8,
-)
-# Gemma 2-style options: post norms, soft caps, alternating sliding window
-# (a window shorter than the test sequences, so it masks something).
-GEMMA2_OPTIONS = dict(
-    use_post_ffw_norm=True,
-    use_post_attention_norm=True,
-    attention_logit_soft_cap=50.0,
-    final_logit_soft_cap=30.0,
-    use_sliding_window_attention=True,
-    sliding_window_size=2,
-)
-GPT2 = dict(
-    vocabulary_size=40,
-    num_layers=2,
-    num_heads=2,
-    hidden_dim=16,
-    intermediate_dim=32,
-    max_sequence_length=8,
-)
-LLAMA = dict(
-    vocabulary_size=40,
-    num_layers=2,
-    num_query_heads=2,
-    num_key_value_heads=1,
-    hidden_dim=16,
-    intermediate_dim=32,
-)
+# LoopedGemmaBackbone counts its layers with its own arguments: no
+# num_layers in the shared Gemma config here.
+GEMMA = {k: v for k, v in DECODER.items() if k != "num_layers"}
+GEMMA["head_dim"] = 8
+GEMMA2_OPTIONS = gemma2_options(sliding_window_size=2)
+LLAMA = DECODER
 LAUREL = {"variant": "rw_lr", "rank": 2}
 
 BACKBONES = {

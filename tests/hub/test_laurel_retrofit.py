@@ -20,26 +20,15 @@ from keras_gr.hub import LaurelGemmaCausalLM
 from keras_gr.hub import laurel_backbone_class
 from keras_gr.hub import laurel_parameters
 from keras_gr.hub import laurel_retrofit
+from tests.hub.tiny_configs import DECODER
+from tests.hub.tiny_configs import GPT2
+from tests.hub.tiny_configs import gemma2_options
 from tests.hub.tiny_gpt2 import PROMPTS
 from tests.hub.tiny_gpt2 import tiny_gpt2
 
 M = keras_hub.models
-SMALL = dict(
-    vocabulary_size=40,
-    num_layers=2,
-    num_query_heads=2,
-    num_key_value_heads=1,
-    hidden_dim=16,
-    intermediate_dim=32,
-)
-GEMMA2_OPTIONS = dict(
-    use_post_ffw_norm=True,
-    use_post_attention_norm=True,
-    attention_logit_soft_cap=50.0,
-    final_logit_soft_cap=30.0,
-    use_sliding_window_attention=True,
-    sliding_window_size=4,
-)
+SMALL = DECODER
+GEMMA2_OPTIONS = gemma2_options(sliding_window_size=4)
 # name: (backbone class, CausalLM class, backbone kwargs)
 FAMILIES = {
     "gemma": (M.GemmaBackbone, M.GemmaCausalLM, {**SMALL, "head_dim": 8}),
@@ -64,14 +53,7 @@ FAMILIES = {
     "gpt2": (
         M.GPT2Backbone,
         M.GPT2CausalLM,
-        dict(
-            vocabulary_size=40,
-            num_layers=2,
-            num_heads=2,
-            hidden_dim=16,
-            intermediate_dim=32,
-            max_sequence_length=16,
-        ),
+        GPT2,
     ),
 }
 LENGTH = 7
