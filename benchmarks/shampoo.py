@@ -425,7 +425,7 @@ def part_scale(args):
     worst step of OneSidedShampoo vs Adam and Muon, preconditioned
     fraction, before (no blocking, no stagger) and after."""
     backend = keras.backend.backend()
-    suffix = f"_{backend}" + ("_quick" if args.quick else "")
+    suffix = f"_{backend}" + ("_quick" if args.quick else "") + args.scale_tag
     wide = [int(w) for w in args.scale_widths.split(",")]
     cases = {
         "wide": dict(widths=wide, batch=args.scale_batch),
@@ -760,6 +760,11 @@ def main():
     parser.add_argument(
         "--scale-rows-mlp512",
         default="Adam,Muon,before,eigh,defaults,tuned",
+    )
+    parser.add_argument(
+        "--scale-tag",
+        default="",
+        help="suffix of the scale result files (e.g. _mlp512)",
     )
     parser.add_argument(
         "--quality-tag",

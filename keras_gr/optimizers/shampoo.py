@@ -232,24 +232,24 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         raise NotImplementedError
 
     def _state_layout(self, shape):
-        """Layout of a `(N, b, b)` factor under a `keras.distribution`:
-        the block axis `N` is sharded over the largest mesh axis whose size
-        divides `N` (so each device holds, and under SPMD decomposes, its
-        share of the blocks); a factor with no such axis (e.g. a single
-        block) is replicated. `None` without a distribution."""
+        """`(layout, shards)` of a `(N, b, b)` factor under a
+        `keras.distribution`: the block axis `N` is sharded over the
+        largest mesh axis whose size divides `N` (so each device holds,
+        and under SPMD decomposes, its share of the blocks); a factor with
+        no such axis (e.g. a single block) is replicated (`shards` 1).
+        `(None, 1)` without a distribution."""
         distribution = keras.distribution.distribution()
-        if distribution is None:
-            return None
         mesh = getattr(distribution, "device_mesh", None)
         if mesh is None:
-            return None
+            return None, 1
         best, best_size = None, 1
         for axis, size in zip(mesh.axis_names, mesh.shape):
             if size > best_size and shape[0] % size == 0:
                 best, best_size = axis, size
-        return keras.distribution.TensorLayout(
+        layout = keras.distribution.TensorLayout(
             [best] + [None] * (len(shape) - 1), mesh
         )
+        return layout, best_size
 
     def build(self, var_list):
         if self.built:
@@ -265,6 +265,7 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         self._statistics = [None] * n
         self._roots = [None] * n
         self._block_offsets = [None] * n
+        self._shards = {}  # (i, j) -> devices the factor's blocks span
         for var in var_list:
             if self._overwrite_variable_with_gradient(var):
                 continue
@@ -295,8 +296,9 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
             prefix = self._variable_path(var).replace("/", "_")
             prefix = prefix.replace(":", "_")
             stats, roots = [], []
-            for axis, shape in zip(plan.axes, plan.factor_shapes()):
-                layout = self._state_layout(shape)
+            for j, shape in enumerate(plan.factor_shapes()):
+                axis = plan.axes[j]
+                layout, self._shards[(i, j)] = self._state_layout(shape)
                 stats.append(
                     self.add_variable(
                         shape=shape,
@@ -331,6 +333,14 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         and the blocks of one large kernel land on different steps. With
         `stagger_roots=False` every offset is 0.
 
+        A factor whose blocks are sharded over `S > 1` devices (a
+        `keras.distribution`, `_state_layout`) is one unit instead: all its
+        blocks share one offset and form their own group (cost
+        `N b^3 / S` per device), so its batched root stays sharded and each
+        device decomposes only its own blocks (slicing single blocks out of
+        a sharded factor, or concatenating sharded factors, makes XLA
+        reshard them with collectives inside the root iterations).
+
         The blocks due on the same step that share `(b, p)` are grouped
         (across variables) into one batched decomposition:
         `self._root_groups[(b, p, offset)]` lists their `(i, j, n)`
@@ -339,28 +349,36 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         """
         freq = self.precondition_frequency
         stagger = self.stagger_roots and freq > 1
-        items = []
+        items = []  # (cost, i, j, blocks): one unit of staggering
         for i, plan in enumerate(self._plans):
             if plan is None:
                 continue
             self._block_offsets[i] = []
             for j, (n, b, _) in enumerate(plan.factor_shapes()):
                 self._block_offsets[i].append([0] * n)
-                items += [(b**3, i, j, k) for k in range(n)]
+                shards = self._shards.get((i, j), 1)
+                if shards > 1:
+                    items.append((n * b**3 // shards, i, j, tuple(range(n))))
+                else:
+                    items += [(b**3, i, j, (k,)) for k in range(n)]
         load = [0] * freq
-        for cost, i, j, k in sorted(items, key=lambda x: (-x[0], x[1:])):
+        for cost, i, j, ks in sorted(items, key=lambda x: (-x[0], x[1:])):
             offset = 0
             if stagger:
                 offset = min(range(freq), key=lambda o: (load[o], o))
-            self._block_offsets[i][j][k] = offset
+            for k in ks:
+                self._block_offsets[i][j][k] = offset
             load[offset] += cost
         self._root_load = load
         groups = {}
-        for _, i, j, k in sorted(items, key=lambda x: x[1:]):
+        for _, i, j, ks in sorted(items, key=lambda x: x[1:]):
             plan = self._plans[i]
             b = plan.block[plan.axes[j]]
-            key = (b, plan.p, self._block_offsets[i][j][k])
-            groups.setdefault(key, []).append((i, j, k))
+            for k in ks:
+                key = (b, plan.p, self._block_offsets[i][j][k])
+                if self._shards.get((i, j), 1) > 1:
+                    key += ((i, j),)
+                groups.setdefault(key, []).append((i, j, k))
         self._root_groups = groups
         self._block_slots = {}
         for key, members in groups.items():
@@ -384,7 +402,8 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         `"preconditioned_parameters"`, `"preconditioned_fraction"`,
         `"fallback_parameters"`, `"factor_floats"` (statistics + roots,
         float32 entries) and `"root_cost_per_offset"` (sum of `b^3` of the
-        blocks recomputed at each offset: the staggered root work). Call it
+        blocks recomputed at each offset, per device for a sharded factor:
+        the staggered root work). Call it
         after `build` (after the first training step, or
         `optimizer.build(model.trainable_variables)`).
         """
@@ -490,15 +509,19 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         finite = self._step_finite
         if finite is None:
             finite = ops.all(ops.isfinite(g))
-        g = ops.where(ops.isfinite(g), g, ops.zeros_like(g))
-        new_state = []  # (variable, new value) pairs, kept only if finite.
+        # `(variable, new value, guarded)`: a value is kept only if the step
+        # is finite; `guarded` values were computed under an `ops.cond`
+        # that already required it (no `where` pass over them). A NaN/Inf
+        # in `g` reaches only values that are then discarded, so `g` is not
+        # sanitised (one pass less per variable and step).
+        new_state = []
 
         # Momentum on the raw gradient (shared with the Adam graft).
         direction = g
         if self._momentums[i] is not None:
             m = self._momentums[i]
             m_new = self.beta1 * ops.cast(m, "float32") + (1.0 - self.beta1) * g
-            new_state.append((m, m_new))
+            new_state.append((m, m_new, False))
             direction = grafting_lib.momentum_direction(
                 m_new, g, self.beta1, step, self.nesterov
             )
@@ -509,14 +532,14 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
             v = self._graft_moments[i]
             b2 = self.grafting_beta2
             v_new = b2 * ops.cast(v, "float32") + (1.0 - b2) * ops.square(g)
-            new_state.append((v, v_new))
+            new_state.append((v, v_new, False))
             reference = grafting_lib.adam_direction(
                 direction, v_new, b2, self.epsilon, step
             )
         elif kind == "adagrad":
             acc = self._graft_moments[i]
             acc_new = ops.cast(acc, "float32") + ops.square(g)
-            new_state.append((acc, acc_new))
+            new_state.append((acc, acc_new, False))
             reference = grafting_lib.adagrad_direction(
                 direction, acc_new, self.epsilon
             )
@@ -525,15 +548,15 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
             update = reference
         else:
             update = self._preconditioned_update(
-                i, plan, g, direction, reference, step, new_state
+                i, plan, g, direction, reference, step, finite, new_state
             )
 
         w = ops.cast(variable, "float32")
         w_new = w - lr * ops.reshape(update, ops.shape(w))
-        new_state.append((variable, w_new))
-        for target, value in new_state:
-            old = ops.cast(target, "float32")
-            value = ops.where(finite, value, old)
+        new_state.append((variable, w_new, False))
+        for target, value, guarded in new_state:
+            if not guarded:
+                value = ops.where(finite, value, ops.cast(target, "float32"))
             self.assign(target, ops.cast(value, target.dtype))
 
     def _last_micro_step(self):
@@ -554,7 +577,8 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         """`{i: (new statistics, new roots)}` for every preconditioned
         variable of the step (roots batched across variables)."""
         step = ops.cast(self.iterations + 1, "float32")
-        stats, corrected, olds = {}, {}, {}
+        finite = self._step_finite
+        stats, news, olds = {}, {}, {}
         for grad, var in zip(grads, trainable_variables):
             if grad is None:
                 continue
@@ -562,25 +586,29 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
             if self._plans[i] is None:
                 continue
             g = ops.cast(grad, "float32")
-            g = ops.where(ops.isfinite(g), g, ops.zeros_like(g))
-            stats[i], corrected_i = self._new_statistics(i, g, step)
-            for j, c in enumerate(corrected_i):
-                corrected[(i, j)] = c
+            stats[i] = self._new_statistics(i, g, step, finite)
+            for j, s in enumerate(stats[i][0]):
+                news[(i, j)] = s
                 olds[(i, j)] = ops.cast(self._roots[i][j], "float32")
-        roots = self._new_roots(corrected, olds, step)
+        roots, guarded = self._new_roots(news, olds, step, finite)
         return {
-            i: (stats[i], [roots[(i, j)] for j in range(len(stats[i]))])
+            i: (
+                *stats[i],
+                [roots[(i, j)] for j in range(len(stats[i][0]))],
+                guarded,
+            )
             for i in stats
         }
 
-    def _new_statistics(self, i, g, step):
-        """New statistics of variable `i` and their bias-corrected values.
+    def _new_statistics(self, i, g, step, finite=None):
+        """`(new statistics of variable i, guarded)`.
 
         The statistics are updated on the steps `t` with
-        `(t - 1) % statistics_frequency == 0` (under an `ops.cond`: the
-        other steps do not pay for the `G G^T` products); the bias
-        correction counts only those updates, `1 - beta2^n` with
-        `n = floor((t - 1) / statistics_frequency) + 1`.
+        `(t - 1) % statistics_frequency == 0`, under an `ops.cond` (the
+        other steps do not pay for the `G G^T` products) whose predicate
+        also requires the step's `finite` flag: such values are `guarded`
+        (already kept unchanged on a non-finite step). With statistics on
+        every step there is no cond and the caller masks them.
         """
         plan = self._plans[i]
         freq = self.statistics_frequency
@@ -597,26 +625,29 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
                 ]
 
         if freq == 1 and not self.gradient_accumulation_steps:
-            new = update()
-        else:
-            due = self._and_last_micro(
-                ops.equal(ops.mod(step - 1.0, float(freq)), 0.0)
-            )
-            concrete = _concrete_bool(due)
-            if concrete is not None:
-                new = update() if concrete else olds
-            else:
-                new = ops.cond(due, update, lambda: list(olds))
-            new = list(new)
-        corrected = new
-        if self.beta2 < 1.0:
-            # Bias correction of the EMA statistics: the root is taken of
-            # `stat / (1 - beta2^n)`, so the first steps are not
-            # `(1 - beta2)^(-1/p)` too large.
-            updates = ops.floor((step - 1.0) / float(freq)) + 1.0
-            correction = 1.0 - ops.power(self.beta2, updates)
-            corrected = [s / correction for s in new]
-        return new, corrected
+            return update(), False
+        due = self._and_last_micro(
+            ops.equal(ops.mod(step - 1.0, float(freq)), 0.0)
+        )
+        concrete = _concrete_bool(due)
+        if concrete is not None:
+            return (update() if concrete else olds), False
+        if finite is not None:
+            due = ops.logical_and(due, finite)
+        return list(ops.cond(due, update, lambda: list(olds))), True
+
+    def _bias_correction(self, step):
+        """`1 - beta2^n` (`n` the number of statistics updates made by step
+        `t`: `floor((t - 1) / statistics_frequency) + 1`), or `None` for
+        `beta2 == 1`. The roots are taken of `stat / (1 - beta2^n)`, so the
+        first steps are not `(1 - beta2)^(-1/p)` too large; the division
+        happens inside the root computation (not a pass over every
+        statistic on every step)."""
+        if self.beta2 >= 1.0:
+            return None
+        freq = float(self.statistics_frequency)
+        updates = ops.floor((step - 1.0) / freq) + 1.0
+        return 1.0 - ops.power(self.beta2, updates)
 
     def _root_due(self, offset, step):
         start = float(self.start_preconditioning_step)
@@ -630,25 +661,29 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         )
         return self._and_last_micro(recompute)
 
-    def _new_roots(self, corrected, olds, step):
-        """New roots `{(i, j): (N, b, b)}` of the factors in `corrected`.
+    def _new_roots(self, stats, olds, step, finite=None):
+        """`(roots, guarded)`: new roots `{(i, j): (N, b, b)}` of the
+        (bias-corrected) factors `stats`, and whether they were computed
+        under a cond that already required the step's `finite` flag.
 
         One batched decomposition per group of blocks that share `(b, p)`
         and their step offset (`_assign_root_offsets`), under an
-        `ops.cond` on whether that offset is due; a block whose root is
-        not finite keeps its previous root.
+        `ops.cond` on whether that offset is due (and the step finite); a
+        block whose root is not finite keeps its previous root.
         """
         always = (
             self.precondition_frequency == 1
             and self.start_preconditioning_step == 1
             and not self.gradient_accumulation_steps
         )
+        correction = self._bias_correction(step)
+        guarded = not always and finite is not None
         results = {}
         for key, members in self._root_groups.items():
-            members = [m for m in members if (m[0], m[1]) in corrected]
+            members = [m for m in members if (m[0], m[1]) in stats]
             if not members:
                 continue
-            b, p, offset = key
+            b, p, offset = key[:3]
             runs = _runs(members)
 
             def gather(source, runs=runs):
@@ -656,7 +691,9 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
                 return parts[0] if len(parts) == 1 else ops.concatenate(parts)
 
             def compute(gather=gather, p=p):
-                stat = gather(corrected)
+                stat = gather(stats)
+                if correction is not None:
+                    stat = stat / correction
                 old = gather(olds)
                 root, _ = matrix_functions.matrix_inverse_pth_root(
                     stat,
@@ -677,12 +714,15 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
                 due = self._root_due(offset, step)
                 concrete = _concrete_bool(due)
                 if concrete is not None:
+                    guarded = False
                     result = compute() if concrete else gather(olds)
                 else:
+                    if finite is not None:
+                        due = ops.logical_and(due, finite)
                     result = ops.cond(due, compute, lambda g=gather: g(olds))
             results[key] = result
         roots = {}
-        for i, j in corrected:
+        for i, j in stats:
             slots = self._block_slots[(i, j)]
             parts, run = [], None
             for k in range(len(slots)):
@@ -696,26 +736,26 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
             roots[(i, j)] = (
                 pieces[0] if len(pieces) == 1 else ops.concatenate(pieces)
             )
-        return roots
+        return roots, guarded
 
     def _preconditioned_update(
-        self, i, plan, g, direction, reference, step, new_state
+        self, i, plan, g, direction, reference, step, finite, new_state
     ):
         pending = self._pending
         if pending is not None and i in pending:
-            stats_new, roots_new = pending[i]
+            stats_new, stats_guarded, roots_new, roots_guarded = pending[i]
         else:
             # Per-variable path (multi-replica `tf.distribute`): this
             # variable's statistics and roots alone.
-            stats_new, corrected = self._new_statistics(i, g, step)
+            stats_new, stats_guarded = self._new_statistics(i, g, step, finite)
             olds = {
                 (i, j): ops.cast(r, "float32")
                 for j, r in enumerate(self._roots[i])
             }
-            roots = self._new_roots(
-                {(i, j): c for j, c in enumerate(corrected)}, olds, step
+            roots, roots_guarded = self._new_roots(
+                {(i, j): s for j, s in enumerate(stats_new)}, olds, step, finite
             )
-            roots_new = [roots[(i, j)] for j in range(len(corrected))]
+            roots_new = [roots[(i, j)] for j in range(len(stats_new))]
         start = float(self.start_preconditioning_step)
         active = step >= start
         with _backend.highest_matmul_precision():
@@ -727,8 +767,8 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
                 stats_new,
                 roots_new,
             ):
-                new_state.append((stat_var, stat_new))
-                new_state.append((root_var, root_new))
+                new_state.append((stat_var, stat_new, stats_guarded))
+                new_state.append((root_var, root_new, roots_guarded))
                 s = _apply_on_axis(s, root_new, axis)
             s = _from_blocks(s, plan)
         if reference is None:
@@ -915,10 +955,16 @@ class Shampoo(_StructuredPreconditioner):
       `(N, b, b)` statistics and roots of a blocked variable are sharded
       along the block axis `N` over the largest mesh axis whose size
       divides `N` (memory per device: `2 * 4 * N * b^2 / axis_size`
-      bytes per factor; with the Newton root, which is only batched
-      matmuls, the root work is split the same way), else replicated.
-      Under `DataParallel` and `ModelParallel` the trajectory equals the
-      single-device one (tested on 8 virtual devices to 1e-4).
+      bytes per factor), else replicated. Each device decomposes only its
+      own blocks: a sharded factor is one staggering unit (all its blocks
+      recomputed on the same step, in their own batched root), so the
+      compiled root iterations run on `(N / S, b, b)` per device with no
+      collective inside (tested on the partitioned HLO). Under
+      `DataParallel` and `ModelParallel` the trajectory equals the
+      single-device one (tested on 8 virtual devices to 1e-4) when the
+      root schedule is the same, i.e. with `stagger_roots=False` (or
+      `precondition_frequency=1`); staggered, the sharded factors are
+      refreshed per factor instead of per block.
 
     Args:
         learning_rate: float or schedule. Defaults to `0.001` (an Adam
