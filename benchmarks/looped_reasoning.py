@@ -1,29 +1,41 @@
 """Looped transformers on reasoning tasks (p-hop induction, n-ary addition).
 
-Reproduces, scaled down to a few CPU minutes, the claim of "Reasoning with
-Latent Thoughts: On the Power of Looped Transformers" (Saunshi et al., ICLR
-2025, arXiv 2502.17416): a looped model `k (x) L` nearly matches the
-iso-FLOP deep model `kL (x) 1` and clearly beats the iso-parameter `k (x) 1`.
-Also trains the looping-regularised `kL (x) 1` (benchmark 1) and records
-step time and parameters of every model in the same run (benchmark 3).
+Tests, scaled down to a CPU budget, the claim of "Reasoning with Latent
+Thoughts: On the Power of Looped Transformers" (Saunshi et al., ICLR 2025,
+arXiv 2502.17416): a looped model `k (x) L` nearly matches the iso-FLOP
+deep model `kL (x) 1` and clearly beats the iso-parameter `k (x) 1`. Also
+trains the looping-regularised `kL (x) 1` (its block cosine is reported),
+tests addition at operand counts beyond the training ones, runs the
+keras_gr looped RoPE Gemma (`keras_gr.hub.LoopedGemmaBackbone`, tiny config,
+no download) beside the benchmark's own model, and records step time and
+parameters of every model in the same run. Every accuracy is the mean +-
+standard deviation over seeds (initialisation and batch order; the data
+sets are fixed), and each results file ends with a verdict per claim.
 
     KERAS_BACKEND=jax .venv/bin/python -m benchmarks.looped_reasoning [--quick]
     KERAS_BACKEND=jax .venv/bin/python -m benchmarks.looped_reasoning \
         --tasks compile      # program size / compile time vs loops
 
-Models: token + learned position embedding, pre-norm keras-hub
+Models: "own" is token + learned position embedding, pre-norm keras-hub
 `TransformerDecoder` layers (causal, no cross-attention) wrapped in
 `keras_gr.layers.LoopedBlock`, final LayerNorm, untied output projection.
-The loss and the exact-match accuracy count only the answer tokens. For
-p-hop, training supervises the answer of every prefix of each sequence by
-default (`keras_gr.data.p_hop_prefix_targets`; `--sparse` for the paper's
+"gemma" is `LoopedGemmaBackbone` (RoPE, RMS norm, gated FFN, tied
+embeddings; no prelude / coda layers, so `k x L` is the plain looped block)
+with the tied embedding as output projection. The loss and the exact-match
+accuracy count only the answer tokens. For p-hop, training supervises the
+answer of every prefix of each sequence by default
+(`keras_gr.data.p_hop_prefix_targets`; `--sparse` for the paper's
 one-answer format, which did not learn at all in 400 CPU steps); test
-accuracy is on each sequence's own problem.
-(The paper uses RoPE and Adafactor for 200k steps; here learned positions,
-Adam with warmup + cosine decay, and a few thousand steps.)
+accuracy is on each sequence's own problem. Addition trains on a mixture of
+operand counts and tests every count separately, including counts longer
+than any training sequence (the own model's learned positions past the
+training length are then untrained; RoPE has no such positions).
+(The paper uses RoPE and Adafactor for 200k steps; here Adam with warmup +
+cosine decay and a few thousand steps.)
 """
 
 import argparse
+import math
 import time
 
 import keras
@@ -38,6 +50,7 @@ from keras_gr.data import lm_arrays
 from keras_gr.data import p_hop_examples
 from keras_gr.data import p_hop_prefix_targets
 from keras_gr.data import p_hop_vocab_size
+from keras_gr.hub import LoopedGemmaBackbone
 from keras_gr.layers import LoopedBlock
 from keras_gr.regularizers import LoopingRegularizer
 
@@ -56,10 +69,28 @@ PAPER_ADDITION = {  # accuracy (%) at n = 8 / 16 / 24 / 32
     "2x6": "100 / 99.8 / 99.7 / 99.5",
     "3x1": "97.2 / 78.5 / 69.2 / 60.7",
 }
+# Verdict thresholds (accuracy points): `k x L` "nearly matches" `kL x 1`
+# when at most NEAR_POINTS below it, and "clearly beats" `k x 1` when at
+# least CLEAR_POINTS above it and above twice the standard deviation of
+# the difference of the seed means.
+NEAR_POINTS = 5.0
+CLEAR_POINTS = 10.0
 
 
-def build_model(vocab_size, seq_len, width, heads, k, loops, seed):
-    keras.utils.set_random_seed(seed)
+# Default settings of the full run (calibrated to a shared 2-core CPU).
+WIDTH = 64
+BATCH_SIZE = 32
+P_HOP_P = 4
+P_HOP_N = 32
+P_HOP_STEPS = 1200
+ADDITION_TRAIN_N = "2,3"
+ADDITION_TEST_N = "2,3,4,5"
+ADDITION_STEPS = 2000
+GEMMA_TASKS = "addition"
+REG_TASKS = "p_hop"
+
+
+def build_own_model(vocab_size, seq_len, width, heads, k, loops):
     inputs = keras.Input((seq_len,), dtype="int32")
     x = keras_hub.layers.TokenAndPositionEmbedding(vocab_size, seq_len, width)(
         inputs
@@ -76,13 +107,49 @@ def build_model(vocab_size, seq_len, width, heads, k, loops, seed):
     x = looped(x)
     x = keras.layers.LayerNormalization(epsilon=1e-5)(x)
     logits = keras.layers.Dense(vocab_size)(x)
-    return keras.Model(inputs, logits), looped
+    return keras.Model(inputs, logits), looped.block_layers
+
+
+def build_gemma_model(vocab_size, seq_len, width, heads, k, loops):
+    """`LoopedGemmaBackbone` (`k` looped layers, `loops` loops, no prelude
+    or coda) with its tied embedding as the output projection. The gated
+    FFN's hidden width is 8 * width / 3, so a layer has about the
+    parameters of the own model's layer (FFN 4 * width, not gated)."""
+    backbone = LoopedGemmaBackbone(
+        vocabulary_size=vocab_size,
+        num_query_heads=heads,
+        num_key_value_heads=heads,
+        hidden_dim=width,
+        intermediate_dim=2 * (8 * width // 3),
+        head_dim=width // heads,
+        num_prelude_layers=0,
+        num_looped_layers=k,
+        num_loops=loops,
+        num_coda_layers=0,
+    )
+    token_ids = keras.Input((seq_len,), dtype="int32")
+    padding_mask = keras.ops.ones_like(token_ids)
+    hidden = backbone({"token_ids": token_ids, "padding_mask": padding_mask})
+    logits = backbone.token_embedding(hidden, reverse=True)
+    return keras.Model(token_ids, logits), backbone.transformer_layers
+
+
+def build_model(arch, vocab_size, seq_len, width, heads, k, loops, seed):
+    """The model of one row and its distinct layers (for the regulariser).
+    `arch` is `"own"` or `"gemma"`."""
+    keras.utils.set_random_seed(seed)
+    build = build_gemma_model if arch == "gemma" else build_own_model
+    return build(vocab_size, seq_len, width, heads, k, loops)
 
 
 def pad_to(array, length):
     out = np.zeros((array.shape[0], length), dtype=array.dtype)
     out[:, : array.shape[1]] = array
     return out
+
+
+def addition_label(n, train_n):
+    return f"n={n}" + ("" if n in train_n else " (longer)")
 
 
 def task_data(task, cfg):
@@ -117,30 +184,42 @@ def task_data(task, cfg):
     train = addition_examples(
         cfg["train_examples"], cfg["train_n"], cfg["digits"], seed=0
     )
-    length = train["tokens"].shape[1]
+    # One sequence length for training and every test length: the longest
+    # test problem's (training rows are right-padded with token 0).
     tests = {}
-    for i, n in enumerate(cfg["test_n"]):
-        t = addition_examples(cfg["test_examples"], n, cfg["digits"], 100 + i)
-        tests[f"n={n}"] = lm_arrays(
+    for n in cfg["test_n"]:
+        t = addition_examples(cfg["test_examples"], n, cfg["digits"], 100 + n)
+        tests[addition_label(n, cfg["train_n"])] = t
+    length = max(
+        [train["tokens"].shape[1]]
+        + [t["tokens"].shape[1] for t in tests.values()]
+    )
+    tests = {
+        label: lm_arrays(
             pad_to(t["tokens"], length), pad_to(t["answer_mask"], length)
         )
+        for label, t in tests.items()
+    }
     return (
         ADDITION_VOCAB_SIZE,
-        lm_arrays(train["tokens"], train["answer_mask"]),
+        lm_arrays(
+            pad_to(train["tokens"], length),
+            pad_to(train["answer_mask"], length),
+        ),
         tests,
     )
 
 
-def compiled_model(k, loops, regularized, vocab, seq_len, cfg):
+def compiled_model(arch, k, loops, regularized, vocab, seq_len, cfg, seed):
     """The model of one row, compiled with the benchmark's optimizer (and
     the looping regulariser attached when `regularized`)."""
-    model, looped = build_model(
-        vocab, seq_len, cfg["width"], cfg["heads"], k, loops, cfg["seed"]
+    model, layers = build_model(
+        arch, vocab, seq_len, cfg["width"], cfg["heads"], k, loops, seed
     )
     reg = None
     if regularized:
         reg = LoopingRegularizer(
-            looped.block_layers,
+            layers,
             block_size=cfg["reg_block"],
             strength=cfg["reg_strength"],
         ).attach()
@@ -159,9 +238,12 @@ def compiled_model(k, loops, regularized, vocab, seq_len, cfg):
     return model, reg
 
 
-def train_and_eval(name, k, loops, regularized, vocab, train, tests, cfg):
+def train_and_eval(spec, vocab, train, tests, cfg, seed):
+    name, arch, k, loops, regularized = spec
     x, y, w = train
-    model, reg = compiled_model(k, loops, regularized, vocab, x.shape[1], cfg)
+    model, reg = compiled_model(
+        arch, k, loops, regularized, vocab, x.shape[1], cfg, seed
+    )
     steps = cfg["steps"]
     batch = cfg["batch_size"]
     epochs = int(np.ceil(steps * batch / len(x)))
@@ -176,7 +258,7 @@ def train_and_eval(name, k, loops, regularized, vocab, train, tests, cfg):
         verbose=0,
     )
     train_seconds = time.perf_counter() - start
-    row = {"model": name, "params": model.count_params()}
+    row = {"model": name, "seed": seed, "params": model.count_params()}
     for label, (tx, ty, tw) in tests.items():
         logits = model.predict(tx, batch_size=256, verbose=0)
         predicted = np.argmax(logits, -1)
@@ -192,13 +274,18 @@ def train_and_eval(name, k, loops, regularized, vocab, train, tests, cfg):
 
 
 def model_rows(cfg):
+    """`(name, arch, k, loops, regularized)` of every model of a task: the
+    paper's three (`k x 1`, `k x L`, `kL x 1`) for the own model, the
+    regularised `kL x 1` when `cfg["regularized"]`, and the three again on
+    the looped RoPE Gemma when `cfg["gemma"]`."""
     k, loops = cfg["k"], cfg["loops"]
-    return [
-        (f"{k}x1", k, 1, False),
-        (f"{k}x{loops}", k, loops, False),
-        (f"{k * loops}x1", k * loops, 1, False),
-        (f"{k * loops}x1 + reg", k * loops, 1, True),
-    ]
+    triple = [(k, 1), (k, loops), (k * loops, 1)]
+    rows = [(f"{a}x{b}", "own", a, b, False) for a, b in triple]
+    if cfg["regularized"]:
+        rows.append((f"{k * loops}x1 + reg", "own", k * loops, 1, True))
+    if cfg["gemma"]:
+        rows += [(f"gemma {a}x{b}", "gemma", a, b, False) for a, b in triple]
+    return rows
 
 
 def timing_only(task, cfg):
@@ -207,8 +294,10 @@ def timing_only(task, cfg):
     vocab, (x, y, _), _ = task_data(task, cfg)
     batch = cfg["batch_size"]
     entries, rows = {}, []
-    for name, kk, ll, reg in model_rows(cfg):
-        model, _ = compiled_model(kk, ll, reg, vocab, x.shape[1], cfg)
+    for name, arch, kk, ll, reg in model_rows(cfg):
+        model, _ = compiled_model(
+            arch, kk, ll, reg, vocab, x.shape[1], cfg, cfg["seeds"][0]
+        )
         entries[name] = (model, x[: 4 * batch], y[: 4 * batch], batch)
         rows.append({"model": name, "params": model.count_params()})
     times = harness.time_fit_interleaved(entries, rounds=7, steps_per_round=20)
@@ -221,26 +310,146 @@ def timing_only(task, cfg):
     return rows
 
 
-def run_task(task, cfg):
-    vocab, train, tests = task_data(task, cfg)
-    k = cfg["k"]
-    models = model_rows(cfg)
+def summarize(per_seed, names):
+    """One row per model: every accuracy and the block cosine as `mean +-
+    std` over the seeds (sample std), the mean training time; and the
+    `{(model, column): (mean, std)}` statistics behind them."""
+    rows, stats = [], {}
+    for name in names:
+        runs = [r for r in per_seed if r["model"] == name]
+        row = {"model": name, "params": runs[0]["params"], "seeds": len(runs)}
+        for column in runs[0]:
+            if not (column.startswith("acc") or column == "block cosine"):
+                continue
+            mean, std = harness.mean_std([r[column] for r in runs])
+            stats[(name, column)] = (mean, std)
+            digits = 4 if column == "block cosine" else 1
+            row[column] = f"{mean:.{digits}f} ± {std:.{digits}f}"
+        row["train s"] = harness.mean_std([r["train s"] for r in runs])[0]
+        rows.append(row)
+    return rows, stats
+
+
+def ordering_verdict(stats, column, shallow, looped, deep):
+    """Verdict on "`looped` nearly matches `deep` and clearly beats
+    `shallow`" for one accuracy column: (word, explanation)."""
+    (a, sa), (b, _), (c, sc) = (
+        stats[(looped, column)],
+        stats[(deep, column)],
+        stats[(shallow, column)],
+    )
+    near = b - a <= NEAR_POINTS
+    spread = 2.0 * math.sqrt(sa**2 + sc**2)
+    beats = a - c >= CLEAR_POINTS and a - c > spread
+    word = {2: "reproduced", 1: "partly reproduced", 0: "not reproduced"}[
+        int(near) + int(beats)
+    ]
+    if b < 50.0:  # nothing to match: the deep model does not learn it
+        word = "not testable here"
+    why = (
+        f"{looped} {a:.1f} vs {deep} {b:.1f} "
+        f"({'nearly matches' if near else 'does not match'}: "
+        f"{a - b:+.1f} points), vs {shallow} {c:.1f} "
+        f"({'clearly beats' if beats else 'does not clearly beat'}: "
+        f"{a - c:+.1f} points, 2 std of the difference {spread:.1f})"
+    )
+    if b < 50.0:
+        why += f"; the deep {deep} itself reaches only {b:.1f}%"
+    return word, why
+
+
+def task_verdicts(task, cfg, stats, columns):
+    """Markdown bullet lines: one verdict per claim and accuracy column."""
+    k, loops = cfg["k"], cfg["loops"]
+    lines = []
+    prefixes = [("own", "")] + ([("gemma", "gemma ")] if cfg["gemma"] else [])
+    for arch, prefix in prefixes:
+        shallow, looped, deep = (
+            f"{prefix}{k}x1",
+            f"{prefix}{k}x{loops}",
+            f"{prefix}{k * loops}x1",
+        )
+        for column in columns:
+            if (looped, column) not in stats:
+                continue
+            extension = "(longer)" in column
+            claim = (
+                "extension beyond the paper (it tests within its training "
+                "lengths): the ordering holds at operand counts longer than "
+                "any training problem"
+                if extension
+                else "`k x L` nearly matches `kL x 1` and clearly beats `k x 1`"
+            )
+            word, why = ordering_verdict(stats, column, shallow, looped, deep)
+            lines.append(
+                f"- {task}, {arch} model, `{column}` - {claim}: "
+                f"**{word}**. {why}."
+            )
+    if cfg["regularized"]:
+        deep = f"{k * loops}x1"
+        reg = f"{deep} + reg"
+        cos, cos_std = stats[(reg, "block cosine")]
+        word = "reproduced" if cos >= 0.98 else "not reproduced"
+        lines.append(
+            f"- {task}, looping regulariser (lambda = {cfg['reg_strength']},"
+            f" blocks of {cfg['reg_block']} layer(s)) pulls the blocks "
+            f"together (paper: cosine >= 0.98 at lambda = 10): **{word}**. "
+            f"Block cosine {cos:.4f} ± {cos_std:.4f}."
+        )
+        column = columns[0]
+        (r, rs), (d, ds) = stats[(reg, column)], stats[(deep, column)]
+        spread = 2.0 * math.sqrt(rs**2 + ds**2)
+        if r - d > max(spread, 1.0):
+            word = "reproduced"
+        elif d >= 99.0 and r >= 99.0:
+            word = "not testable here (both at the ceiling)"
+        else:
+            word = "not reproduced"
+        lines.append(
+            f"- {task}, the regularised `{deep}` reasons better than the "
+            f"plain one (paper: better reasoning at similar perplexity), "
+            f"`{column}`: **{word}**. {reg} {r:.1f} ± {rs:.1f} vs {deep} "
+            f"{d:.1f} ± {ds:.1f} (2 std of the difference {spread:.1f})."
+        )
+    return lines
+
+
+def run_seed(task, cfg, data, seed):
+    """Trains every model of the task with one seed. Returns the per-seed
+    rows and the trained models as `time_fit_interleaved` entries."""
+    vocab, train, tests = data
     rows, entries = [], {}
-    for name, kk, ll, reg in models:
-        row, entries[name] = train_and_eval(
-            name, kk, ll, reg, vocab, train, tests, cfg
+    for spec in model_rows(cfg):
+        row, entries[spec[0]] = train_and_eval(
+            spec, vocab, train, tests, cfg, seed
         )
         print(task, row, flush=True)
         rows.append(row)
-    # Step time of every trained model in interleaved rounds (the shared
-    # machine's drift hits all models alike); the training wall times
-    # above are not comparable when other jobs ran meanwhile.
+    return rows, entries
+
+
+def step_times(entries):
+    """Median ms per compiled fit step of trained models, in interleaved
+    rounds (the shared machine's drift hits all models alike; training
+    wall times are not comparable when other jobs ran meanwhile)."""
     times = harness.time_fit_interleaved(entries, rounds=5, steps_per_round=10)
+    return {name: 1000.0 * t["median"] for name, t in times.items()}
+
+
+def task_summary(task, cfg, tests, per_seed, step_ms):
+    """The summary table (mean +- std over the seeds run so far, step
+    times and ratios) and the verdict lines of one task."""
+    names = [spec[0] for spec in model_rows(cfg)]
+    rows, stats = summarize(per_seed, names)
     for row in rows:
-        row["step ms"] = 1000.0 * times[row["model"]]["median"]
-    harness.ratio_table(rows, key="model", value="step ms", peer=f"{k}x1")
-    harness.ratio_table(rows, key="model", value="params", peer=f"{k}x1")
-    return rows
+        row["step ms"] = step_ms[row["model"]]
+    peer = names[0]
+    harness.ratio_table(rows, key="model", value="step ms", peer=peer)
+    harness.ratio_table(rows, key="model", value="params", peer=peer)
+    columns = [f"acc {label}" for label in tests if label != "all prefixes"]
+    if task == "addition":  # the training lengths first, as one claim each
+        columns.sort(key=lambda c: "(longer)" in c)
+    return rows, task_verdicts(task, cfg, stats, columns)
 
 
 def compile_scaling(
@@ -329,16 +538,36 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tasks", default="p_hop,addition")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps of every model (default: per task, see code)",
+    )
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
         "--timing-only",
         action="store_true",
         help="only the step time / parameter table (untrained models, "
         "interleaved timing rounds); writes looped_reasoning_<backend>_timing",
     )
-    parser.add_argument("--p", type=int, default=2)
-    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--p", type=int, default=P_HOP_P)
+    parser.add_argument("--n", type=int, default=P_HOP_N)
+    parser.add_argument("--train-n", default=ADDITION_TRAIN_N)
+    parser.add_argument("--test-n", default=ADDITION_TEST_N)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--width", type=int, default=WIDTH)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument(
+        "--gemma-tasks",
+        default=GEMMA_TASKS,
+        help="tasks that also train the looped RoPE Gemma models",
+    )
+    parser.add_argument(
+        "--reg-tasks",
+        default=REG_TASKS,
+        help="tasks that also train the looping-regularised deep model",
+    )
     parser.add_argument(
         "--sparse",
         action="store_true",
@@ -347,38 +576,60 @@ def main():
     )
     args = parser.parse_args()
     quick = args.quick
-    steps = 60 if quick else args.steps
+
+    def ints(text):
+        return [int(v) for v in text.split(",") if v]
+
+    seeds = ints(args.seeds) if not quick else [0, 1]
+    gemma_tasks = args.gemma_tasks.split(",")
+    reg_tasks = args.reg_tasks.split(",")
     common = {
-        "width": 64,
+        "width": args.width,
         "heads": 4,
         "k": 1,
         "loops": 4,
         "reg_block": 1,
         "reg_strength": 10.0,
         "lr": args.lr,
-        "batch_size": 64,
-        "seed": 0,
-        "steps": steps,
+        "batch_size": args.batch_size,
+        "seeds": seeds,
     }
     configs = {
         "p_hop": {
             **common,
+            "steps": args.steps or P_HOP_STEPS,
             "p": args.p,
-            "n": args.n if not quick else 12,
+            "n": args.n,
             "dense": not args.sparse,
-            "train_examples": 20000 if not quick else 2000,
-            "test_examples": 1000 if not quick else 200,
+            "train_examples": 20000,
+            "test_examples": 1000,
         },
         "addition": {
             **common,
+            "steps": args.steps or ADDITION_STEPS,
             "digits": 2,
-            "train_n": [2, 3] if not quick else [2],
-            "test_n": [2, 3] if not quick else [2],
-            "train_examples": 20000 if not quick else 2000,
-            "test_examples": 1000 if not quick else 200,
+            "train_n": ints(args.train_n),
+            "test_n": ints(args.test_n),
+            "train_examples": 20000,
+            "test_examples": 1000,
         },
     }
+    for task, cfg in configs.items():
+        cfg["gemma"] = task in gemma_tasks
+        cfg["regularized"] = task in reg_tasks
+        if quick:
+            cfg.update(steps=60, train_examples=2000, test_examples=200)
+    if quick:
+        configs["p_hop"].update(p=2, n=12)
+        configs["addition"].update(train_n=[2], test_n=[2, 3])
     backend = keras.backend.backend()
+    if backend == "jax":  # seeds > 0 reuse the first seed's executables
+        import tempfile
+
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp())
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     name = f"looped_reasoning_{backend}" + ("_quick" if quick else "")
     if args.tasks != "p_hop,addition":
         name += "_" + args.tasks.replace(",", "_")
@@ -427,32 +678,81 @@ def main():
         )
         print(md)
         return
+    tasks = args.tasks.split(",")
+    data = {task: task_data(task, configs[task]) for task in tasks}
+    per_seed = {task: [] for task in tasks}
+    step_ms = {}
+    # Seeds outermost, results rewritten after each: an interrupted run
+    # leaves complete tables for the seeds it finished.
+    for done, seed in enumerate(seeds, start=1):
+        for task in tasks:
+            rows, entries = run_seed(task, configs[task], data[task], seed)
+            per_seed[task] += rows
+            if task not in step_ms:  # the first seed's trained models
+                step_ms[task] = step_times(entries)
+        md = write_reasoning_results(
+            name, configs, data, per_seed, step_ms, done
+        )
+    print(md)
+
+
+def write_reasoning_results(name, configs, data, per_seed, step_ms, done):
     paper = {"p_hop": PAPER_P_HOP, "addition": PAPER_ADDITION}
-    for task in args.tasks.split(","):
-        rows = run_task(task, configs[task])
-        tables[f"{task}: test exact-match accuracy (%), this run"] = rows
+    tables, verdicts = {}, []
+    for task in per_seed:
+        cfg = configs[task]
+        rows, lines = task_summary(
+            task, cfg, data[task][2], per_seed[task], step_ms[task]
+        )
+        if task == "p_hop":
+            setting = f"p = {cfg['p']}, n = {cfg['n']}"
+        else:
+            setting = (
+                f"{cfg['digits']}-digit operands, train n in "
+                f"{cfg['train_n']}, test n in {cfg['test_n']}"
+            )
+        tables[
+            f"{task} ({setting}): test exact-match accuracy (%), "
+            f"mean ± std over {done} seeds"
+        ] = rows
         tables[f"{task}: the paper's accuracy (%)"] = [
             {"model": m, "accuracy": a} for m, a in paper[task].items()
         ]
+        tables[f"{task}: every seed"] = per_seed[task]
+        verdicts += lines
     notes = " ".join(
         [
-            "Scaled-down settings (see meta). `step ms` is the median over",
-            "5 interleaved rounds of 10 compiled fit steps of every trained",
-            "model (after training); its ratio is to the iso-parameter",
-            "`k x 1` model of the same run. `block cosine` is mean_G R_G(k)",
-            "of the regularised model after training. Paper: d 128-256,",
-            "200k steps, p in {16, 32} with n = 256, and 3-digit operands",
-            "with n up to 32. p-hop here supervises the answer of every",
-            "prefix (`p_hop_prefix_targets`) unless run with `--sparse`;",
-            "`acc p=...` is always on each test sequence's own problem (its",
-            "last position), `acc all prefixes` the token accuracy over",
-            "every prefix whose hops exist.",
+            "Scaled-down settings (see meta). Accuracies are mean ± sample",
+            "std over the seeds (model initialisation and batch order; the",
+            "training and test sets are fixed); `train s` is the mean",
+            "training wall time (not comparable across rows: other jobs",
+            "shared the machine). `step ms` is the median over 5",
+            "interleaved rounds of 10 compiled fit steps of the first",
+            "seed's trained models; its ratio is to the iso-parameter",
+            "`k x 1` model of the same run. `block cosine` is mean_G",
+            "R_G(k) of the regularised model after training. `gemma` rows:",
+            "`keras_gr.hub.LoopedGemmaBackbone` (RoPE) from a tiny config,",
+            "no prelude / coda, tied output embedding. Addition columns",
+            "marked `(longer)` test operand counts longer than every",
+            "training problem (the own model's learned positions there are",
+            "untrained). Paper: d 128-256, 200k steps, p in {16, 32} with",
+            "n = 256, and 3-digit operands with n up to 32. p-hop here",
+            "supervises the answer of every prefix (`p_hop_prefix_targets`)",
+            "unless run with `--sparse`; `acc p=...` is always on each test",
+            "sequence's own problem (its last position), `acc all prefixes`",
+            "the token accuracy over every prefix whose hops exist.",
+            "Verdict rule: `k x L` nearly matches `kL x 1` when at most",
+            f"{NEAR_POINTS:g} points below it; it clearly beats `k x 1`",
+            f"when at least {CLEAR_POINTS:g} points above it and above twice",
+            "the std of the difference of the means; both = reproduced, one",
+            "= partly, none = not; not testable when `kL x 1` itself stays",
+            "below 50%.",
         ]
     )
-    md = harness.write_results(
-        name, tables, meta={"configs": configs}, notes=notes
+    notes += "\n\n## Verdicts\n\n" + "\n".join(verdicts)
+    return harness.write_results(
+        name, tables, meta={"configs": configs, "seeds run": done}, notes=notes
     )
-    print(md)
 
 
 if __name__ == "__main__":
