@@ -634,7 +634,8 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
             return (update() if concrete else olds), False
         if finite is not None:
             due = ops.logical_and(due, finite)
-        return list(ops.cond(due, update, lambda: list(olds))), True
+        guarded = finite is not None
+        return list(ops.cond(due, update, lambda: list(olds))), guarded
 
     def _bias_correction(self, step):
         """`1 - beta2^n` (`n` the number of statistics updates made by step
