@@ -39,13 +39,28 @@ def momentum_direction(momentum, gradient, beta1, step, nesterov):
     `(beta1 * m + (1 - beta1) * g) / (1 - beta1^(t + 1))` (a normalised
     weighted average of the gradients, equal to `g` at `t = 1`).
     """
+    raw, scale = momentum_direction_parts(
+        momentum, gradient, beta1, step, nesterov
+    )
+    return raw if scale is None else raw * scale
+
+
+def momentum_direction_parts(momentum, gradient, beta1, step, nesterov):
+    """`(raw, scale)` with `momentum_direction(...) == raw * scale`.
+
+    `raw` is the momentum buffer (or the Nesterov blend) and `scale` the
+    scalar bias correction (`None` for `beta1 == 0`). A linear
+    preconditioner can be applied to `raw` and the scalar afterwards
+    (skipped entirely under grafting, which is scale invariant): one
+    elementwise pass less than preconditioning the corrected direction.
+    """
     if beta1 == 0.0:
-        return gradient
+        return gradient, None
     step = ops.cast(step, "float32")
     if nesterov:
         blended = beta1 * momentum + (1.0 - beta1) * gradient
-        return blended / (1.0 - ops.power(beta1, step + 1.0))
-    return momentum / (1.0 - ops.power(beta1, step))
+        return blended, 1.0 / (1.0 - ops.power(beta1, step + 1.0))
+    return momentum, 1.0 / (1.0 - ops.power(beta1, step))
 
 
 def adam_direction(direction, velocity, beta2, epsilon, step):

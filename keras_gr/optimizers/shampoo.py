@@ -479,7 +479,7 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         # (Under a multi-replica `tf.distribute` strategy the update runs
         # in a cross-replica context: each variable checks its own, and
         # computes its own statistics and roots in `update_step`.)
-        flags = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
+        flags = [_all_finite(g) for g in grads if g is not None]
         self._step_finite = None
         self._pending = None
         try:
@@ -508,38 +508,53 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         g = ops.cast(gradient, "float32")
         finite = self._step_finite
         if finite is None:
-            finite = ops.all(ops.isfinite(g))
+            finite = _all_finite(g)
         # `(variable, new value, guarded)`: a value is kept only if the step
         # is finite; `guarded` values were computed under an `ops.cond`
         # that already required it (no `where` pass over them). A NaN/Inf
         # in `g` reaches only values that are then discarded, so `g` is not
         # sanitised (one pass less per variable and step).
+        # The moments are masked with `finite` where they are made and the
+        # masked value is what the update reads: the stored value is then
+        # the only reader of the old buffer (XLA would otherwise fuse the
+        # moment into both the store and the update, and copy the donated
+        # old buffer to keep it alive: two extra passes per variable).
         new_state = []
 
-        # Momentum on the raw gradient (shared with the Adam graft).
-        direction = g
+        def kept(old, new):
+            return ops.where(finite, new, ops.cast(old, "float32"))
+
+        # Momentum on the raw gradient (shared with the Adam graft). The
+        # preconditioner gets the uncorrected `raw` and the scalar bias
+        # correction `scale` separately (`direction == raw * scale`).
+        direction, raw, scale = g, g, None
         if self._momentums[i] is not None:
             m = self._momentums[i]
-            m_new = self.beta1 * ops.cast(m, "float32") + (1.0 - self.beta1) * g
-            new_state.append((m, m_new, False))
-            direction = grafting_lib.momentum_direction(
+            m_new = kept(
+                m, self.beta1 * ops.cast(m, "float32") + (1.0 - self.beta1) * g
+            )
+            new_state.append((m, m_new, True))
+            raw, scale = grafting_lib.momentum_direction_parts(
                 m_new, g, self.beta1, step, self.nesterov
             )
+            direction = raw if scale is None else raw * scale
 
         # Grafting (or fallback) update.
         reference = direction if kind == "sgd" else None
         if kind == "adam":
             v = self._graft_moments[i]
             b2 = self.grafting_beta2
-            v_new = b2 * ops.cast(v, "float32") + (1.0 - b2) * ops.square(g)
-            new_state.append((v, v_new, False))
+            v_new = kept(
+                v, b2 * ops.cast(v, "float32") + (1.0 - b2) * ops.square(g)
+            )
+            new_state.append((v, v_new, True))
             reference = grafting_lib.adam_direction(
                 direction, v_new, b2, self.epsilon, step
             )
         elif kind == "adagrad":
             acc = self._graft_moments[i]
-            acc_new = ops.cast(acc, "float32") + ops.square(g)
-            new_state.append((acc, acc_new, False))
+            acc_new = kept(acc, ops.cast(acc, "float32") + ops.square(g))
+            new_state.append((acc, acc_new, True))
             reference = grafting_lib.adagrad_direction(
                 direction, acc_new, self.epsilon
             )
@@ -548,7 +563,7 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
             update = reference
         else:
             update = self._preconditioned_update(
-                i, plan, g, direction, reference, step, finite, new_state
+                i, plan, g, raw, scale, reference, step, finite, new_state
             )
 
         w = ops.cast(variable, "float32")
@@ -740,8 +755,13 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         return roots, guarded
 
     def _preconditioned_update(
-        self, i, plan, g, direction, reference, step, finite, new_state
+        self, i, plan, g, raw, scale, reference, step, finite, new_state
     ):
+        """The preconditioned update of variable `i` (grafted onto
+        `reference` unless that is `None`) from the direction
+        `raw * scale` (`scale` a scalar or `None`): the roots are applied
+        to `raw` and `scale` after them, or not at all when grafting
+        rescales the result anyway."""
         pending = self._pending
         if pending is not None and i in pending:
             stats_new, stats_guarded, roots_new, roots_guarded = pending[i]
@@ -760,7 +780,7 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         start = float(self.start_preconditioning_step)
         active = step >= start
         with _backend.highest_matmul_precision():
-            s = _to_blocks(direction, plan)
+            s = _to_blocks(raw, plan)
             for axis, stat_var, root_var, stat_new, root_new in zip(
                 plan.axes,
                 self._statistics[i],
@@ -773,9 +793,23 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
                 s = _apply_on_axis(s, root_new, axis)
             s = _from_blocks(s, plan)
         if reference is None:
-            return ops.where(active, s, direction)
+            if scale is not None:
+                s, raw = s * scale, raw * scale
+            return ops.where(active, s, raw)
         s = grafting_lib.graft(s, reference)
         return ops.where(active, s, reference)
+
+
+def _all_finite(x):
+    """Whether every entry of `x` is finite, as one reduction pass.
+
+    `sum(x * 0)` is exactly 0 when every entry is finite and NaN as soon as
+    one is NaN or +-Inf (`Inf * 0` is NaN). Unlike `all(isfinite(x))`,
+    which XLA on CPU lowers to a boolean array and a tree of reductions,
+    this fuses into a single reduction (IEEE semantics: no backend folds
+    `x * 0` to 0 for floats; `test_all_finite_flags_every_non_finite`).
+    """
+    return ops.isfinite(ops.sum(x * ops.cast(0.0, x.dtype)))
 
 
 def _runs(members):

@@ -559,6 +559,52 @@ def test_non_finite_gradient_skips_the_whole_step(cls):
     assert not np.array_equal(np.asarray(variables[0]), before[0])
 
 
+def _all_finite_runners():
+    """`_all_finite` eagerly and compiled the ways the backend compiles a
+    train step (JAX: `jax.jit`; TensorFlow: `tf.function` with and without
+    XLA), so a compiler that folded `x * 0` to 0 would be caught."""
+    fn = shampoo_lib._all_finite
+    runners = {"eager": fn}
+    if keras.backend.backend() == "jax":
+        import jax
+
+        runners["jit"] = jax.jit(fn)
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        runners["graph"] = tf.function(fn, jit_compile=False)
+        runners["xla"] = tf.function(fn, jit_compile=True)
+    return runners
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_all_finite_flags_every_non_finite(dtype):
+    """The step's finite flag (`sum(x * 0)` is finite) is False for NaN,
+    +Inf, -Inf, +Inf and -Inf together (their sum is NaN, not Inf), a
+    single bad entry among many and values that overflow only in the sum
+    (which must stay True: every entry is finite)."""
+    base = np.linspace(-3.0, 3.0, 4096).reshape(64, 64)
+    cases = {"finite": (base, True)}
+    for label, bad in [
+        ("nan", [np.nan]),
+        ("inf", [np.inf]),
+        ("-inf", [-np.inf]),
+        ("inf and -inf", [np.inf, -np.inf]),
+        ("nan and inf", [np.nan, np.inf]),
+    ]:
+        x = base.copy()
+        x.flat[[17, 4000][: len(bad)]] = bad
+        cases[label] = (x, False)
+    # Every entry finite (6e4 < float16's max 65504), but their plain sum
+    # overflows float16.
+    cases["sum overflows"] = (np.full((64, 64), 6e4), True)
+    for runner_name, run in _all_finite_runners().items():
+        for label, (x, expected) in cases.items():
+            flag = run(keras.ops.convert_to_tensor(x, dtype=dtype))
+            got = bool(keras.ops.convert_to_numpy(flag))
+            assert got is expected, (runner_name, label, dtype)
+
+
 def test_numpy_scalars_are_accepted():
     opt = OneSidedShampoo(
         learning_rate=np.float32(0.01),
