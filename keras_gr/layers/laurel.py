@@ -11,7 +11,7 @@ from keras_gr._validation import check_integer
 from keras_gr._validation import check_positive
 
 VARIANTS = ("rw", "lr", "pa", "rw_lr", "rw_lr_pa")
-RW_PARAMETRIZATIONS = ("additive", "softmax", "sigmoid")
+RW_PARAMETRIZATIONS = ("additive", "softmax", "scaled_softmax", "sigmoid")
 
 
 def column_orthogonal_matrix(rows, rank):
@@ -35,15 +35,24 @@ def rw_weights(a, b, parametrization):
       `a = b = 0`: the form that can be inserted into a pretrained network).
     * `"softmax"`: `(alpha, beta) = softmax((a, b))` (the paper's bounded
       form; starts at 0.5 / 0.5).
+    * `"scaled_softmax"`: `(alpha, beta) = 2 softmax((a, b))`; not the
+      paper's form but an init ablation of it: the same bound
+      (`alpha + beta = 2`, both in `(0, 2)`), yet it starts at exactly
+      `f(x) + x` (`alpha = beta = 1` at `a = b = 0`) instead of halving
+      the identity path.
     * `"sigmoid"`: one parameter, `alpha = sigmoid(a)`, `beta = 1 - alpha`
       (`b` is ignored and may be `None`).
     """
     if parametrization == "additive":
         return 1.0 + a, 1.0 + b
-    if parametrization == "softmax":
+    if parametrization in ("softmax", "scaled_softmax"):
         m = ops.maximum(a, b)
         ea, eb = ops.exp(a - m), ops.exp(b - m)
-        return ea / (ea + eb), eb / (ea + eb)
+        alpha, beta = ea / (ea + eb), eb / (ea + eb)
+        if parametrization == "scaled_softmax":
+            # 2 * 0.5 is exactly 1: the join starts at exactly f(x) + x.
+            return 2.0 * alpha, 2.0 * beta
+        return alpha, beta
     alpha = ops.sigmoid(a)
     return alpha, 1.0 - alpha
 
@@ -104,6 +113,11 @@ class Laurel(keras.layers.Layer):
       to retrofit a pretrained network). The paper's bounded forms are
       available as `"softmax"` (`softmax(a, b)`, starts at 0.5 / 0.5) and
       `"sigmoid"` (one parameter, `alpha = sigmoid(a)`, `beta = 1 - alpha`).
+    * `"scaled_softmax"` (`2 softmax(a, b)`) is *not* the paper's form: an
+      init ablation that keeps the softmax's bound (`alpha + beta = 2`)
+      but starts at exactly `f(x) + x` like `"additive"`. It exists to
+      test whether the paper's softmax loses to the additive form because
+      it halves the identity path (`beta = 0.5`) at every join at init.
     * The PA sum runs over `j = 0..k-1`, so its first term is the current
       input `x_i` itself and the layer takes `k - 1` *earlier* activations
       (most recent first). In `"rw_lr_pa"` the `j = 0` term is the LR term on
@@ -125,8 +139,8 @@ class Laurel(keras.layers.Layer):
             Defaults to 16.
         num_activations: int, `k` of PA: the number of activations
             `x_i, ..., x_{i-k+1}` mixed in. Defaults to 3.
-        rw_parametrization: `"additive"`, `"softmax"` or `"sigmoid"`.
-            Defaults to `"additive"`.
+        rw_parametrization: `"additive"`, `"softmax"`, `"scaled_softmax"`
+            or `"sigmoid"` (see `rw_weights`). Defaults to `"additive"`.
         pa_projection: how PA mixes in an earlier activation whose shape
             differs from `x`'s (a stage transition of a ResNet): `None`
             (every activation must have `x`'s shape) or `"pool_project"`
@@ -424,8 +438,9 @@ class Laurel(keras.layers.Layer):
         * `"rw"` (additive): `fx + a fx + b x`;
         * `"lr"`: `fx + (x A) B` (or its normed form with `lr_norm`);
         * `"rw_lr"` (additive): `fx + a fx + b x + (1 + b) (x A) B`;
-        * softmax / sigmoid RW: `alpha fx + (beta - 1) x (+ beta (x A) B)`
-          (not `fx` at init).
+        * softmax / scaled softmax / sigmoid RW: `alpha fx + (beta - 1) x
+          (+ beta (x A) B)` (exactly `fx` at init for `"scaled_softmax"`,
+          where `alpha = beta = 1`; not `fx` for `"softmax"` / `"sigmoid"`).
 
         with `x = residual`, `fx = branch`, `alpha = 1 + a`, `beta = 1 + b`.
         `residual + increment` equals `self([residual, branch])` up to float

@@ -24,9 +24,10 @@ def np_alpha_beta(w, param):
     a = w["alpha"]
     if param == "additive":
         return 1.0 + a, 1.0 + w["beta"]
-    if param == "softmax":
-        e = np.exp(np.stack([a, w["beta"]]))
-        return e[0] / e.sum(0), e[1] / e.sum(0)
+    if param in ("softmax", "scaled_softmax"):
+        e = np.exp(np.stack([a, w["beta"]]).astype("float64"))
+        scale = 2.0 if param == "scaled_softmax" else 1.0
+        return scale * e[0] / e.sum(0), scale * e[1] / e.sum(0)
     s = 1.0 / (1.0 + np.exp(-a))
     return s, 1.0 - s
 
@@ -86,7 +87,10 @@ def test_column_orthogonal_matrix():
     np.testing.assert_allclose(gram, np.diag(np.diag(gram)), atol=0)
 
 
-@pytest.mark.parametrize("param", ["additive", "softmax", "sigmoid"])
+PARAMS = ["additive", "softmax", "scaled_softmax", "sigmoid"]
+
+
+@pytest.mark.parametrize("param", PARAMS)
 def test_rw_weights(param):
     a = np.array([0.3, -1.0], "float32")
     b = np.array([-0.2, 2.0], "float32")
@@ -98,6 +102,32 @@ def test_rw_weights(param):
     np.testing.assert_allclose(np.array(beta), w_beta, rtol=1e-6)
 
 
+def test_scaled_softmax_starts_at_one_and_keeps_the_bound():
+    # 2 softmax((a, b)): exactly (1, 1) at a = b = 0 (the join starts at
+    # f(x) + x), alpha + beta = 2 and both in (0, 2) everywhere.
+    zero = keras.ops.zeros((3,))
+    alpha, beta = rw_weights(zero, zero, "scaled_softmax")
+    np.testing.assert_array_equal(np.array(alpha), 1.0)
+    np.testing.assert_array_equal(np.array(beta), 1.0)
+    a = np.array([-30.0, -2.0, 0.5, 4.0, 30.0], "float32")
+    b = np.array([30.0, 1.0, 0.5, -3.0, -30.0], "float32")
+    alpha, beta = rw_weights(
+        keras.ops.convert_to_tensor(a),
+        keras.ops.convert_to_tensor(b),
+        "scaled_softmax",
+    )
+    alpha, beta = np.array(alpha), np.array(beta)
+    np.testing.assert_allclose(alpha + beta, 2.0, rtol=1e-6)
+    assert np.all(alpha >= 0.0) and np.all(alpha <= 2.0)
+    assert np.all(beta >= 0.0) and np.all(beta <= 2.0)
+    soft_alpha, _ = rw_weights(
+        keras.ops.convert_to_tensor(a),
+        keras.ops.convert_to_tensor(b),
+        "softmax",
+    )
+    np.testing.assert_allclose(alpha, 2.0 * np.array(soft_alpha), rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # golden values, parameter counts, identity at init
 # ---------------------------------------------------------------------------
@@ -105,7 +135,10 @@ def test_rw_weights(param):
 
 # rw_parametrization only matters for the RW variants.
 GOLDEN_CASES = [(v, "additive") for v in ALL] + [
-    (v, p) for v in ALL if v.startswith("rw") for p in ("softmax", "sigmoid")
+    (v, p)
+    for v in ALL
+    if v.startswith("rw")
+    for p in ("softmax", "scaled_softmax", "sigmoid")
 ]
 
 
@@ -123,18 +156,21 @@ def test_golden_against_numpy(variant, param):
     )
 
 
+@pytest.mark.parametrize("param", ["additive", "scaled_softmax"])
 @pytest.mark.parametrize("variant", ["rw", "rw_lr", "rw_lr_pa"])
-def test_golden_per_channel_conv_features(variant):
+def test_golden_per_channel_conv_features(variant, param):
     # Relaxed RW (one alpha / beta per channel) on NHWC features: A, B act
     # on the channel axis like 1x1 convolutions.
-    layer = Laurel(variant=variant, rank=R, per_channel=True)
+    layer = Laurel(
+        variant=variant, rank=R, per_channel=True, rw_parametrization=param
+    )
     inputs = make_inputs(variant, shape=(2, 3, 3, D))
     layer(inputs)
     w = randomise(layer, seed=4)
     assert w["alpha"].shape == (D,)
     got = np.array(layer(inputs))
     np.testing.assert_allclose(
-        got, np_laurel(variant, inputs, w), rtol=1e-5, atol=1e-5
+        got, np_laurel(variant, inputs, w, param), rtol=1e-5, atol=1e-5
     )
 
 
@@ -143,6 +179,12 @@ def test_golden_per_channel_conv_features(variant):
     [
         ("rw", {}, 2),
         ("rw", {"rw_parametrization": "softmax"}, 2),
+        ("rw", {"rw_parametrization": "scaled_softmax"}, 2),
+        (
+            "rw_lr_pa",
+            {"rw_parametrization": "scaled_softmax"},
+            2 * R * K * D + K + 2,
+        ),
         ("rw", {"rw_parametrization": "sigmoid"}, 1),
         ("rw", {"per_channel": True}, 2 * D),
         ("rw", {"per_channel": True, "rw_parametrization": "sigmoid"}, D),
@@ -166,6 +208,52 @@ def test_identity_at_init(variant):
     np.testing.assert_array_equal(out, inputs[0] + inputs[1])
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("variant", ["rw", "rw_lr", "rw_lr_pa"])
+def test_scaled_softmax_identity_at_init(variant, per_channel):
+    # Exactly f(x) + x (bit for bit) at init, unlike the paper's softmax,
+    # which starts at 0.5 f(x) + 0.5 x.
+    layer = Laurel(
+        variant=variant,
+        rank=R,
+        per_channel=per_channel,
+        rw_parametrization="scaled_softmax",
+    )
+    inputs = make_inputs(variant)
+    out = np.array(layer(inputs))
+    np.testing.assert_array_equal(out, inputs[0] + inputs[1])
+    softmax = Laurel(
+        variant=variant,
+        rank=R,
+        per_channel=per_channel,
+        rw_parametrization="softmax",
+    )
+    np.testing.assert_allclose(
+        np.array(softmax(inputs)), 0.5 * (inputs[0] + inputs[1]), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("variant", ["rw", "rw_lr", "rw_lr_pa"])
+def test_scaled_softmax_identity_at_init_under_bf16(variant):
+    # The float32 mixing path: 2 * 0.5 = 1 exactly, cast to bf16.
+    layer = Laurel(
+        variant=variant,
+        rank=R,
+        rw_parametrization="scaled_softmax",
+        dtype="mixed_bfloat16",
+    )
+    inputs = [keras.ops.cast(t, "bfloat16") for t in make_inputs(variant)]
+    out = layer(inputs)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    for v in (layer.alpha, layer.beta):
+        assert keras.backend.standardize_dtype(v.dtype) == "float32"
+    want = keras.ops.add(inputs[0], inputs[1])
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")),
+        keras.ops.convert_to_numpy(keras.ops.cast(want, "float32")),
+    )
+
+
 @pytest.mark.parametrize("init", ["column_orthogonal", "glorot_uniform"])
 def test_low_rank_init(init):
     layer = Laurel(variant="rw_lr_pa", rank=R, low_rank_initializer=init)
@@ -183,13 +271,31 @@ def test_low_rank_init(init):
     np.testing.assert_array_equal(np.array(pa.gamma), 0.0)
 
 
-def test_mixing_scalars_float32_under_mixed_precision():
-    layer = Laurel(variant="rw_lr_pa", rank=R, dtype="mixed_bfloat16")
+@pytest.mark.parametrize("param", ["additive", "scaled_softmax"])
+def test_mixing_scalars_float32_under_mixed_precision(param):
+    layer = Laurel(
+        variant="rw_lr_pa",
+        rank=R,
+        dtype="mixed_bfloat16",
+        rw_parametrization=param,
+    )
     inputs = [keras.ops.cast(t, "bfloat16") for t in make_inputs("rw_lr_pa")]
     out = layer(inputs)
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     for v in (layer.alpha, layer.beta, layer.gamma):
         assert keras.backend.standardize_dtype(v.dtype) == "float32"
+    # Golden values: (alpha, beta) from the unrounded float32 scalars, the
+    # other weights and the activations as the bf16 compute sees them.
+    w = randomise(layer, seed=6)
+
+    def bf16(value):
+        value = keras.ops.cast(keras.ops.cast(value, "bfloat16"), "float32")
+        return keras.ops.convert_to_numpy(value)
+
+    seen = {k: v if k in ("alpha", "beta") else bf16(v) for k, v in w.items()}
+    want = np_laurel("rw_lr_pa", [bf16(t) for t in inputs], seen, param)
+    got = keras.ops.convert_to_numpy(keras.ops.cast(layer(inputs), "float32"))
+    np.testing.assert_allclose(got, want, rtol=0.05, atol=0.1)
 
 
 # ---------------------------------------------------------------------------
@@ -205,6 +311,13 @@ def test_mixing_scalars_float32_under_mixed_precision():
         {"variant": "lr", "rank": R},
         {"variant": "pa", "num_activations": 2},
         {"variant": "rw_lr", "rank": R, "low_rank_initializer": "he_normal"},
+        {"variant": "rw_lr", "rank": R, "rw_parametrization": "scaled_softmax"},
+        {
+            "variant": "rw_lr_pa",
+            "rank": R,
+            "num_activations": 2,
+            "rw_parametrization": "scaled_softmax",
+        },
         {"variant": "rw_lr_pa", "rank": R, "num_activations": 2},
     ],
     ids=lambda k: "-".join(str(v) for v in k.values()),
@@ -213,6 +326,41 @@ def test_conformance(kwargs):
     variant = kwargs["variant"]
     inputs = make_inputs(variant, shape=(4, 5, D), k=2)
     check_layer(Laurel, kwargs, inputs, expected_output_shape=(4, 5, D))
+
+
+@pytest.mark.parametrize("variant", ["rw", "rw_lr", "rw_lr_pa"])
+def test_scaled_softmax_serialization_round_trip(variant, tmp_path):
+    layer = Laurel(
+        variant=variant,
+        rank=R,
+        num_activations=K,
+        rw_parametrization="scaled_softmax",
+    )
+    inputs = make_inputs(variant)
+    layer(inputs)
+    randomise(layer, seed=7)
+    config = layer.get_config()
+    assert config["rw_parametrization"] == "scaled_softmax"
+    again = Laurel.from_config(config)
+    again(inputs)
+    again.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(
+        np.array(again(inputs)), np.array(layer(inputs))
+    )
+    # Through a saved .keras model.
+    symbolic = [keras.Input((D,)) for _ in inputs]
+    model = keras.Model(symbolic, layer(symbolic))
+    path = str(tmp_path / "scaled.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    join = [w for w in loaded.layers if isinstance(w, Laurel)][0]
+    assert join.rw_parametrization == "scaled_softmax"
+    np.testing.assert_allclose(
+        loaded.predict(inputs, verbose=0),
+        model.predict(inputs, verbose=0),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -229,6 +377,11 @@ def test_bad_arguments():
         Laurel(variant="pa", num_activations=0)
     with pytest.raises(ValueError, match="`rw_parametrization` must be"):
         Laurel(rw_parametrization="tanh")
+    # The error lists every allowed value, the new one included.
+    with pytest.raises(ValueError) as info:
+        Laurel(rw_parametrization="scaled")
+    for allowed in PARAMS:
+        assert repr(allowed) in str(info.value)
     with pytest.raises(ValueError, match="`rank` must be at most"):
         Laurel(variant="lr", rank=D + 1)(make_inputs("lr"))
     with pytest.raises(ValueError, match="needs the 2 previous activations"):
@@ -386,14 +539,15 @@ def test_pa_stage_transition_trains_and_saves(tmp_path):
     )
 
 
+@pytest.mark.parametrize("param", ["softmax", "scaled_softmax"])
 @pytest.mark.parametrize("variant", ALL)
-def test_bfloat16_policy_keeps_every_weight_and_output_in_bf16(variant):
+def test_bfloat16_policy_keeps_every_weight_and_output_in_bf16(variant, param):
     layer = Laurel(
         variant=variant,
         rank=R,
         num_activations=K,
         dtype="bfloat16",
-        rw_parametrization="softmax",
+        rw_parametrization=param,
     )
     inputs = make_inputs(variant)
     layer(inputs)
@@ -411,7 +565,7 @@ def test_bfloat16_policy_keeps_every_weight_and_output_in_bf16(variant):
         )
         for k, v in w.items()
     }
-    want = np_laurel(variant, inputs, rounded, "softmax")
+    want = np_laurel(variant, inputs, rounded, param)
     got = keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
     np.testing.assert_allclose(got, want, rtol=0.05, atol=0.1)
 
@@ -471,6 +625,8 @@ def test_equals_keras_hub_gemma3n_laurel_block():
         {"variant": "lr", "lr_norm": True},
         {"variant": "rw_lr", "rw_parametrization": "softmax"},
         {"variant": "rw", "rw_parametrization": "sigmoid"},
+        {"variant": "rw", "rw_parametrization": "scaled_softmax"},
+        {"variant": "rw_lr", "rw_parametrization": "scaled_softmax"},
     ],
     ids=lambda kwargs: "-".join(str(v) for v in kwargs.values()),
 )
@@ -481,7 +637,8 @@ def test_residual_increment_is_the_join_minus_the_residual(kwargs):
     x = rng.normal(size=(2, 5, D)).astype("float32")
     fx = rng.normal(size=(2, 5, D)).astype("float32")
     increment = np.asarray(layer.residual_increment(fx, x))
-    if kwargs.get("rw_parametrization", "additive") == "additive":
+    param = kwargs.get("rw_parametrization", "additive")
+    if param in ("additive", "scaled_softmax"):
         # Exactly the branch at init: a retrofitted block is bit-identical.
         np.testing.assert_array_equal(increment, fx)
     np.testing.assert_allclose(
