@@ -223,12 +223,15 @@ def compiled_model(arch, k, loops, regularized, vocab, seq_len, cfg, seed):
             block_size=cfg["reg_block"],
             strength=cfg["reg_strength"],
         ).attach()
+    # Keras' schedule lasts warmup_steps + decay_steps: together `steps`,
+    # the number of optimizer steps `train_and_eval` takes.
     steps = cfg["steps"]
+    warmup = max(1, steps // 10)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0,
-        decay_steps=steps,
+        decay_steps=steps - warmup,
         warmup_target=cfg["lr"],
-        warmup_steps=max(1, steps // 10),
+        warmup_steps=warmup,
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01),
@@ -236,6 +239,18 @@ def compiled_model(arch, k, loops, regularized, vocab, seq_len, cfg, seed):
         jit_compile=True,
     )
     return model, reg
+
+
+def batch_order(rows, steps, batch, seed):
+    """Row indices of exactly `steps` batches of `batch` rows: the training
+    set in a fresh seed-determined random order per pass, passes
+    concatenated and cut at `steps * batch` rows (fed to one `fit` epoch
+    without shuffling, so the optimizer takes exactly `steps` steps, the
+    length of the learning-rate schedule)."""
+    rng = np.random.default_rng(seed)
+    need = steps * batch
+    passes = -(-need // rows)
+    return np.concatenate([rng.permutation(rows) for _ in range(passes)])[:need]
 
 
 def train_and_eval(spec, vocab, train, tests, cfg, seed):
@@ -246,18 +261,20 @@ def train_and_eval(spec, vocab, train, tests, cfg, seed):
     )
     steps = cfg["steps"]
     batch = cfg["batch_size"]
-    epochs = int(np.ceil(steps * batch / len(x)))
+    order = batch_order(len(x), steps, batch, seed)
     start = time.perf_counter()
     model.fit(
-        x,
-        y,
-        sample_weight=w,
+        x[order],
+        y[order],
+        sample_weight=w[order],
         batch_size=batch,
-        epochs=epochs,
-        steps_per_epoch=None,
+        epochs=1,
+        shuffle=False,
         verbose=0,
     )
     train_seconds = time.perf_counter() - start
+    iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    assert iterations == steps, (name, seed, iterations, steps)
     row = {"model": name, "seed": seed, "params": model.count_params()}
     for label, (tx, ty, tw) in tests.items():
         logits = model.predict(tx, batch_size=256, verbose=0)
@@ -722,7 +739,12 @@ def write_reasoning_results(name, configs, data, per_seed, step_ms, done):
         verdicts += lines
     notes = " ".join(
         [
-            "Scaled-down settings (see meta). Accuracies are mean ± sample",
+            "Scaled-down settings (see meta). Every model trains exactly",
+            "`steps` AdamW steps (checked against the optimizer's",
+            "iteration count), the length of its learning-rate schedule",
+            "(linear warmup over the first tenth, then cosine decay to 0),",
+            "on batches in a seed-determined order (a fresh shuffle of the",
+            "training set per pass). Accuracies are mean ± sample",
             "std over the seeds (model initialisation and batch order; the",
             "training and test sets are fixed); `train s` is the mean",
             "training wall time (not comparable across rows: other jobs",
