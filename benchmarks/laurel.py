@@ -16,14 +16,26 @@ trained with the same data, token budget and recipe; >= 3 seeds):
 
 Two experiments:
 
-1. LM: a small pre-norm decoder (char level, Python's pydoc topics), rows
-   baseline-N, baseline-(N+1), RW (softmax: the paper's bounded form),
-   RW (additive: `alpha = 1 + a`, `beta = 1 + b`, starts at `f(x) + x`),
-   LR, PA, RW+LR, RW+LR+PA (the combined rows use the softmax RW).
-2. Vision: a ResNet-style conv net on scikit-learn's digits, baseline /
-   +1 block / the same LAuReL rows; test accuracy and loss.
+1. LM: a small pre-norm decoder (char level, Python's pydoc topics).
+2. Vision: a ResNet-style conv net on scikit-learn's digits; test accuracy
+   and loss.
 
-Run: `KERAS_BACKEND=jax python -m benchmarks.laurel [--quick]`.
+Both use the same rows: baseline-N, baseline-(N+1), RW (softmax: the
+paper's bounded form, starts at 0.5 / 0.5), RW (additive: `alpha = 1 + a`,
+`beta = 1 + b`, starts at exactly `f(x) + x`), RW (scaled softmax), LR, PA,
+and RW+LR, RW+LR+PA with the softmax and with the additive RW.
+
+Init ablation: "RW (scaled softmax)" is `(alpha, beta) = 2 softmax(a, b)`,
+not the paper's form: it keeps the softmax's bound (`alpha + beta = 2`)
+but starts at exactly `f(x) + x`. It tests whether the softmax RW's deficit
+vs the additive RW comes from halving the identity path at every join at
+init; the verdict "(ablation)" is computed from the run (seed means and
+stds), like (a)-(c). It is listed in (a) but not counted there.
+
+Run: `KERAS_BACKEND=jax python -m benchmarks.laurel [--quick]` (both parts
+into `laurel_<backend>`). The committed results were made one part per
+process, `--only lm --name laurel_<backend>_lm` and `--only digits --name
+laurel_<backend>_digits`, on both backends.
 """
 
 import argparse
@@ -38,22 +50,28 @@ from keras_gr.data.corpora import pydoc_corpus
 from keras_gr.layers import LaurelStack
 
 # (row name, LaurelStack variant or None, extra blocks, RW parametrization)
+# One row list for both experiments.
 ROWS = [
     ("baseline-N", None, 0, None),
     ("baseline-(N+1)", None, 1, None),
     ("RW (softmax)", "rw", 0, "softmax"),
     ("RW (additive)", "rw", 0, "additive"),
+    ("RW (scaled softmax)", "rw", 0, "scaled_softmax"),
     ("LR", "lr", 0, None),
     ("PA", "pa", 0, None),
     ("RW+LR (softmax)", "rw_lr", 0, "softmax"),
     ("RW+LR+PA (softmax)", "rw_lr_pa", 0, "softmax"),
-]
-# The digits runs are cheap: the combined rows also with the additive RW.
-DIGITS_ROWS = ROWS + [
     ("RW+LR (additive)", "rw_lr", 0, "additive"),
     ("RW+LR+PA (additive)", "rw_lr_pa", 0, "additive"),
 ]
 BASE, DEEPER = ROWS[0][0], ROWS[1][0]
+# The init ablation: the paper's softmax RW, the same softmax started at
+# exactly f(x) + x (`2 softmax`), and the additive RW (starts there too).
+SOFTMAX, SCALED, ADDITIVE = (
+    "RW (softmax)",
+    "RW (scaled softmax)",
+    ("RW (additive)"),
+)
 
 
 # ---------------------------------------------------------------------------
@@ -338,7 +356,7 @@ def digits_experiment(args):
         return digits_resnet(args.digit_blocks + extra, args.channels, stack)
 
     rows = run_rows(
-        DIGITS_ROWS,
+        ROWS,
         build,
         data,
         args.seeds,
@@ -388,13 +406,17 @@ def claim_a(rows, gap, gap_std, what):
             f"not testable on {what}: the extra layer's gain "
             f"({gap:.4f}) is not larger than 2x the seed std ({gap_std:.4f})."
         )
-    laurel = _laurel(rows)
+    # The init-ablation row is a diagnostic, not a LAuReL form: it is
+    # listed but does not count towards the verdict.
+    laurel = [r for r in _laurel(rows) if r["row"] != SCALED]
     # "Clearly above baseline-N": mean gain beyond 2 seed stds (paired).
     clear = [
         r for r in laurel if r["gain_pct"] > 2.0 * max(r["gain_pct_std"], 1.0)
     ]
     large = [r for r in clear if r["gain_pct"] >= 50.0]
-    shares = ", ".join(f"{r['row']} {round(r['gain_pct'])}%" for r in laurel)
+    shares = ", ".join(
+        f"{r['row']} {round(r['gain_pct'])}%" for r in _laurel(rows)
+    )
     if 3 * len(large) >= 2 * len(laurel):
         word = "reproduced"
     elif large:
@@ -402,10 +424,66 @@ def claim_a(rows, gap, gap_std, what):
     else:
         word = "not reproduced"
     names = ", ".join(r["row"] for r in large) or "none"
+    best = max(laurel, key=lambda r: r["gain_pct"])
     return (
         f"{word} on {what} (gap {gap:.4f}, {gap / gap_std:.1f}x the seed "
         f"std). Share of the extra layer's gain: {shares}. Rows clearly "
-        f"above baseline-N with >= 50% of the gain: {names}."
+        f"above baseline-N with >= 50% of the gain: {names} ({len(large)} "
+        f"of {len(laurel)} LAuReL rows; {SCALED} not counted). Best LAuReL "
+        f"row by mean share: {best['row']} ({_pct(best)}%)."
+    )
+
+
+def init_ablation(rows, what, metric):
+    """Does starting the softmax RW at exactly `f(x) + x` (`2 softmax`)
+    remove the paper's softmax's deficit vs the additive RW?
+
+    From the seed means / stds of `metric` (lower is better): a difference
+    is "clear" when it exceeds 2x the pooled seed std of the two rows (the
+    rule of (a)). The deficit is `softmax - additive`; the share of it
+    closed is `(softmax - scaled) / (softmax - additive)`.
+    """
+    by = {r["row"]: r for r in rows}
+    soft, scaled, add = by[SOFTMAX], by[SCALED], by[ADDITIVE]
+
+    def diff(r, s):
+        pooled = np.sqrt((r["loss_std"] ** 2 + s["loss_std"] ** 2) / 2.0)
+        return r["loss_mean"] - s["loss_mean"], pooled
+
+    deficit, deficit_std = diff(soft, add)
+    gain, gain_std = diff(soft, scaled)  # > 0: scaled better than softmax
+    rest, rest_std = diff(scaled, add)  # > 0: scaled worse than additive
+    numbers = (
+        f"{metric}: softmax {soft['loss_mean']:.4f} +- "
+        f"{soft['loss_std']:.4f}, scaled softmax {scaled['loss_mean']:.4f} "
+        f"+- {scaled['loss_std']:.4f}, additive {add['loss_mean']:.4f} +- "
+        f"{add['loss_std']:.4f}"
+    )
+    if deficit <= 2.0 * deficit_std:
+        return (
+            f"not testable on {what}: the softmax RW has no clear deficit vs "
+            f"the additive RW (softmax - additive = {deficit:+.4f}, 2x "
+            f"pooled seed std {2.0 * deficit_std:.4f}); {numbers}."
+        )
+    share = 100.0 * gain / deficit
+    better = gain > 2.0 * gain_std
+    worse = rest > 2.0 * rest_std
+    if better and not worse:
+        word = "yes, the deficit is removed"
+    elif better:
+        word = "partly: the deficit shrinks but stays clear"
+    elif not worse:
+        word = "inconclusive: the scaled softmax is clearly neither better "
+        word += "than the softmax nor worse than the additive RW"
+    else:
+        word = "no, the deficit stays"
+    return (
+        f"{word} on {what}: the softmax RW's deficit vs the additive RW "
+        f"({deficit:+.4f}, {deficit / deficit_std:.1f}x the pooled seed "
+        f"std) is {round(share)}% closed by starting it at f(x) + x "
+        f"(scaled softmax - additive = {rest:+.4f}, 2x pooled std "
+        f"{2.0 * rest_std:.4f}; softmax - scaled softmax = {gain:+.4f}, 2x "
+        f"pooled std {2.0 * gain_std:.4f}); {numbers}."
     )
 
 
@@ -565,6 +643,8 @@ def main(argv=None):
                 "paper's +0.1% at LLM width; here D is tiny).",
             ),
             "(c) " + claim_c(lm_rows, "the LM"),
+            "(ablation) "
+            + init_ablation(lm_rows, "the LM", "val loss (nats/char)"),
         ]
     if args.only != "lm":
         digit_rows, table, gap, gap_std = digits_experiment(args)
@@ -579,6 +659,7 @@ def main(argv=None):
                 "3x3 convolutions (18C^2).",
             ),
             "(c) " + claim_c(digit_rows, "digits"),
+            "(ablation) " + init_ablation(digit_rows, "digits", "test error %"),
         ]
     backend = keras.backend.backend()
     name = args.name or f"laurel_{backend}" + ("_quick" if args.quick else "")
@@ -592,10 +673,16 @@ def main(argv=None):
         "more than 2x the pooled seed std of the two; a row counts when its "
         "share of the gain is >= 50% and above 2x its paired seed spread; "
         "'reproduced' = at least 2/3 of the LAuReL rows count, 'partly' = "
-        "at least one. (b) "
+        f"at least one ({SCALED}, the init ablation, is not counted). (b) "
         "'reproduced' = RW < 0.05% and LR < 1/10 of the extra layer's cost."
         " (c) 'reproduced' = every LAuReL row's interleaved median <= 1.09x "
-        "baseline-N.",
+        "baseline-N. (ablation) testable only if the softmax RW is worse "
+        "than the additive RW by more than 2x their pooled seed std; "
+        "'removed' = the scaled softmax is clearly better than the softmax "
+        "and not clearly worse than the additive RW, 'partly' = clearly "
+        "better than the softmax but still clearly worse than the additive "
+        "RW ('clearly' = more than 2x the pooled seed std of the two rows;"
+        " lower is better: LM val loss, digits test error).",
         "",
         f"LM: every row gets the same token budget: {args.steps} steps x "
         f"{args.batch} x {args.seq_len} = {tokens} tokens, N = "
