@@ -283,6 +283,9 @@ def gain_stats(rows, loss_of):
         r["gain_pct"] = 100.0 * (base.mean() - mine.mean()) / gap
         per_seed = 100.0 * (base - mine) / gap
         r["gain_pct_std"] = harness.mean_std(per_seed)[1]
+        # A share of a gain that is not there (the extra layer did not
+        # help) is not a number anyone should read: shown as "n/a".
+        r["gain_defined"] = bool(gap > 0)
         r["params_added_pct"] = (
             100.0 * (r["params"] - rows[0]["params"]) / rows[0]["params"]
         )
@@ -293,7 +296,10 @@ def gain_stats(rows, loss_of):
 
 
 def _pct(row):
-    """`share +- spread` in whole percent (no "-0")."""
+    """`share +- spread` in whole percent (no "-0"); "n/a" when the extra
+    layer gave no gain to share."""
+    if not row.get("gain_defined", True):
+        return "n/a (no gain)"
     return f"{round(row['gain_pct'])} +- {round(row['gain_pct_std'])}"
 
 
