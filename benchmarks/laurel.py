@@ -67,11 +67,7 @@ ROWS = [
 BASE, DEEPER = ROWS[0][0], ROWS[1][0]
 # The init ablation: the paper's softmax RW, the same softmax started at
 # exactly f(x) + x (`2 softmax`), and the additive RW (starts there too).
-SOFTMAX, SCALED, ADDITIVE = (
-    "RW (softmax)",
-    "RW (scaled softmax)",
-    ("RW (additive)"),
-)
+SOFTMAX, SCALED, ADDITIVE = ROWS[2][0], ROWS[4][0], ROWS[3][0]
 
 
 # ---------------------------------------------------------------------------
