@@ -1,0 +1,52 @@
+"""Selection rules the benchmarks' verdicts rest on."""
+
+import numpy as np
+
+from benchmarks import laurel
+from benchmarks.looped_icl import FAIL_RATIO
+from benchmarks.looped_icl import failed_seeds
+from benchmarks.looped_icl import pick_learning_rate
+
+
+def test_learning_rate_judged_by_its_worst_seed():
+    lrs = (0.003, 0.01, 0.03)
+    best_val = [
+        [0.30, 0.31, 0.32],  # 0.003: slow but every seed trains
+        [0.20, 0.21, 0.22],  # 0.01: every seed trains
+        [0.10, 0.11, 1.01],  # 0.03: best median, one seed failed
+    ]
+    index, medians = pick_learning_rate(np.ravel(best_val), lrs, 3)
+    assert index == 1  # a median rule would pick 0.03
+    np.testing.assert_allclose(medians, [0.31, 0.21, 0.11])
+
+
+def test_learning_rate_rule_counts_nan_as_failed_and_breaks_ties():
+    lrs = (0.01, 0.03, 0.1)
+    nan, inf = float("nan"), float("inf")
+    # NaN is a failed seed, not a missing one.
+    index, _ = pick_learning_rate([0.5, 0.5, 0.5, 0.1, 0.1, nan], lrs[:2], 3)
+    assert index == 0
+    # Every rate failed on some seed: the lowest median wins.
+    best_val = [0.4, 0.4, inf, 0.2, 0.3, nan, 0.1, inf, inf]
+    index, medians = pick_learning_rate(best_val, lrs, 3)
+    assert index == 1
+    assert np.isinf(medians[2])
+
+
+def test_failed_seeds_are_non_finite_or_far_above_typical():
+    typical = 0.1
+    losses = [0.1, 0.2, FAIL_RATIO * typical, 0.31, 1.0, float("inf"), np.nan]
+    np.testing.assert_array_equal(
+        failed_seeds(losses, typical),
+        [False, False, False, True, True, True, True],
+    )
+
+
+def test_digits_metrics_read_evaluate_output():
+    # `evaluate` returns [loss, accuracy]; both metrics: lower is better.
+    label, error = laurel.DIGIT_METRICS["error"]
+    assert label == "test error %"
+    np.testing.assert_allclose(error([0.2, 0.9]), 10.0)
+    label, loss = laurel.DIGIT_METRICS["loss"]
+    assert label == "test cross-entropy"
+    assert loss([0.2, 0.9]) == 0.2
