@@ -51,6 +51,24 @@ class LoopedICLRegressor(keras.Model):
     `model.compile(loss="mse")` and `fit(prompts, targets)` with the arrays
     of `keras_gr.data.icl_regression_problems`.
 
+    Training recipe (measured, not from the paper, which gives none):
+    Adam with a 5% linear warm-up and cosine decay to 1% of the peak,
+    `global_clipnorm=1`, keeping the best-validation weights. The peak
+    learning rate matters most for the unrestricted looped form, whose loop
+    composes products of its own weights: at kappa = 64, d = 5, depth 4,
+    1200 steps of 128, a peak of `1e-2` trained every one of 6 seeds in
+    `compile` / `fit` on JAX and on TensorFlow, and in a raw-JAX reference
+    trainer, to the same loss; at `3e-2`, `compile` / `fit` lost 3 (JAX)
+    and 5 (TensorFlow) of the 6 seeds to divergence or a stall, and the
+    raw-JAX trainer lost seeds too under some batch orders (none of 6 in
+    the committed run); see `benchmarks/looped_icl.py --part stability`
+    and `benchmarks/results/looped_icl_stability_<backend>.md`. Use `1e-2` for
+    `looped=True, restricted=False`; the restricted forms tolerate `3e-2`
+    to `1e-1`. The deep unrestricted form (`looped=False,
+    restricted=False`) trained all 6 seeds at `3e-2` on JAX but lost 2 of
+    6 on TensorFlow at both `1e-2` and `3e-2`: keep the best-validation
+    weights and train more than one seed.
+
     Args:
         depth: number of loops (looped) or of distinct layers (non-looped)
             `L`. Defaults to `5`.
