@@ -441,10 +441,11 @@ def pick_learning_rate(best_val, lrs, num_seeds):
     medians over seeds (reported).
 
     A learning rate is judged by its worst seed, not its median: a median
-    ignores one failed seed in three, and the sweep's rate for the looped
-    unrestricted model at kappa 64 lost one seed of three that way (stuck
-    at the trivial predictor in this trainer, diverging in `compile` /
-    `fit`). The rule picks the fastest rate at which every seed trains.
+    ignores one failed seed in three, and an earlier sweep's rate for the
+    looped unrestricted model at kappa 64, L = 4 lost one seed of three
+    that way (stuck at the trivial predictor in this trainer; diverging in
+    `compile` / `fit`). The rule prefers a rate at which every seed trains
+    over a faster one that loses a seed.
     """
     per_lr = np.asarray(best_val, np.float64).reshape(len(lrs), num_seeds)
     per_lr = np.where(np.isnan(per_lr), np.inf, per_lr)
