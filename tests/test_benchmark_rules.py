@@ -3,7 +3,9 @@
 import numpy as np
 
 from benchmarks import laurel
+from benchmarks.looped_icl import AGREE_MAX
 from benchmarks.looped_icl import FAIL_RATIO
+from benchmarks.looped_icl import agreement
 from benchmarks.looped_icl import failed_seeds
 from benchmarks.looped_icl import pick_learning_rate
 
@@ -40,6 +42,21 @@ def test_failed_seeds_are_non_finite_or_far_above_typical():
         failed_seeds(losses, typical),
         [False, False, False, True, True, True, True],
     )
+
+
+def test_agreement_floor_spread_and_cap():
+    # Within the 10% floor.
+    ok, gap, tol = agreement([0.105, 0.106, 0.104], [0.1, 0.1, 0.1])
+    assert ok and np.isclose(tol, np.log(1.1))
+    # Noisy seeds widen the tolerance past the floor ...
+    ok, _, tol = agreement([0.1, 0.2, 0.15], [0.12, 0.3, 0.1])
+    assert ok and tol > np.log(1.1)
+    # ... but one heavy-tailed seed cannot make 0.027 agree with 4.1.
+    ok, gap, tol = agreement([0.03, 0.023, 0.025], [0.03, 0.04, 12.3])
+    assert not ok and np.isclose(tol, np.log(AGREE_MAX)) and gap > tol
+    # Both diverged: they agree; one diverged: they do not.
+    assert agreement([np.inf], [np.inf])[0]
+    assert not agreement([np.inf, 0.1], [0.1, 0.1])[0]
 
 
 def test_digits_metrics_read_evaluate_output():
