@@ -1911,9 +1911,9 @@ def stability_part(args):
         )
         for i, lr in enumerate(lrs):
             chosen = select(best, i * len(seeds), (i + 1) * len(seeds))
-            losses[name, "raw JAX", lr] = test_stats(
+            losses[name, "raw JAX", lr] = normalised_stack(
                 chosen, reduced["test"], L, looped
-            )[0]
+            )
             print(f"{name} raw lr={lr:g}: {losses[name, 'raw JAX', lr]}")
             keras_losses = []
             for seed in seeds:
