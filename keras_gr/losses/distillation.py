@@ -22,11 +22,20 @@ Choices the paper leaves open, made here:
 - Offline top-k targets keep the teacher's `k` largest log-probabilities
   (at temperature `tau`) per position. The missing mass is not dropped or
   renormalised away: it is kept as one extra "rest" bucket, and the KL is
-  taken between the `k + 1`-bucket coarsenings of the two distributions
-  (the student's rest bucket is `1 - sum_k p_S`). This is a true KL (>= 0,
-  zero when the student matches the teacher on the buckets), it never
-  rewards the student for putting mass it should not, and at `k = V` the
-  rest bucket is empty so it equals the full KL exactly.
+  taken between the `k + 1`-bucket coarsenings of the two distributions.
+  The student's rest bucket is a log-sum-exp over its non-top-k
+  log-probabilities (never `1 - sum_k p_S`, which float32 rounds to 0 once
+  the tail is below ~1e-7); the teacher's, known only through its stored
+  top-k, is `log(1 - sum_k p_T)` computed stably (`log1mexp`). This is a
+  true KL (>= 0, zero when the student matches the teacher on the
+  buckets), it never rewards the student for putting mass it should not,
+  and at `k = V` the rest bucket is empty so it equals the full KL exactly.
+- Zero probabilities: `0 * log 0` is taken as 0, so teacher logits of
+  `-inf` (a masked vocabulary) give a finite forward KL with finite
+  gradients. In the reverse KL a token the teacher gives probability 0 and
+  the student does not would cost `+inf`; the teacher's log-probabilities
+  (and its rest bucket) are floored at `log(1e-30)` there, a finite penalty
+  that still pushes the student's mass off those tokens.
 """
 
 from typing import Any
@@ -42,6 +51,8 @@ DIVERGENCES = ("forward", "reverse")
 SCHEDULES = ("constant", "step", "linear")
 
 _TINY = 1e-30
+_LOG_TINY = -69.07755278982137  # log(1e-30)
+_FILL = -1.0e30  # stands in for a -inf logit, keeping gradients finite
 
 
 def _log_softmax(logits, temperature):
@@ -85,9 +96,16 @@ def distillation_divergence(
     log_t = ops.stop_gradient(_log_softmax(teacher_logits, temperature))
     log_s = _log_softmax(student_logits, temperature)
     if divergence == "forward":
-        kl = ops.sum(ops.exp(log_t) * (log_t - log_s), axis=-1)
+        p_t = ops.exp(log_t)
+        # 0 * log 0 = 0: where p_T is 0 both logs are replaced by 0.
+        safe_t = ops.where(p_t > 0.0, log_t, 0.0)
+        safe_s = ops.where(p_t > 0.0, log_s, 0.0)
+        kl = ops.sum(p_t * (safe_t - safe_s), axis=-1)
     else:
-        kl = ops.sum(ops.exp(log_s) * (log_s - log_t), axis=-1)
+        p_s = ops.exp(log_s)
+        safe_s = ops.where(p_s > 0.0, log_s, 0.0)
+        safe_t = ops.where(p_s > 0.0, ops.maximum(log_t, _LOG_TINY), 0.0)
+        kl = ops.sum(p_s * (safe_s - safe_t), axis=-1)
     return kl * (temperature**2)
 
 
@@ -111,10 +129,40 @@ def teacher_topk(
     return ops.cast(ids, "int32"), values
 
 
-def _log1mexp_of_logsumexp(log_values):
-    """`log(1 - sum(exp(log_values)))` along the last axis, floored."""
-    mass = ops.sum(ops.exp(log_values), axis=-1)
-    return ops.log(ops.maximum(1.0 - mass, _TINY)), mass
+def _log1mexp(log_mass):
+    """`log(1 - exp(a))` for `a <= 0`, stable at both ends (`-inf` at
+    `a = 0`)."""
+    log_mass = ops.minimum(log_mass, 0.0)
+    near_one = log_mass > -0.6931471805599453
+    a_near = ops.where(near_one, log_mass, -1.0)
+    a_far = ops.where(near_one, -1.0, log_mass)
+    return ops.where(
+        near_one,
+        ops.log(-ops.expm1(a_near)),
+        ops.log1p(-ops.exp(a_far)),
+    )
+
+
+def _log_tail(log_probs, ids):
+    """`log sum_{v not in ids} exp(log_probs[..., v])` and whether that tail
+    is empty (every id of the vocabulary is in `ids`)."""
+    vocab = ops.shape(log_probs)[-1]
+    k = ops.shape(ids)[-1]
+    flat = ops.reshape(log_probs, (-1, vocab))
+    flat_ids = ops.reshape(ids, (-1,))
+    rows = ops.repeat(ops.arange(ops.shape(flat)[0], dtype="int32"), k)
+    coords = ops.stack([rows, flat_ids], axis=-1)
+    fill = ops.full(ops.shape(flat_ids), _FILL, dtype=flat.dtype)
+    tail = ops.scatter_update(flat, coords, fill)
+    kept = ops.scatter_update(
+        ops.ones(ops.shape(flat), "float32"),
+        coords,
+        ops.zeros(ops.shape(flat_ids), "float32"),
+    )
+    empty = ops.sum(kept, axis=-1) < 0.5
+    log_tail = ops.logsumexp(tail, axis=-1)
+    out_shape = ops.shape(log_probs)[:-1]
+    return ops.reshape(log_tail, out_shape), ops.reshape(empty, out_shape)
 
 
 def topk_distillation_divergence(
@@ -129,12 +177,16 @@ def topk_distillation_divergence(
     With teacher top-k log-probabilities `l_1..l_k` (at temperature `tau`)
     for tokens `i_1..i_k`, rest mass `r_T = 1 - sum_j exp(l_j)`, and the
     student's tempered log-probabilities `s` with rest mass
-    `r_S = 1 - sum_j exp(s_{i_j})`, the forward loss is
+    `r_S = sum_{v not in i} exp(s_v)` (a log-sum-exp over the student's
+    non-top-k log-probabilities, exact however small), the forward loss is
 
         tau^2 * [ sum_j e^{l_j} (l_j - s_{i_j}) + r_T (log r_T - log r_S) ]
 
-    and the reverse one swaps the roles. At `k = V` it equals
-    `distillation_divergence` exactly (both rest masses are 0).
+    and the reverse one swaps the roles (`log r_T` and the `l_j` floored at
+    `log(1e-30)` there). At `k = V` it equals `distillation_divergence`
+    exactly (both rest masses are 0, and the rest term is dropped). `0 *
+    log 0` is 0. Memory: one `(..., V)` copy of the student's
+    log-probabilities for the tail.
 
     Args:
         topk_ids: `(..., k)` integer token ids.
@@ -158,18 +210,27 @@ def topk_distillation_divergence(
     temperature = check_positive("temperature", temperature)
     check_choice("divergence", divergence, DIVERGENCES)
     log_t = ops.stop_gradient(ops.cast(topk_log_probs, "float32"))
+    ids = ops.cast(topk_ids, "int32")
     log_s_all = _log_softmax(student_logits, temperature)
-    log_s = ops.take_along_axis(log_s_all, ops.cast(topk_ids, "int32"), axis=-1)
-    log_rest_t, mass_t = _log1mexp_of_logsumexp(log_t)
-    log_rest_s, mass_s = _log1mexp_of_logsumexp(log_s)
-    rest_t = ops.maximum(1.0 - mass_t, 0.0)
-    rest_s = ops.maximum(1.0 - mass_s, 0.0)
+    log_s = ops.take_along_axis(log_s_all, ids, axis=-1)
+    # Student's rest bucket: a log-sum-exp over its own non-top-k tail.
+    log_rest_s, empty = _log_tail(log_s_all, ids)
+    # Teacher's rest bucket: log(1 - sum_k p_T) from its stored top-k.
+    log_rest_t = _log1mexp(ops.logsumexp(log_t, axis=-1))
+    has_rest_t = ops.logical_and(log_rest_t > _LOG_TINY, ~empty)
+    log_rest_t = ops.where(has_rest_t, log_rest_t, _LOG_TINY)
     if divergence == "forward":
-        kl = ops.sum(ops.exp(log_t) * (log_t - log_s), axis=-1)
-        kl = kl + rest_t * (log_rest_t - log_rest_s)
+        p_t = ops.exp(log_t)
+        safe_t = ops.where(p_t > 0.0, log_t, 0.0)
+        safe_s = ops.where(p_t > 0.0, log_s, 0.0)
+        kl = ops.sum(p_t * (safe_t - safe_s), axis=-1)
+        rest = ops.exp(log_rest_t) * (log_rest_t - log_rest_s)
+        kl = kl + ops.where(has_rest_t, rest, 0.0)
     else:
-        kl = ops.sum(ops.exp(log_s) * (log_s - log_t), axis=-1)
-        kl = kl + rest_s * (log_rest_s - log_rest_t)
+        floor_t = ops.maximum(log_t, _LOG_TINY)
+        kl = ops.sum(ops.exp(log_s) * (log_s - floor_t), axis=-1)
+        rest = ops.exp(log_rest_s) * (log_rest_s - log_rest_t)
+        kl = kl + ops.where(empty, 0.0, rest)
     return kl * (temperature**2)
 
 
