@@ -4,7 +4,10 @@ JSON + markdown writer every `benchmarks/<paper>.py` script uses.
 Speed figures are always ratios against a named peer measured in the same
 process run (`ratio_table`). Results go to `benchmarks/results/<name>.json`
 and `benchmarks/results/<name>.md` (plus any plots the script saves with
-`result_path`).
+`result_path`). Smoke runs (a name ending in `_quick`) go to a temporary
+folder instead (`QUICK_DIR`): they are never evidence. Every results JSON
+records its provenance (git commit, component sources and their hash, see
+`benchmarks/freshness.py`).
 """
 
 import json
@@ -12,12 +15,16 @@ import os
 import platform
 import resource
 import statistics
+import tempfile
 import time
 
 import keras
 import numpy as np
 
+from benchmarks import freshness
+
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+QUICK_DIR = os.path.join(tempfile.gettempdir(), "keras_gr_benchmarks")
 
 
 def environment():
@@ -240,8 +247,11 @@ def ratio_table(rows, *, key, value, peer):
 
 
 def result_path(name, suffix):
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    return os.path.join(RESULTS_DIR, f"{name}{suffix}")
+    """Where result `name` + `suffix` is written: `RESULTS_DIR`, or
+    `QUICK_DIR` for a smoke run (`name` ending in `_quick`)."""
+    folder = QUICK_DIR if name.endswith("_quick") else RESULTS_DIR
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{name}{suffix}")
 
 
 def repo_relative(path):
@@ -251,7 +261,7 @@ def repo_relative(path):
     return os.path.relpath(os.path.abspath(path), root)
 
 
-def write_results(name, tables, *, meta=None, notes=""):
+def write_results(name, tables, *, meta=None, notes="", sources=None):
     """Writes `results/<name>.json` and `results/<name>.md`.
 
     Args:
@@ -259,20 +269,50 @@ def write_results(name, tables, *, meta=None, notes=""):
         tables: dict of table title -> list of row dicts.
         meta: extra JSON-serialisable settings (steps, seeds, sizes...).
         notes: free markdown appended after the tables.
+        sources: repo-relative source files of the measured component;
+            `None` takes them from `freshness.COMPONENTS` by name prefix.
     Returns:
         The markdown text (also printed by the caller if wanted).
     """
     env = environment()
-    payload = {"environment": env, "meta": meta or {}, "tables": tables}
+    record = freshness.provenance(name, sources)
+    payload = {
+        "environment": env,
+        "provenance": record,
+        "meta": meta or {},
+        "tables": tables,
+    }
+    return _write(name, payload, notes)
+
+
+def rewrite_results(name, payload, *, notes=""):
+    """Rewrites `results/<name>.{json,md}` from a loaded `payload` (a
+    recomputed verdict on recorded numbers): the environment and the
+    provenance stay the recorded run's (a missing provenance is first
+    taken from git history, see `freshness.backfill`)."""
+    path = result_path(name, ".json")
+    if not payload.get("provenance") and freshness.backfill(path):
+        with open(path) as f:
+            payload["provenance"] = json.load(f)["provenance"]
+    return _write(name, payload, notes)
+
+
+def _write(name, payload, notes):
     with open(result_path(name, ".json"), "w") as f:
         json.dump(payload, f, indent=2, default=float)
+    env, meta = payload["environment"], payload.get("meta")
     header = ", ".join(f"{k} {v}" for k, v in env.items())
+    record = payload.get("provenance") or {}
+    if record.get("git_commit"):
+        header += f", commit {record['git_commit'][:12]}"
+        if record.get("sources_uncommitted"):
+            header += " (component sources had uncommitted changes)"
     md = [f"# {name}\n", f"_{header}_\n"]
     if meta:
         md.append(
             "Settings: " + ", ".join(f"{k}={v}" for k, v in meta.items()) + "\n"
         )
-    for title, rows in tables.items():
+    for title, rows in payload["tables"].items():
         md.append(f"\n## {title}\n\n")
         md.append(markdown_table(rows))
     if notes:

@@ -1,0 +1,52 @@
+"""Provenance of results and the freshness listing (benchmarks/freshness)."""
+
+import json
+import os
+
+from benchmarks import freshness
+from benchmarks import harness
+
+
+def test_every_component_file_exists():
+    for name in freshness.COMPONENTS:
+        files = freshness.component_sources(name + "_jax")
+        assert files, name
+        for rel in files:
+            assert os.path.exists(os.path.join(freshness.ROOT, rel)), rel
+    # Longest prefix wins; the compile study is written by looped_reasoning.
+    files = freshness.component_sources("looped_compile_jax")
+    assert "benchmarks/looped_reasoning.py" in files
+    assert freshness.component_sources("unknown_result") == []
+
+
+def test_results_record_provenance_and_go_stale(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setattr(freshness, "ROOT", str(tmp_path))
+    (tmp_path / "component.py").write_text("x = 1\n")
+    harness.write_results(
+        "probe_jax", {"t": [{"a": 1}]}, sources=["component.py"]
+    )
+    path = tmp_path / "results" / "probe_jax.json"
+    record = json.loads(path.read_text())["provenance"]
+    assert record["sources"] == ["component.py"]
+    assert record["source_hash"] == freshness.source_hash(["component.py"])
+    assert freshness.check(str(path))[0] == "fresh"
+    (tmp_path / "component.py").write_text("x = 2\n")
+    status, detail = freshness.check(str(path))
+    assert status == "stale" and "source hash differs" in detail
+    # Older signatures keep working: no `sources` argument.
+    harness.write_results("probe2", {"t": [{"a": 1}]}, meta={"seeds": [0]})
+    assert (tmp_path / "results" / "probe2.json").exists()
+
+
+def test_smoke_runs_never_land_in_the_results_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setattr(harness, "QUICK_DIR", str(tmp_path / "quick"))
+    harness.write_results("salt_jax_quick", {"t": [{"a": 1}]})
+    assert (tmp_path / "quick" / "salt_jax_quick.json").exists()
+    assert not (tmp_path / "results").exists()
+
+
+def test_listing_exits_zero(capsys):
+    assert freshness.main(["--stale"]) == 0
+    assert "freshness:" in capsys.readouterr().out
