@@ -44,6 +44,29 @@ def normalize_rows(x, epsilon=1e-12):
     return x / ops.maximum(norm, epsilon)
 
 
+def check_directions(name, x, offset=0):
+    """Row norms of `x` (NumPy), refusing rows of zero norm.
+
+    The one rule of `keras_gr.curation` for such rows: a zero row has no
+    direction, hence no cosine similarity, so everything cosine-based
+    (`KMeans(metric="cosine")`, `semantic_dedup`,
+    `reference_similarity_selection` and their streamed forms) refuses it
+    rather than silently keeping or dropping it; the message says how many
+    and where the first is (`offset` is added to the index, for a batch
+    of a stream). Drop such rows (e.g. empty documents) before curating.
+    """
+    norms = np.linalg.norm(x, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if len(zero):
+        raise ValueError(
+            f"`{name}` has rows of zero norm, which have no direction and "
+            "no cosine similarity; remove them (or use metric='euclidean' "
+            f"for KMeans). Received: {len(zero)} rows of zero norm, the "
+            f"first at index {int(zero[0]) + offset}"
+        )
+    return norms
+
+
 def kmeans_plusplus(x, uniforms):
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007).
 
@@ -191,7 +214,7 @@ def minibatch_kmeans(x, centroids, batch_indices, spherical=False):
     return centroids, labels, ops.sum(min_dist)
 
 
-def _fit_full(x, uniforms, max_iter, tolerance, spherical):
+def _fit_full(x, uniforms, tolerance, max_iter, spherical):
     centroids = kmeans_plusplus(x, uniforms)
     return lloyd(x, centroids, max_iter, tolerance, spherical)
 
@@ -207,7 +230,9 @@ def _fit_minibatch(x, uniforms, batch_indices, spherical):
 @functools.lru_cache(maxsize=32)
 def _compiled(kind, backend, **static):
     """One compiled program per (kind, backend, static arguments); the data
-    shape is handled by the backend's own trace cache."""
+    shape is handled by the backend's own trace cache. Data-dependent
+    scalars (the variance-scaled tolerance) are tensor arguments, never
+    static ones, so fresh data of the same shape compiles nothing new."""
     del backend  # part of the cache key only
     if kind == "assign":
         return _backend.jit(assign)
@@ -297,14 +322,7 @@ class KMeans:
     def _prepare(self, x, name="x"):
         x = check_array(name, x, ndim=2).astype("float32")
         if self.metric == "cosine":
-            norms = np.linalg.norm(x, axis=1)
-            if np.any(norms == 0):
-                raise ValueError(
-                    f"`{name}` has rows of zero norm, which have no cosine "
-                    "similarity; remove them or use metric='euclidean'. "
-                    f"Received: {int(np.sum(norms == 0))} zero rows"
-                )
-            x = x / norms[:, None]
+            x = x / check_directions(name, x)[:, None]
         return x
 
     def fit(self, x):
@@ -321,13 +339,9 @@ class KMeans:
         rng = np.random.default_rng(self.seed)
         backend = keras.backend.backend()
         if self.batch_size is None:
-            tolerance = float(self.tolerance * np.mean(np.var(x, axis=0)))
+            tolerance = np.float32(self.tolerance * np.mean(np.var(x, axis=0)))
             fn = _compiled(
-                "full",
-                backend,
-                max_iter=self.max_iter,
-                tolerance=tolerance,
-                spherical=spherical,
+                "full", backend, max_iter=self.max_iter, spherical=spherical
             )
         else:
             fn = _compiled("minibatch", backend, spherical=spherical)
@@ -336,7 +350,9 @@ class KMeans:
         for _ in range(self.num_init):
             uniforms = rng.random((self.num_clusters, trials), "float32")
             args = [x_tensor, ops.convert_to_tensor(uniforms)]
-            if self.batch_size is not None:
+            if self.batch_size is None:
+                args.append(ops.convert_to_tensor(tolerance))
+            else:
                 indices = rng.integers(
                     0, n, (self.max_iter, min(self.batch_size, n))
                 ).astype("int32")

@@ -15,6 +15,7 @@ from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr._validation import check_number
 from keras_gr._validation import check_same_length
+from keras_gr.curation.kmeans import check_directions
 
 KEEP_RULES = ("first", "hard", "easy", "random")
 
@@ -128,7 +129,11 @@ def balanced_selection(
     return np.sort(np.concatenate(picked)).astype("int64")
 
 
-def _unit_rows(x):
+def _unit_rows(x, name=None):
+    """Rows scaled to unit norm; with a `name`, rows of zero norm are
+    refused (`check_directions`: the one rule of `keras_gr.curation`)."""
+    if name is not None:
+        return x / check_directions(name, x)[:, None]
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
 
@@ -167,7 +172,9 @@ def semantic_dedup(
     not `n^2`); with `cluster_labels=None` the whole set is one cluster.
 
     Args:
-        embeddings: `(n, d)` finite embeddings.
+        embeddings: `(n, d)` finite embeddings, no row of zero norm (such
+            a row has no cosine similarity: it is refused, as by
+            `KMeans(metric="cosine")`, never silently kept).
         cluster_labels: `(n,)` integer labels, or `None`. Defaults to
             `None`.
         similarity_threshold: cosine similarity above which two points are
@@ -199,7 +206,7 @@ def semantic_dedup(
     )
     keep = check_choice("keep", keep, KEEP_RULES)
     rng = np.random.default_rng(check_integer("seed", seed, minimum=0))
-    x = _unit_rows(x)
+    x = _unit_rows(x, "embeddings")
     kept = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
@@ -231,8 +238,10 @@ def reference_similarity_selection(
     topic). Ties keep the lower index.
 
     Args:
-        embeddings: `(n, d)` candidates.
-        reference_embeddings: `(m, d)` reference examples.
+        embeddings: `(n, d)` candidates, no row of zero norm (refused, as
+            by `semantic_dedup`).
+        reference_embeddings: `(m, d)` reference examples, no row of zero
+            norm.
         budget: number to select, `1 <= budget <= n`.
         aggregate: `"max"` or `"centroid"`. Defaults to `"max"`.
 
@@ -245,9 +254,10 @@ def reference_similarity_selection(
     >>> reference_similarity_selection(pool, [[1.0, 0.05]], 2).tolist()
     [0, 2]
     """
-    x = _unit_rows(as_array("embeddings", embeddings, ndim=2))
+    x = _unit_rows(as_array("embeddings", embeddings, ndim=2), "embeddings")
     ref = _unit_rows(
-        as_array("reference_embeddings", reference_embeddings, ndim=2)
+        as_array("reference_embeddings", reference_embeddings, ndim=2),
+        "reference_embeddings",
     )
     if ref.shape[1] != x.shape[1]:
         raise ValueError(

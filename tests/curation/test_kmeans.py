@@ -182,3 +182,29 @@ def test_bad_data():
     km = KMeans(1).fit(np.ones((3, 2)))
     with pytest.raises(ValueError, match="2 columns"):
         km.predict(np.ones((3, 3)))
+
+
+@pytest.mark.parametrize("batch_size", [None, 64])
+def test_fresh_data_of_the_same_shape_compiles_nothing_new(
+    batch_size, monkeypatch
+):
+    """Issue 26.11: a fit on new data of the same shape must reuse the
+    compiled program (data-dependent scalars are arguments, not constants).
+    Python runs the seeding function only when a program is traced."""
+    import keras_gr.curation.kmeans as kmeans_module
+
+    traces = []
+    original = kmeans_module.kmeans_plusplus
+
+    def counting(*args):
+        traces.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(kmeans_module, "kmeans_plusplus", counting)
+    kmeans_module._compiled.cache_clear()
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 3.0, 0.5):
+        x = scale * rng.normal(size=(300, 6)).astype("float32")
+        KMeans(5, batch_size=batch_size, max_iter=20, seed=1).fit(x)
+    assert len(traces) == 1
+    kmeans_module._compiled.cache_clear()

@@ -103,3 +103,18 @@ def test_bad_input():
         reference_similarity_selection(np.ones((3, 2)), np.ones((1, 3)), 1)
     with pytest.raises(ValueError, match="budget"):
         reference_similarity_selection(np.ones((3, 2)), np.ones((1, 2)), 4)
+
+
+def test_zero_norm_rows_are_refused_as_by_cosine_kmeans():
+    """Issue 26.12: one rule for rows of zero norm (no direction, so no
+    cosine similarity): `semantic_dedup` refuses them as
+    `KMeans(metric="cosine")` does, naming how many and the first."""
+    from keras_gr.curation import KMeans
+
+    x = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"zero norm.*2 rows.*index 1"):
+        semantic_dedup(x)
+    with pytest.raises(ValueError, match=r"zero norm.*2 rows.*index 1"):
+        KMeans(2, metric="cosine").fit(x)
+    with pytest.raises(ValueError, match=r"zero norm.*2 rows.*index 1"):
+        reference_similarity_selection(x, [[1.0, 0.0]], 1)
