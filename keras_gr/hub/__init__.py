@@ -4,45 +4,36 @@ LAuReL retrofits of keras-hub decoder LMs (Gemma, Gemma 3, Llama, Mistral,
 Qwen, GPT-2: `laurel_retrofit`), a looped Gemma decoder
 (`looped_gemma_from_preset`) and prefix-conditioned causal LMs
 (`PrefixCausalLM` with per-architecture adapters). Needs the `hub`
-extra. See ARCHITECTURE.md for where this sits.
+extra (`pip install "keras-gr[hub]"`): `import keras_gr.hub` works without
+it, and using any name below then raises an ImportError naming the extra.
+Names are imported on first use (so `import keras_gr.hub` imports neither
+keras-hub nor TensorFlow). See ARCHITECTURE.md for where this sits.
 """
 
-from keras_gr.hub.laurel_retrofit import LaurelGemmaBackbone
-from keras_gr.hub.laurel_retrofit import LaurelGemmaCausalLM
-from keras_gr.hub.laurel_retrofit import LaurelGPT2Backbone
-from keras_gr.hub.laurel_retrofit import LaurelGPT2CausalLM
-from keras_gr.hub.laurel_retrofit import laurel_backbone_class
-from keras_gr.hub.laurel_retrofit import laurel_parameters
-from keras_gr.hub.laurel_retrofit import laurel_retrofit
-from keras_gr.hub.laurel_retrofit import train_only_laurel
-from keras_gr.hub.looped_lm import LoopedGemmaBackbone
-from keras_gr.hub.looped_lm import LoopedGemmaCausalLM
-from keras_gr.hub.looped_lm import looped_gemma_from_preset
-from keras_gr.hub.prefix_lm import GemmaPrefixAdapter
-from keras_gr.hub.prefix_lm import GPT2PrefixAdapter
-from keras_gr.hub.prefix_lm import PrefixCausalLM
-from keras_gr.hub.prefix_lm import PrefixLMAdapter
-from keras_gr.hub.prefix_lm import get_prefix_adapter
-from keras_gr.hub.prefix_lm import prefix_lm_logits
-from keras_gr.hub.prefix_lm import register_prefix_adapter
+from keras_gr import _imports
 
-__all__ = [
-    "LaurelGemmaBackbone",
-    "LaurelGemmaCausalLM",
-    "LaurelGPT2Backbone",
-    "LaurelGPT2CausalLM",
-    "laurel_backbone_class",
-    "laurel_parameters",
-    "laurel_retrofit",
-    "train_only_laurel",
-    "LoopedGemmaBackbone",
-    "LoopedGemmaCausalLM",
-    "looped_gemma_from_preset",
-    "GemmaPrefixAdapter",
-    "GPT2PrefixAdapter",
-    "PrefixCausalLM",
-    "PrefixLMAdapter",
-    "get_prefix_adapter",
-    "prefix_lm_logits",
-    "register_prefix_adapter",
-]
+# Public name -> the submodule that defines it (imported on first use).
+_LAZY = {
+    "LaurelGemmaBackbone": "laurel_retrofit",
+    "LaurelGemmaCausalLM": "laurel_retrofit",
+    "LaurelGPT2Backbone": "laurel_retrofit",
+    "LaurelGPT2CausalLM": "laurel_retrofit",
+    "laurel_backbone_class": "laurel_retrofit",
+    "laurel_parameters": "laurel_retrofit",
+    "laurel_retrofit": "laurel_retrofit",
+    "train_only_laurel": "laurel_retrofit",
+    "LoopedGemmaBackbone": "looped_lm",
+    "LoopedGemmaCausalLM": "looped_lm",
+    "looped_gemma_from_preset": "looped_lm",
+    "GemmaPrefixAdapter": "prefix_lm",
+    "GPT2PrefixAdapter": "prefix_lm",
+    "PrefixCausalLM": "prefix_lm",
+    "PrefixLMAdapter": "prefix_lm",
+    "get_prefix_adapter": "prefix_lm",
+    "prefix_lm_logits": "prefix_lm",
+    "register_prefix_adapter": "prefix_lm",
+}
+
+__all__ = list(_LAZY)
+
+__getattr__, __dir__ = _imports.lazy_exports(__name__, _LAZY)

@@ -6,8 +6,14 @@ diffusion pipeline (arXiv 2412.18596), the model routers of arXiv
 `OracleRouter`, `RoutedGenerator`), SALT distillation and data selection,
 and SoftSRV synthetic-data generation. See ARCHITECTURE.md for where this
 sits.
+
+The SoftSRV names (`SoftSRV`, `SoftPrompt`, `HardPromptGenerator`) need the
+`hub` extra (`pip install "keras-gr[hub]"`) and are imported on first use;
+everything else needs only Keras, so `import keras_gr.models` works in a
+JAX-only install.
 """
 
+from keras_gr import _imports
 from keras_gr.models.base_router import Router
 from keras_gr.models.cluster_router import ClusterRouter
 from keras_gr.models.diffusion_sampler import DiffusionSampler
@@ -26,10 +32,14 @@ from keras_gr.models.salt_selection import salt_scores_from_logits
 from keras_gr.models.salt_selection import salt_selection_scores
 from keras_gr.models.salt_selection import select_top_fraction
 from keras_gr.models.salt_selection import teacher_topk_targets
-from keras_gr.models.softsrv import HardPromptGenerator
-from keras_gr.models.softsrv import SoftPrompt
-from keras_gr.models.softsrv import SoftSRV
 from keras_gr.models.zero_router import ZeroRouter
+
+# keras-hub models: imported on first use (see the module docstring).
+_LAZY = {
+    "HardPromptGenerator": "softsrv",
+    "SoftPrompt": "softsrv",
+    "SoftSRV": "softsrv",
+}
 
 __all__ = [
     "Router",
@@ -55,3 +65,5 @@ __all__ = [
     "SoftSRV",
     "ZeroRouter",
 ]
+
+__getattr__, __dir__ = _imports.lazy_exports(__name__, _LAZY)

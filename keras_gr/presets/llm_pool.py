@@ -43,6 +43,7 @@ import time
 import keras
 import numpy as np
 
+from keras_gr._imports import require
 from keras_gr._validation import check_integer
 from keras_gr.data.addition import addition_examples
 from keras_gr.data.multiplication import multiplication_examples
@@ -260,7 +261,7 @@ def pool_model(
     pre-norm `keras_hub` decoder layers (4 heads if `dim >= 32`, else 2;
     feed-forward width `4 dim`) applied `num_loops` times, a final norm and
     the output head. Inputs are `(batch, 15)` token ids, outputs logits."""
-    import keras_hub
+    keras_hub = require("keras_hub", "`keras_gr.presets.build_llm_pool`")
 
     keras.utils.set_random_seed(seed)
     length = POOL_SEQUENCE_LENGTH - 1

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_gr._imports import require
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr._validation import check_positive
@@ -604,6 +605,8 @@ def build_local_preset(
         ValueError: an invalid argument, a text file that is not UTF-8 or
             is empty, a vocabulary the corpus can't support, or a
             non-writable `cache_dir`.
+        ImportError: keras-hub or sentencepiece is not installed (the
+            message names the extra: `pip install "keras-gr[hub]"`).
 
     Example:
 
@@ -637,6 +640,10 @@ def build_local_preset(
     cache_dir = _check_path("cache_dir", cache_dir)
     overwrite = bool(check_choice("overwrite", overwrite, (False, True)))
     verbose = int(check_choice("verbose", verbose, (0, 1, 2)))
+    # Checked first, so that a JAX-only install gets the extra's name
+    # rather than a bare ModuleNotFoundError from deep inside the build.
+    for module in ("keras_hub", "sentencepiece"):
+        require(module, "`keras_gr.presets.build_local_preset`")
 
     (train_docs, val_docs), source = _load_corpus(text_file)
     if not any(d.strip() for d in train_docs):
