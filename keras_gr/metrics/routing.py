@@ -102,6 +102,34 @@ def curve_value(costs: Any, qualities: Any, at_cost: float) -> float:
     return float(np.interp(at_cost, c, q))
 
 
+def _check_choices(choices, num_prompts, num_models):
+    """`choices` as a rank-2 int64 array of model indices in
+    `[0, num_models)`, one column per prompt; raises `ValueError`."""
+    array = np.asarray(choices)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != num_prompts or array.size == 0:
+        raise ValueError(
+            "`choices` must be `(num_lambdas, num_prompts)` or "
+            f"`(num_prompts,)` model indices with num_prompts={num_prompts}"
+            f". Received: choices with shape {np.shape(choices)}"
+        )
+    if np.issubdtype(array.dtype, np.integer):
+        valid = (array >= 0) & (array < num_models)
+    elif np.issubdtype(array.dtype, np.floating):
+        valid = np.isfinite(array) & (array == np.round(array))
+        valid &= (array >= 0) & (array < num_models)
+    else:
+        valid = np.zeros(array.shape, bool)
+    if not np.all(valid):
+        raise ValueError(
+            f"`choices` must hold integer model indices in [0, {num_models})"
+            " (negative indices are not wrapped). Received: choices with "
+            f"the entry {array[~valid].flat[0]!r}"
+        )
+    return array.astype("int64")
+
+
 def deferral_curve(choices: Any, correctness: Any, model_costs: Any) -> tuple:
     """Average cost and quality of routings given as chosen model indices.
 
@@ -121,18 +149,27 @@ def deferral_curve(choices: Any, correctness: Any, model_costs: Any) -> tuple:
     >>> deferral_curve([[0, 0], [0, 1], [1, 1]], correct, [1.0, 3.0])
     (array([1., 2., 3.]), array([0.5, 1. , 1. ]))
     """
-    choices = np.atleast_2d(np.asarray(choices, dtype="int64"))
     correctness = check_array("correctness", correctness, ndim=2)
-    model_costs = check_array("model_costs", model_costs, ndim=1)
-    if choices.shape[1] != correctness.shape[0]:
+    correctness = correctness.astype("float64")
+    if np.any((correctness < 0.0) | (correctness > 1.0)):
         raise ValueError(
-            "`choices` must have one column per prompt "
-            f"({correctness.shape[0]}). Received: shape {choices.shape}"
+            "`correctness` must hold values in [0, 1]. Received: "
+            f"correctness with values in [{correctness.min()!r}, "
+            f"{correctness.max()!r}]"
         )
+    num_models = correctness.shape[1]
+    model_costs = check_array("model_costs", model_costs, ndim=1)
+    model_costs = model_costs.astype("float64")
+    if len(model_costs) != num_models or np.any(model_costs < 0):
+        raise ValueError(
+            f"`model_costs` must hold one cost >= 0 per model ({num_models}"
+            f" columns of `correctness`). Received: model_costs={model_costs!r}"
+        )
+    choices = _check_choices(choices, correctness.shape[0], num_models)
     rows = np.arange(correctness.shape[0])[None, :]
     return (
-        np.asarray(model_costs, "float64")[choices].mean(axis=1),
-        np.asarray(correctness, "float64")[rows, choices].mean(axis=1),
+        model_costs[choices].mean(axis=1),
+        correctness[rows, choices].mean(axis=1),
     )
 
 

@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_gr._validation import check_array
 from keras_gr.models.base_router import Router
+from keras_gr.models.base_router import check_correctness
 
 
 @keras.saving.register_keras_serializable(package="keras_gr")
@@ -16,7 +17,8 @@ class OracleRouter(Router):
     (Jitkrittum et al., arXiv 2502.08773) and RouterBench. Its "prompt
     features" are the prompts' true correctness rows `(num_prompts,
     num_models)` (columns in `model_names` order), so `route(correctness,
-    lambda)` picks
+    lambda)` picks (rows must hold values in [0, 1]: anything else is
+    refused with a `ValueError`)
 
     ```
     r(x) = argmin_h 1[h(x) != y] + lambda * cost(h)
@@ -74,6 +76,11 @@ class OracleRouter(Router):
 
     def _remove_column(self, index):
         self.embedding_dim = len(self.costs) - 1
+
+    def _check_embeddings(self, embeddings, name="embeddings"):
+        # The oracle's features are correctness rows: values in [0, 1].
+        check_correctness("correctness", embeddings)
+        return super()._check_embeddings(embeddings, name)
 
     def call(self, correctness):
         return 1.0 - ops.convert_to_tensor(correctness, "float32")

@@ -4,6 +4,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_gr._validation import check_integer
 from keras_gr._validation import check_number
 from keras_gr.models.base_router import Router
 
@@ -19,6 +20,19 @@ class RoutedGenerator:
     input order). The outputs come back in the input order with the cost
     spent, `sum_i cost(r(x_i))`.
 
+    Sub-batches are bucketed so that a served stream compiles a bounded
+    number of `generate` programs (keras-hub compiles one per batch shape:
+    about 8 s per new size on JAX). A sub-batch of `n` prompts is padded,
+    with copies of its last prompt whose outputs are dropped, to the
+    smallest bucket size `>= n`; one larger than the largest bucket is cut
+    into chunks of the largest bucket (the last chunk padded). With the
+    default power-of-two buckets and batches of at most `B` prompts, each
+    model's `generate` sees at most `floor(log2 B) + 1` distinct batch
+    sizes (5 for `B = 16`), so at most that many programs per model and
+    per set of `generate` arguments, at the price of at most 2x the rows
+    actually generated. `bucket_sizes=None` turns padding off (one call
+    per chosen model on exactly its prompts; one program per size).
+
     Models are `keras_hub.models.CausalLM`s (or anything with a
     `generate(list_of_prompts, **kwargs)` method returning one output per
     prompt); the pool may hold more models than the router knows, and a
@@ -33,6 +47,9 @@ class RoutedGenerator:
         embedder: maps a list of prompts to `(n, embedding_dim)`
             embeddings: an object with `embed(texts)` (the
             `keras_gr.curation` embedders) or a callable.
+        bucket_sizes: `"powers_of_two"` (1, 2, 4, ... without limit), an
+            increasing list of batch sizes >= 1, or `None` (no padding).
+            Defaults to `"powers_of_two"`.
 
     Example:
 
@@ -57,7 +74,13 @@ class RoutedGenerator:
     2.0
     """
 
-    def __init__(self, models: dict, router: Router, embedder: Any):
+    def __init__(
+        self,
+        models: dict,
+        router: Router,
+        embedder: Any,
+        bucket_sizes: str | list[int] | None = "powers_of_two",
+    ):
         if not isinstance(router, Router):
             raise ValueError(
                 "`router` must be a keras_gr.models.Router. Received: "
@@ -69,19 +92,9 @@ class RoutedGenerator:
                 "`models` must be a non-empty dict name -> model. Received: "
                 f"models={models!r}"
             )
-        missing = [n for n in router.model_names if n not in models]
-        if missing:
-            raise ValueError(
-                "`models` must hold every model of the router's pool. "
-                f"Received: models without {missing} (router pool: "
-                f"{list(router.model_names)})"
-            )
-        for name in router.model_names:
-            if not callable(getattr(models[name], "generate", None)):
-                raise ValueError(
-                    "`models` must map names to objects with a `generate` "
-                    f"method. Received: models[{name!r}]={models[name]!r}"
-                )
+        self.models = models
+        self.router = router
+        self._check_models()
         if not (
             callable(getattr(embedder, "embed", None)) or callable(embedder)
         ):
@@ -89,9 +102,58 @@ class RoutedGenerator:
                 "`embedder` must have an `embed(texts)` method or be "
                 f"callable. Received: embedder={embedder!r}"
             )
-        self.models = models
-        self.router = router
         self.embedder = embedder
+        self.bucket_sizes = self._check_buckets(bucket_sizes)
+
+    def _check_models(self):
+        """Every model of the router's pool (which may have grown with
+        `add_model` since construction) must be in `models`."""
+        names = list(self.router.model_names)
+        missing = [n for n in names if n not in self.models]
+        if missing:
+            raise ValueError(
+                "`models` must hold every model of the router's pool. "
+                f"Received: models without {missing} (router pool: "
+                f"{names}); add them to `models` after `router.add_model`"
+            )
+        for name in names:
+            if not callable(getattr(self.models[name], "generate", None)):
+                raise ValueError(
+                    "`models` must map names to objects with a `generate` "
+                    f"method. Received: models[{name!r}]={self.models[name]!r}"
+                )
+
+    @staticmethod
+    def _check_buckets(bucket_sizes):
+        if bucket_sizes is None or bucket_sizes == "powers_of_two":
+            return bucket_sizes
+        sizes = None
+        if isinstance(bucket_sizes, (list, tuple)) and bucket_sizes:
+            try:
+                sizes = [check_integer("bucket_sizes", b) for b in bucket_sizes]
+            except ValueError:
+                sizes = None
+        if sizes is None or any(b >= a for b, a in zip(sizes, sizes[1:])):
+            raise ValueError(
+                "`bucket_sizes` must be 'powers_of_two', None or an "
+                "increasing list of integers >= 1. Received: "
+                f"bucket_sizes={bucket_sizes!r}"
+            )
+        return sizes
+
+    def _chunks(self, rows):
+        """`rows` cut into `(rows, padded_size)` calls per the buckets."""
+        n = len(rows)
+        if self.bucket_sizes is None:
+            return [(rows, n)]
+        if self.bucket_sizes == "powers_of_two":
+            return [(rows, 1 << (n - 1).bit_length())]
+        largest = self.bucket_sizes[-1]
+        chunks = [rows[i : i + largest] for i in range(0, n, largest)]
+        return [
+            (c, next(b for b in self.bucket_sizes if b >= len(c)))
+            for c in chunks
+        ]
 
     def embed(self, prompts) -> np.ndarray:
         """The router's view of the prompts, `(n, embedding_dim)`."""
@@ -124,21 +186,22 @@ class RoutedGenerator:
         prompts = self._check_prompts(prompts)
         cost_weight = check_number("cost_weight", cost_weight, minimum=0.0)
         choices = self.router.route(self.embed(prompts), cost_weight)
+        self._check_models()
         outputs = [None] * len(prompts)
         for index in np.unique(choices):
-            rows = np.flatnonzero(choices == index)
             name = self.router.model_names[int(index)]
-            result = self.models[name].generate(
-                [prompts[i] for i in rows], **generate_kwargs
-            )
-            result = [result] if isinstance(result, str) else list(result)
-            if len(result) != len(rows):
-                raise ValueError(
-                    f"Model {name!r} returned {len(result)} outputs for "
-                    f"{len(rows)} prompts."
-                )
-            for i, out in zip(rows, result):
-                outputs[i] = out
+            for rows, size in self._chunks(np.flatnonzero(choices == index)):
+                batch = [prompts[i] for i in rows]
+                batch += [batch[-1]] * (size - len(rows))
+                result = self.models[name].generate(batch, **generate_kwargs)
+                result = [result] if isinstance(result, str) else list(result)
+                if len(result) != len(batch):
+                    raise ValueError(
+                        f"Model {name!r} returned {len(result)} outputs for "
+                        f"{len(batch)} prompts."
+                    )
+                for i, out in zip(rows, result):
+                    outputs[i] = out
         spent = self.router.costs[choices]
         return {
             "outputs": outputs,

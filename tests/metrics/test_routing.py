@@ -153,3 +153,31 @@ def test_plot(tmp_path):
     )
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "choices, match",
+    [
+        ([[-1, 0]], r"choices.*-1"),  # was wrapped to the last model
+        ([[0, 2]], r"choices.*2"),  # was a raw IndexError
+        ([[0.5, 1]], "choices"),  # was truncated to 0
+        ([[[0, 1]]], "choices"),  # rank 3
+        (np.zeros((1, 0), "int64"), "choices"),  # empty
+    ],
+)
+def test_deferral_curve_rejects_bad_model_indices(choices, match):
+    # Issue 26 item 18: out-of-range indices must not wrap or raise a raw
+    # IndexError.
+    correct = np.array([[1.0, 1.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=match):
+        deferral_curve(choices, correct, [1.0, 3.0])
+
+
+def test_deferral_curve_rejects_inconsistent_pool():
+    correct = np.array([[1.0, 1.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="model_costs"):
+        deferral_curve([[0, 1]], correct, [1.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match=r"correctness.*\[0, 1\]"):
+        deferral_curve([[0, 1]], correct * 2.0, [1.0, 3.0])
+    with pytest.raises(ValueError, match="model_costs"):
+        deferral_curve([[0, 1]], correct, [1.0, -3.0])

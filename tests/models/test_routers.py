@@ -401,10 +401,16 @@ def test_routed_generator_order_and_cost(data):
     assert result["outputs"] == expected
     assert result["models"] == [NAMES[c] for c in chosen]
     assert result["cost"] == pytest.approx(COSTS[chosen].sum())
-    # One generate call per chosen model, on its prompts in input order.
+    # One generate call per chosen model, on its prompts in input order,
+    # padded to a power of two with copies of the last one.
     for index, name in enumerate(NAMES):
         mine = [p for p, c in zip(prompts, chosen) if c == index]
-        assert lms[name].batches == ([mine] if mine else [])
+        if not mine:
+            assert lms[name].batches == []
+            continue
+        size = 1 << (len(mine) - 1).bit_length()
+        padded = mine + [mine[-1]] * (size - len(mine))
+        assert lms[name].batches == [padded]
     with pytest.raises(ValueError, match="models"):
         RoutedGenerator({"m1": lms["m1"]}, router, embed)
     with pytest.raises(ValueError, match="cost_weight"):
@@ -445,3 +451,78 @@ def test_routed_generator_with_keras_hub_models(tiny_preset):
         direct_small[1],
     ]
     assert result["cost"] == 6.0
+
+
+def test_routed_generator_names_a_model_added_later(data):
+    # Issue 26 item 19: a model added to the router after construction and
+    # missing from `models` gave a bare KeyError.
+    router = _fitted("cluster")
+    grown = _fit(ClusterRouter(num_clusters=4), data, models=slice(0, 4))
+    prompts, embed = _clustered_prompts(data)
+    lms = {name: _Tagged(name) for name in NAMES[:4]}
+    served = RoutedGenerator(lms, grown, FunctionEmbedder(embed, DIM))
+    grown.add_model("m16", data["val_correct"][:, 4], cost=COSTS[4])
+    assert router.model_names == grown.model_names
+    with pytest.raises(ValueError, match=r"models.*'m16'"):
+        served.generate(prompts, cost_weight=0.0)
+    lms["m16"] = _Tagged("m16")
+    result = served.generate(prompts, cost_weight=0.0)
+    assert "m16" in result["models"]
+
+
+def test_oracle_router_rejects_correctness_outside_unit_interval():
+    # Issue 26 item 20.
+    router = OracleRouter().fit(costs=[1.0, 5.0])
+    for bad in ([[1.0, 2.0]], [[-0.5, 1.0]], [[np.nan, 1.0]]):
+        with pytest.raises(ValueError, match=r"correctness.*\[0, 1\]|finite"):
+            router.route(np.array(bad, "float32"))
+    with pytest.raises(ValueError, match=r"correctness.*\[0, 1\]"):
+        router.deferral_curve(None, [[1.0, 3.0]])
+    np.testing.assert_array_equal(router.route([[0.0, 1.0]], 0.0), [1])
+
+
+def test_routed_generator_buckets_sub_batch_sizes(data):
+    # Issue 26 item 21: every new sub-batch size compiled a new generate
+    # program; sizes are now padded to powers of two.
+    router = _fitted("cluster")
+    prompts, embed = _clustered_prompts(data)
+    lms = {name: _Tagged(name) for name in NAMES}
+    served = RoutedGenerator(lms, router, FunctionEmbedder(embed, DIM))
+    rng = np.random.default_rng(0)
+    routes = router.route(data["test"], 0.004)
+    for _ in range(8):  # batches of 16 (one router shape), new splits
+        rows = rng.choice(len(prompts), size=16, replace=False)
+        batch = [prompts[i] for i in rows]
+        result = served.generate(batch, cost_weight=0.004, max_length=3)
+        chosen = routes[rows]
+        assert result["outputs"] == [
+            f"{NAMES[c]}|{p}|3" for c, p in zip(chosen, batch)
+        ]
+        assert result["cost"] == pytest.approx(COSTS[chosen].sum())
+    assert len({len(b) for lm in lms.values() for b in lm.batches}) > 1
+    for lm in lms.values():
+        sizes = {len(b) for b in lm.batches}
+        # Batches of at most 16 prompts: sizes 1, 2, 4, 8, 16 only.
+        assert sizes <= {1, 2, 4, 8, 16}, sizes
+    # Custom buckets; a sub-batch larger than the largest one is chunked.
+    lms = {name: _Tagged(name) for name in NAMES}
+    served = RoutedGenerator(
+        lms, router, FunctionEmbedder(embed, DIM), bucket_sizes=[3]
+    )
+    result = served.generate(prompts[:16], cost_weight=1e9)
+    assert result["models"] == ["m1"] * 16
+    assert result["outputs"] == [f"m1|{p}|None" for p in prompts[:16]]
+    assert lms["m1"].batches[-1] == [prompts[15]] * 3
+    assert [len(b) for b in lms["m1"].batches] == [3] * 6
+    # No bucketing: one call per model on exactly its prompts.
+    lms = {name: _Tagged(name) for name in NAMES}
+    served = RoutedGenerator(
+        lms, router, FunctionEmbedder(embed, DIM), bucket_sizes=None
+    )
+    served.generate(prompts[:16], cost_weight=1e9)
+    assert lms["m1"].batches == [prompts[:16]]
+    for bad in ([0, 2], [4, 2], "powers", [2.5]):
+        with pytest.raises(ValueError, match="bucket_sizes"):
+            RoutedGenerator(
+                lms, router, FunctionEmbedder(embed, DIM), bucket_sizes=bad
+            )
