@@ -44,6 +44,7 @@ import keras
 import keras_hub
 import numpy as np
 
+from benchmarks import claims
 from benchmarks import harness
 from keras_gr.data import math_answer_correct
 from keras_gr.data import math_word_problems
@@ -223,97 +224,13 @@ def throughput(lm, generator, prompts, max_length, rounds):
     )
 
 
-VERDICT = "verdict (all 3 variants beat hard)"
-
-
-def claim_verdicts(rows):
-    """Per (domain, measure) and overall verdicts from the per-run rows.
-
-    A measure on which all four generators score the same mean (e.g. 0%
-    exact answers everywhere) carries no signal: its verdict is "no
-    signal (all equal)", it names no best method and counts for neither
-    claim.
-    """
-    verdicts = []
-    for domain in ("code", "math", "prose"):
-
-        def mean(method, key, domain=domain):
-            return float(
-                np.mean(
-                    [
-                        r[key]
-                        for r in rows
-                        if r["domain"] == domain and r["method"] == method
-                    ]
-                )
-            )
-
-        measures = [("mauve", 1), ("downstream_loss", -1)]
-        if domain == "math":
-            measures.append(("answer_accuracy", 1))
-        for key, better in measures:
-            values = {p: mean(p, key) for p in ("mc", "mpk", "nsp", "hard")}
-            beats = [
-                p
-                for p in ("mc", "mpk", "nsp")
-                if better * (values[p] - values["hard"]) > 0
-            ]
-            tied = len(set(values.values())) == 1
-            best = (
-                "tie"
-                if tied
-                else max(values, key=lambda p, b=better: b * values[p])
-            )
-            if tied:
-                verdict = "no signal (all equal)"
-            elif len(beats) == 3:
-                verdict = "reproduced"
-            elif beats:
-                verdict = "partly"
-            else:
-                verdict = "not reproduced"
-            verdicts.append(
-                {
-                    "domain": domain,
-                    "measure": key,
-                    **{p: round(v, 4) for p, v in values.items()},
-                    "softsrv_variants_beating_hard": ",".join(beats) or "none",
-                    "best_method": best,
-                    "mc_best": best == "mc",
-                    VERDICT: verdict,
-                }
-            )
-    scored = [r for r in verdicts if r["best_method"] != "tie"]
-    reproduced = sum(r[VERDICT] == "reproduced" for r in scored)
-    failed = sum(r[VERDICT] == "not reproduced" for r in scored)
-    mc_best = sum(r["mc_best"] for r in scored)
-    overall = [
-        {
-            "claim": "every SoftSRV variant beats hard prompting",
-            "measures with signal": len(scored),
-            "reproduced": reproduced,
-            "partly": len(scored) - reproduced - failed,
-            "not reproduced": failed,
-            "verdict": (
-                "reproduced"
-                if scored and reproduced == len(scored)
-                else "not reproduced"
-                if failed == len(scored)
-                else "partly reproduced"
-            ),
-        },
-        {
-            "claim": "MC is usually best (best on most measures)",
-            "measures with signal": len(scored),
-            "reproduced": mc_best,
-            "partly": "",
-            "not reproduced": len(scored) - mc_best,
-            "verdict": (
-                "reproduced" if 2 * mc_best > len(scored) else "not reproduced"
-            ),
-        },
-    ]
-    return overall, verdicts
+def claim_verdicts(rows, name):
+    """Verdicts per claim and per comparison under the one rule
+    (`benchmarks/stats.py`; the comparisons are `claims.softsrv_records`:
+    every SoftSRV variant against hard prompting, and MC against the other
+    variants, per domain and measure, paired over seeds)."""
+    records = claims.softsrv_records(rows, name)
+    return claims.combine(records), records
 
 
 def main():
@@ -503,7 +420,8 @@ def main():
                     entry[key] = f"{m:.3f} +- {s:.3f}"
             summary.append(entry)
 
-    overall, verdicts = claim_verdicts(rows)
+    name = f"softsrv_{backend}" + ("_quick" if args.quick else "")
+    overall, verdicts = claim_verdicts(rows, name)
 
     prompts = models["mc"].prompts_for(data["code"][0][:16])
     speed = throughput(
@@ -515,13 +433,12 @@ def main():
             notes.append(f"\n**{domain} / {method}**\n")
             for t in texts:
                 notes.append("\n```\n" + t[:300] + "\n```\n")
-    name = f"softsrv_{backend}" + ("_quick" if args.quick else "")
     md = harness.write_results(
         name,
         {
             "summary (mean +- std over seeds)": summary,
             "verdicts per paper claim": overall,
-            "verdicts per domain and measure (means over seeds)": verdicts,
+            "verdicts per comparison (paired over seeds)": verdicts,
             "generation throughput (batch 16, no stop token)": speed,
             "per-run results": rows,
             "prompt training (next-token loss on the n training targets)": (
@@ -540,6 +457,7 @@ def main():
         },
         notes="".join(notes),
     )
+    claims.reverdict(name)
     print(md)
 
 

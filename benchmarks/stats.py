@@ -346,3 +346,20 @@ def summary(result, digits=3):
         f"[{result['low']:.{digits}g}, {result['high']:.{digits}g}], "
         f"n={result['n']} ({result['reason']})"
     )
+
+
+def combine(words):
+    """One verdict for a claim tested by several comparisons.
+
+    The not-testable comparisons are left out; of the rest, all
+    reproduced -> reproduced, all not reproduced -> not reproduced,
+    anything else -> partly reproduced; none left -> not testable.
+    """
+    words = [w for w in words if w != NOT_TESTABLE]
+    if not words:
+        return NOT_TESTABLE
+    if all(w == REPRODUCED for w in words):
+        return REPRODUCED
+    if all(w == NOT_REPRODUCED for w in words):
+        return NOT_REPRODUCED
+    return PARTLY

@@ -119,3 +119,12 @@ def test_bad_arguments_are_refused():
         stats.paired_difference([1, 2], [1, 2], interval="z")
     with pytest.raises(ValueError, match="direction"):
         stats.verdict([1] * 5, [2] * 5, direction=0)
+
+
+def test_combine_leaves_out_untestable_comparisons():
+    r, p, n, u = stats.WORDS
+    assert stats.combine([r, r, u]) == r
+    assert stats.combine([n, n]) == n
+    assert stats.combine([r, n]) == p
+    assert stats.combine([u, u]) == u
+    assert stats.combine([]) == u

@@ -1,0 +1,110 @@
+"""Paper claims judged under the one rule (benchmarks/claims.py)."""
+
+import json
+
+import numpy as np
+
+from benchmarks import claims
+from benchmarks import stats
+
+# Per-seed offsets of every SoftSRV variant against hard prompting: mean
+# 0.1, sample std about 0.7 (t about 0.3).
+_WOBBLE = np.array([1.0, -0.6, 0.8, -0.6, -0.1])
+
+
+def _softsrv_rows(shift, noise, seeds=5):
+    rows = []
+    for seed in range(seeds):
+        for method in ("hard", "mc", "mpk", "nsp"):
+            gain = 0.0 if method == "hard" else shift + noise * _WOBBLE[seed]
+            rows.append(
+                {
+                    "domain": "code",
+                    "method": method,
+                    "seed": seed,
+                    "mauve": 0.3 + gain,
+                    "downstream_loss": 4.0 - gain,
+                    "answer_accuracy": 0.0,
+                }
+            )
+    return rows
+
+
+def test_softsrv_sign_of_means_is_not_a_reproduction():
+    # Every variant beats hard prompting by the sign of its mean, but the
+    # seeds' noise is ten times the gap: the sign-only rule said
+    # "reproduced"; under the one rule the claim is at most partly.
+    rows = _softsrv_rows(shift=0.0, noise=0.2)
+    records = claims.softsrv_records(rows, "softsrv_jax")
+    beats = [r for r in records if r["claim"].startswith("every")]
+    assert beats and all(r["verdict"] != stats.REPRODUCED for r in beats)
+    (combined,) = [
+        c for c in claims.combine(records) if c["claim"].startswith("every")
+    ]
+    assert combined["verdict"] != stats.REPRODUCED
+    # 0% exact answers everywhere: at the floor, never a verdict.
+    acc = [r for r in records if "answer_accuracy" in r["detail"]]
+    assert acc and all(r["verdict"] == stats.NOT_TESTABLE for r in acc)
+    # A clear gap on every seed is reproduced.
+    rows = _softsrv_rows(shift=0.2, noise=0.01)
+    records = claims.softsrv_records(rows, "softsrv_jax")
+    beats = [
+        r
+        for r in records
+        if r["claim"].startswith("every") and "accuracy" not in r["detail"]
+    ]
+    assert len(beats) == 6
+    assert all(r["verdict"] == stats.REPRODUCED for r in beats)
+
+
+def test_softsrv_three_seeds_are_not_testable():
+    rows = _softsrv_rows(shift=0.2, noise=0.01, seeds=3)
+    records = claims.softsrv_records(rows, "softsrv_jax")
+    assert {r["verdict"] for r in records} == {stats.NOT_TESTABLE}
+
+
+def test_laurel_share_of_an_insignificant_gain_is_not_testable():
+    # The extra layer's gain is noise: no LAuReL row can be judged on it.
+    base = [[0.1, 0.98], [0.1, 0.99], [0.1, 0.985], [0.1, 0.98], [0.1, 0.99]]
+    deeper = [[0.1, 0.99], [0.1, 0.98], [0.1, 0.99], [0.1, 0.985], [0, 0.98]]
+    laurel = [[0.1, 0.995]] * 5
+    payload = {
+        "per_seed": {
+            "digits": {
+                "baseline-N": {"values": base},
+                "baseline-(N+1)": {"values": deeper},
+                "RW": {"values": laurel},
+            }
+        }
+    }
+    records = claims.records_for("laurel_jax_digits_long", payload)
+    gate, row = records
+    assert gate["verdict"] != stats.REPRODUCED
+    assert row["verdict"] == stats.NOT_TESTABLE
+
+
+def test_reverdict_replaces_old_verdicts_and_is_idempotent(tmp_path):
+    rows = _softsrv_rows(shift=0.2, noise=0.01)
+    payload = {
+        "environment": {},
+        "meta": {},
+        "tables": {"per-run results": rows, "verdicts per claim": [{}]},
+    }
+    (tmp_path / "softsrv_jax.json").write_text(json.dumps(payload))
+    (tmp_path / "softsrv_jax.md").write_text(
+        "# softsrv_jax\n\n## per-run results\n\n| a |\n\n"
+        "## verdicts per claim\n\nreproduced\n\n## notes\n\n"
+        "MC best: not reproduced.\n"
+    )
+    claims.reverdict("softsrv_jax", str(tmp_path))
+    first = (tmp_path / "softsrv_jax.md").read_text()
+    claims.reverdict("softsrv_jax", str(tmp_path))
+    text = (tmp_path / "softsrv_jax.md").read_text()
+    assert text == first
+    assert text.count(claims.BEGIN) == 1
+    assert "## verdicts per claim" not in text
+    assert "MC best: not reproduced (old rule, superseded)." in text
+    saved = json.loads((tmp_path / "softsrv_jax.json").read_text())
+    assert "verdicts per claim" in saved["superseded_verdicts"]
+    assert "verdicts per claim" not in saved["tables"]
+    assert saved["verdicts_one_rule"]
