@@ -644,7 +644,7 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         due = self._and_last_micro(
             ops.equal(ops.mod(step - 1.0, float(freq)), 0.0)
         )
-        concrete = _concrete_bool(due)
+        concrete = matrix_functions.concrete_bool(due)
         if concrete is not None:
             return (update() if concrete else olds), False
         if finite is not None:
@@ -728,7 +728,7 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
                 result = compute()
             else:
                 due = self._root_due(offset, step)
-                concrete = _concrete_bool(due)
+                concrete = matrix_functions.concrete_bool(due)
                 if concrete is not None:
                     guarded = False
                     result = compute() if concrete else gather(olds)
@@ -829,21 +829,6 @@ def _batched_identity(shape, dtype=None):
     n, b = shape[0], shape[-1]
     eye = ops.eye(b, dtype=dtype or "float32")
     return ops.broadcast_to(eye, (n, b, b))
-
-
-def _concrete_bool(value):
-    """`bool(value)` in eager execution, `None` while tracing.
-
-    Eager `ops.cond` on JAX traces and compiles both branches (here an
-    eigendecomposition) at every call; when the predicate is a concrete
-    value a Python branch computes the same result at a fraction of the
-    cost. Tracers (JAX `jit`) and symbolic tensors (`tf.function`) refuse
-    `bool()`, and then `ops.cond` is used.
-    """
-    try:
-        return bool(value)
-    except Exception:
-        return None
 
 
 @keras.saving.register_keras_serializable(package="keras_gr")
