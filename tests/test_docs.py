@@ -137,6 +137,45 @@ def test_optimizers_page_is_complete(tmp_path):
     assert [p for p in problems if "no such file" not in p] == []
 
 
+MATH_MODULE = r'''"""Maths as a keras_gr docstring would write it."""
+
+
+class Rule:
+    """The one-sided step.
+
+    For an $m \times n$ gradient $G_t$,
+
+    $$L_t = \beta_2 L_{t-1} + (1 - \beta_2)\, G_t G_t^\top, \qquad
+    W_{t+1} = W_t - \eta \, L_t^{-1/2} G_t .$$
+
+    The `lr` costs $5 and `$HOME` stays as written.
+    """
+
+    def __init__(self, learning_rate: float = 0.1):
+        self.learning_rate = learning_rate
+'''
+
+
+def test_docstring_maths_is_typeset_through_pdoc(tmp_path, monkeypatch):
+    """A docstring's maths goes through pdoc's Markdown and comes out as
+    SVG, with no raw TeX left for the reader (no browser needed)."""
+    pdoc = pytest.importorskip("pdoc")
+    pytest.importorskip("quickjax")
+    _write(tmp_path, "gr_maths_demo.py", MATH_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _load_build().configure()
+    site = tmp_path / "site"
+    pdoc.pdoc("gr_maths_demo", output_directory=site)
+    dom = (site / "gr_maths_demo.html").read_text("utf-8")
+    problems, facts = check_site.check_dom(dom, "Rule", min_math=3)
+    assert problems == []
+    assert facts == {
+        "signature": "Rule(learning_rate: float = 0.1)",
+        "formulas": 3,
+    }
+    assert "costs $5 and" in dom
+
+
 @pytest.mark.slow
 def test_full_build_and_headless_chromium_check(tmp_path):
     pytest.importorskip("pdoc")
