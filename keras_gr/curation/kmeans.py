@@ -173,6 +173,32 @@ def lloyd(x, centroids, max_iter, tolerance, spherical=False):
     return centroids, labels, ops.sum(min_dist), iterations
 
 
+def minibatch_step(x, mask, centroids, counts, spherical=False):
+    """One step of Sculley's update: every centroid moves to the running
+    mean of all points ever assigned to it (learning rate
+    `batch_count / total_count`). `mask` (`(b,)` bool, or `None` for all
+    rows) marks the real rows of a padded batch. Returns
+    `(centroids, counts)`."""
+    k = ops.shape(centroids)[0]
+    labels, _ = assign(x, centroids)
+    if mask is None:
+        weight = ops.ones_like(labels, dtype=x.dtype)
+        weighted = x
+    else:
+        weight = ops.cast(mask, x.dtype)
+        weighted = x * weight[:, None]
+    sums = ops.segment_sum(weighted, labels, num_segments=k)
+    batch_counts = ops.segment_sum(weight, labels, num_segments=k)
+    counts = counts + batch_counts
+    step = (sums - batch_counts[:, None] * centroids) / ops.maximum(
+        counts, 1.0
+    )[:, None]
+    centroids = centroids + step
+    if spherical:
+        centroids = normalize_rows(centroids)
+    return centroids, counts
+
+
 def minibatch_kmeans(x, centroids, batch_indices, spherical=False):
     """Mini-batch k-means (Sculley 2010) with per-centroid learning rates.
 
@@ -192,19 +218,7 @@ def minibatch_kmeans(x, centroids, batch_indices, spherical=False):
     def body(i, state):
         centroids, counts = state
         batch = ops.take(x, ops.take(batch_indices, i, axis=0), axis=0)
-        labels, _ = assign(batch, centroids)
-        sums = ops.segment_sum(batch, labels, num_segments=k)
-        batch_counts = ops.segment_sum(
-            ops.ones_like(labels, dtype=x.dtype), labels, num_segments=k
-        )
-        counts = counts + batch_counts
-        step = (sums - batch_counts[:, None] * centroids) / ops.maximum(
-            counts, 1.0
-        )[:, None]
-        centroids = centroids + step
-        if spherical:
-            centroids = normalize_rows(centroids)
-        return centroids, counts
+        return minibatch_step(batch, None, centroids, counts, spherical)
 
     counts = ops.zeros((k,), x.dtype)
     centroids, _ = ops.fori_loop(
@@ -276,9 +290,26 @@ class KMeans:
             Defaults to `None`.
         seed: integer seed of the seeding and the mini-batches. Defaults to
             `0`.
+        stream_batch_size: rows per compiled step when `fit`, `predict` or
+            `transform` read a stream (full Lloyd, assignment); every batch
+            is padded to this many rows (at least `k`) and masked. Defaults
+            to `65536`.
+        sample_size: rows of the reservoir sample that seeds a streamed
+            fit (k-means++ runs on it); `None` for `max(40 k, 10000)`.
+            A stream of at most this many rows is seeded exactly as in
+            memory. Defaults to `None`.
+
+    Streams: `x` may be a `numpy.memmap`, a `tf.data.Dataset` of rows or
+    batches, a callable returning a fresh iterable of `(b, d)` arrays, or
+    (for `predict` / `transform` only) a one-shot iterator; memory then
+    stays `O(stream_batch_size d + sample_size d + k d)` and, under a
+    `keras.distribution` on JAX, each batch is sharded over the devices.
+    See `keras_gr.curation.streaming` for the passes, the exactness of
+    streamed full Lloyd and the refusals (non-finite rows, widths).
 
     After `fit`: `centroids` (`(k, d)` float32 NumPy array), `labels`
-    (`(n,)` int32), `inertia` (float), `iterations` (int, of the best run).
+    (`(n,)` int32; `None` after a streamed fit: use `predict`), `inertia`
+    (float), `iterations` (int, of the best run), `num_rows` (int).
 
     Example:
 
@@ -302,6 +333,8 @@ class KMeans:
         num_init: int = 1,
         batch_size: int | None = None,
         seed: int = 0,
+        stream_batch_size: int = 65536,
+        sample_size: int | None = None,
     ):
         self.num_clusters = check_integer("num_clusters", num_clusters)
         self.metric = check_choice("metric", metric, METRICS)
@@ -314,10 +347,19 @@ class KMeans:
             else check_integer("batch_size", batch_size)
         )
         self.seed = check_integer("seed", seed, minimum=0)
+        self.stream_batch_size = check_integer(
+            "stream_batch_size", stream_batch_size
+        )
+        self.sample_size = (
+            None
+            if sample_size is None
+            else check_integer("sample_size", sample_size)
+        )
         self.centroids = None
         self.labels = None
         self.inertia = None
         self.iterations = None
+        self.num_rows = None
 
     def _prepare(self, x, name="x"):
         x = check_array(name, x, ndim=2).astype("float32")
@@ -326,7 +368,13 @@ class KMeans:
         return x
 
     def fit(self, x):
-        """Clusters the rows of `x` (`(n, d)`, finite). Returns `self`."""
+        """Clusters the rows of `x` (`(n, d)`, finite, or a stream of such
+        rows: see `keras_gr.curation.streaming`). Returns `self`."""
+        from keras_gr.curation import streaming
+
+        if streaming.is_stream(x):
+            return streaming.fit_stream(self, x)
+        streaming.num_devices()  # refuses a distribution on TensorFlow
         x = self._prepare(x)
         n = x.shape[0]
         if self.num_clusters > n:
@@ -366,11 +414,15 @@ class KMeans:
         self.labels = ops.convert_to_numpy(labels).astype("int32")
         self.inertia = inertia
         self.iterations = int(ops.convert_to_numpy(iterations))
+        self.num_rows = n
         return self
 
-    def _check_fitted(self, x):
+    def _require_fitted(self):
         if self.centroids is None:
             raise ValueError("This KMeans is not fitted yet: call `fit` first.")
+
+    def _check_fitted(self, x):
+        self._require_fitted()
         x = self._prepare(x)
         if x.shape[1] != self.centroids.shape[1]:
             raise ValueError(
@@ -379,17 +431,35 @@ class KMeans:
             )
         return x
 
-    def predict(self, x):
-        """Nearest-centroid labels, `(m,)` int32, of the rows of `x`."""
+    def predict(self, x, labels_path=None, distances_path=None):
+        """Nearest-centroid labels, `(m,)` int32, of the rows of `x` (an
+        array or a stream). With `labels_path` the labels are written to
+        that `.npy` file batch by batch and returned as a read-only memmap;
+        with `distances_path` the squared distance of every row to its
+        centroid is written there too."""
+        from keras_gr.curation import streaming
+
+        if streaming.is_stream(x) or labels_path or distances_path:
+            self._require_fitted()
+            return streaming.predict_stream(
+                self, x, labels_path, distances_path
+            )
         x = self._check_fitted(x)
         labels, _ = _compiled("assign", keras.backend.backend())(
             ops.convert_to_tensor(x), ops.convert_to_tensor(self.centroids)
         )
         return ops.convert_to_numpy(labels).astype("int32")
 
-    def transform(self, x):
-        """Squared distances `(m, k)` from the rows of `x` to the centroids
-        (for `metric="cosine"`, `2 (1 - cosine similarity)`)."""
+    def transform(self, x, path=None):
+        """Squared distances `(m, k)` from the rows of `x` (an array or a
+        stream) to the centroids (for `metric="cosine"`, `2 (1 - cosine
+        similarity)`); with `path`, written to that `.npy` file batch by
+        batch and returned as a read-only memmap."""
+        from keras_gr.curation import streaming
+
+        if streaming.is_stream(x) or path:
+            self._require_fitted()
+            return streaming.transform_stream(self, x, path)
         x = self._check_fitted(x)
         dist = squared_distances(
             ops.convert_to_tensor(x), ops.convert_to_tensor(self.centroids)
@@ -405,6 +475,8 @@ class KMeans:
             "num_init": self.num_init,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            "stream_batch_size": self.stream_batch_size,
+            "sample_size": self.sample_size,
         }
 
     @classmethod

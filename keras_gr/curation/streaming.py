@@ -1,0 +1,508 @@
+"""Streamed and sharded k-means: memory that does not grow with the corpus.
+
+`KMeans.fit`, `predict` and `transform` come here when they are given a
+stream instead of one in-memory array: a `numpy.memmap` (e.g.
+`np.load(path, mmap_mode="r")`), a `tf.data.Dataset` of rows or of batches,
+a callable that returns a fresh iterable of 2-D arrays each time it is
+called, or a one-shot iterator / generator of 2-D arrays (one pass only:
+`predict` / `transform` take it, `fit` needs several passes and refuses it).
+
+What is held in memory: one padded batch, the reservoir sample used for
+seeding, and `O(k d)` statistics, whatever the stream's length.
+
+Fitting a stream (every choice stated):
+
+1. **Seeding pass.** One pass draws a uniform reservoir sample (Vitter's
+   Algorithm R; its own generator seeded with `[seed, 1]`) of at most
+   `sample_size` rows, counts the rows and accumulates the per-feature
+   mean and variance in float64 (for the variance-scaled tolerance, as the
+   in-memory fit). k-means++ (`kmeans_plusplus`, the same uniforms as the
+   in-memory fit) then seeds from the reservoir. While the stream has at
+   most `sample_size` rows the reservoir is the data itself, in order, so
+   the seeding is exactly the in-memory one.
+2. **Full Lloyd** (`batch_size=None`): each pass assigns every batch with
+   one compiled program (`lloyd_statistics`) and accumulates per-centroid
+   sums and counts (float64 on the host) and the `k` points farthest from
+   their centroid (for empty clusters, relocated as in memory); the new
+   centroids are the means. The iterations, stopping rule and final
+   inertia are those of the in-memory `lloyd`, so for the same seeding the
+   result is the in-memory result up to float summation order.
+3. **Mini-batch** (`batch_size=b`): `max_iter` steps of Sculley's update
+   (`minibatch_step`, the in-memory update), each on the next `b` rows of
+   the stream, which is re-read from the start as often as needed.
+4. A last pass computes the inertia of the final centroids. A streamed
+   fit does not keep `labels` (they would grow with the stream): call
+   `predict(stream, labels_path=...)`.
+
+Every batch is padded to one fixed row count and masked, so one program
+is compiled per (batch rows, width, k, metric), never per batch or per
+dataset. Rows are checked on the host batch by batch: a non-finite value
+or (for `metric="cosine"`) a row of zero norm is refused with its global
+row index (chosen over skipping: a skipped row would shift every index a
+user maps back to documents); so is a batch whose width differs from the
+first's, and an empty stream.
+
+**Sharded.** When a `keras.distribution.DataParallel` (or any
+distribution) is set, on JAX, each padded batch is laid out along the
+distribution's batch dimension (`keras.distribution.distribute_tensor`),
+so each device assigns its shard and the compiled program's per-centroid
+sums, counts and inertia are reduced across devices by XLA; centroids are
+replicated. The batch row count is rounded up to a multiple of the number
+of devices. The result equals the one-device result up to float summation
+order. The sharded path is JAX-only: on TensorFlow a set distribution is
+refused with a clear error (the streamed path itself runs on both).
+"""
+
+import functools
+import math
+import os
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_gr import _backend
+from keras_gr.curation.kmeans import assign
+from keras_gr.curation.kmeans import check_directions
+from keras_gr.curation.kmeans import kmeans_plusplus
+from keras_gr.curation.kmeans import minibatch_step
+from keras_gr.curation.kmeans import squared_distances
+
+
+def is_stream(x) -> bool:
+    """True for the inputs taken as a stream: a `numpy.memmap`, a
+    `tf.data.Dataset`, a callable or an iterator (has `__next__`)."""
+    return (
+        isinstance(x, np.memmap)
+        or hasattr(x, "as_numpy_iterator")
+        or callable(x)
+        or hasattr(x, "__next__")
+    )
+
+
+class Stream:
+    """Batches of exactly `batch_size` rows (the last may be shorter) from
+    a stream, checked on the host, as float32 NumPy arrays.
+
+    Args:
+        data: see the module docstring for the accepted kinds.
+        batch_size: rows per yielded batch.
+        name: the argument's name in error messages.
+        cosine: refuse rows of zero norm and yield unit rows.
+    """
+
+    def __init__(self, data, batch_size, name="x", cosine=False):
+        self.data = data
+        self.batch_size = batch_size
+        self.name = name
+        self.cosine = cosine
+        self.width = None
+        self.one_shot = hasattr(data, "__next__") and not hasattr(
+            data, "as_numpy_iterator"
+        )
+        self._used = False
+
+    def _chunks(self):
+        data = self.data
+        if isinstance(data, np.ndarray):
+            for start in range(0, len(data), self.batch_size):
+                yield data[start : start + self.batch_size]
+            return
+        if hasattr(data, "as_numpy_iterator"):
+            if data.element_spec.shape.rank == 1:
+                data = data.batch(self.batch_size)
+            yield from data.as_numpy_iterator()
+            return
+        if self.one_shot:
+            if self._used:
+                raise ValueError(
+                    f"`{self.name}` is a one-shot iterator and was already "
+                    "read; pass a re-iterable source (a numpy.memmap, a "
+                    "tf.data.Dataset, or a callable returning a fresh "
+                    "iterable)."
+                )
+            self._used = True
+            yield from data
+            return
+        yield from data() if callable(data) else data
+
+    def _check(self, chunk, index, offset):
+        chunk = np.asarray(chunk)
+        if chunk.ndim == 1:
+            chunk = chunk[None, :]
+        if chunk.ndim != 2 or not (
+            np.issubdtype(chunk.dtype, np.floating)
+            or np.issubdtype(chunk.dtype, np.integer)
+        ):
+            raise ValueError(
+                f"`{self.name}` must yield 2-D numeric arrays (rows of "
+                f"embeddings). Received: batch {index} with shape "
+                f"{chunk.shape} and dtype {chunk.dtype}"
+            )
+        if self.width is None:
+            self.width = chunk.shape[1]
+        if chunk.shape[1] != self.width:
+            raise ValueError(
+                f"Every batch of `{self.name}` must have the width of the "
+                f"first ({self.width} columns). Received: batch {index} "
+                f"with shape {chunk.shape}"
+            )
+        chunk = chunk.astype("float32", copy=False)
+        finite = np.isfinite(chunk).all(axis=1)
+        if not finite.all():
+            raise ValueError(
+                f"`{self.name}` must hold finite values (a NaN or inf row "
+                "is refused, not skipped, so indices stay those of the "
+                f"data). Received: a non-finite value in row "
+                f"{offset + int(np.argmin(finite))}"
+            )
+        if self.cosine:
+            norms = check_directions(self.name, chunk, offset)
+            chunk = chunk / norms[:, None]
+        return chunk
+
+    def __iter__(self):
+        """Yields `(offset, batch)`."""
+        buffer, buffered, offset = [], 0, 0
+        seen = 0
+        for index, chunk in enumerate(self._chunks()):
+            chunk = self._check(chunk, index, seen)
+            seen += len(chunk)
+            buffer.append(chunk)
+            buffered += len(chunk)
+            while buffered >= self.batch_size:
+                joined = (
+                    np.concatenate(buffer) if len(buffer) > 1 else buffer[0]
+                )
+                yield offset, joined[: self.batch_size]
+                offset += self.batch_size
+                rest = joined[self.batch_size :]
+                buffer, buffered = ([rest], len(rest)) if len(rest) else ([], 0)
+        if buffered:
+            yield offset, np.concatenate(buffer)
+            offset += buffered
+        if offset == 0:
+            raise ValueError(
+                f"`{self.name}` is empty: the stream yielded no rows."
+            )
+
+
+def lloyd_statistics(x, mask, centroids):
+    """One batch's share of a Lloyd step.
+
+    Args:
+        x: `(b, d)` float32 rows (padding rows anywhere).
+        mask: `(b,)` bool, True for real rows.
+        centroids: `(k, d)`, `k <= b`.
+
+    Returns:
+        `(sums (k, d), counts (k,), inertia, far_dist (k,), far_points (k,
+        d))`: masked per-centroid sums and counts, the summed squared
+        distance to the nearest centroid, and the batch's `k` rows
+        farthest from their centroid (padding rows rank last with -1).
+    """
+    k = ops.shape(centroids)[0]
+    labels, min_dist = assign(x, centroids)
+    weight = ops.cast(mask, x.dtype)
+    sums = ops.segment_sum(x * weight[:, None], labels, num_segments=k)
+    counts = ops.segment_sum(weight, labels, num_segments=k)
+    inertia = ops.sum(min_dist * weight)
+    far_dist, far_index = ops.top_k(ops.where(mask, min_dist, -1.0), k)
+    return sums, counts, inertia, far_dist, ops.take(x, far_index, axis=0)
+
+
+@functools.lru_cache(maxsize=32)
+def compiled(kind, backend, **static):
+    """One compiled program per (kind, backend, static options); shapes
+    are fixed by the padded batch, so one trace per (rows, width, k)."""
+    del backend  # part of the cache key only
+    fn = {
+        "statistics": lloyd_statistics,
+        "minibatch": minibatch_step,
+        "assign": assign,
+        "seed": kmeans_plusplus,
+        "distances": squared_distances,
+    }[kind]
+    return _backend.jit(functools.partial(fn, **static) if static else fn)
+
+
+def num_devices():
+    """Devices of the set distribution (1 without one). Refuses a set
+    distribution on a backend other than JAX."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return 1
+    if keras.backend.backend() != "jax":
+        raise ValueError(
+            "The sharded k-means path (a keras.distribution set) is "
+            "JAX-only; the streamed path runs on every backend without a "
+            "distribution. Received: backend="
+            f"{keras.backend.backend()!r} with {distribution!r}"
+        )
+    return int(np.prod(distribution.device_mesh.shape))
+
+
+def padded_rows(batch_size, k):
+    """The fixed row count of every compiled batch: at least `k` (for the
+    farthest-point search), rounded up to a multiple of the devices."""
+    devices = num_devices()
+    rows = max(batch_size, k)
+    return int(math.ceil(rows / devices) * devices)
+
+
+def to_device(batch, rows):
+    """`(x, mask)` tensors of `rows` rows (zero-padded), laid out along the
+    distribution's batch dimension when one is set."""
+    n = len(batch)
+    if n < rows:
+        batch = np.concatenate(
+            [batch, np.zeros((rows - n, batch.shape[1]), batch.dtype)]
+        )
+    mask = np.arange(rows) < n
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return ops.convert_to_tensor(batch), ops.convert_to_tensor(mask)
+    x = keras.distribution.distribute_tensor(
+        batch, distribution.get_data_layout(batch.shape)
+    )
+    m = keras.distribution.distribute_tensor(
+        mask, distribution.get_data_layout(mask.shape)
+    )
+    return x, m
+
+
+def seeding_pass(stream, sample_size, seed):
+    """One pass: `(reservoir (s, d), rows, mean per-feature variance)`.
+
+    Algorithm R, vectorised per batch: row `i >= s` (0-based, global)
+    replaces slot `j ~ U{0..i}` when `j < s`; within a batch, a later row
+    drawing the same slot wins, as in the sequential algorithm.
+    """
+    rng = np.random.default_rng([seed, 1])
+    reservoir = None
+    filled = 0
+    total = None
+    total_sq = None
+    rows = 0
+    for offset, batch in stream:
+        if reservoir is None:
+            reservoir = np.empty((sample_size, batch.shape[1]), "float32")
+            total = np.zeros(batch.shape[1], "float64")
+            total_sq = np.zeros(batch.shape[1], "float64")
+        total += batch.sum(axis=0, dtype="float64")
+        total_sq += np.square(batch, dtype="float64").sum(axis=0)
+        rows = offset + len(batch)
+        take = min(sample_size - filled, len(batch))
+        reservoir[filled : filled + take] = batch[:take]
+        filled += take
+        rest = batch[take:]
+        if len(rest):
+            index = offset + take + np.arange(len(rest))
+            slots = rng.integers(0, index + 1)
+            keep = slots < sample_size
+            reservoir[slots[keep]] = rest[keep]
+    mean = total / rows
+    variance = np.maximum(total_sq / rows - np.square(mean), 0.0)
+    return reservoir[:filled], rows, float(np.mean(variance))
+
+
+def _farthest(far_dist, far_points, new_dist, new_points, k):
+    """The `k` largest distances (earlier first on ties) of two lists."""
+    dist = np.concatenate([far_dist, new_dist])
+    points = np.concatenate([far_points, new_points])
+    order = np.argsort(-dist, kind="stable")[:k]
+    return dist[order], points[order]
+
+
+def lloyd_pass(stream, centroids, rows):
+    """One full pass: float64 `(sums, counts, inertia)` and the `k`
+    farthest points."""
+    k, d = centroids.shape
+    fn = compiled("statistics", keras.backend.backend())
+    c = ops.convert_to_tensor(centroids)
+    sums = np.zeros((k, d), "float64")
+    counts = np.zeros(k, "float64")
+    inertia = 0.0
+    far_dist = np.full(0, -1.0, "float32")
+    far_points = np.zeros((0, d), "float32")
+    for _, batch in stream:
+        out = fn(*to_device(batch, rows), c)
+        s, n, e, fd, fp = (ops.convert_to_numpy(v) for v in out)
+        sums += s
+        counts += n
+        inertia += float(e)
+        far_dist, far_points = _farthest(far_dist, far_points, fd, fp, k)
+    return sums, counts, inertia, far_points
+
+
+def lloyd_update(centroids, sums, counts, far_points, spherical):
+    """The in-memory `_update` from streamed statistics: means; the i-th
+    empty cluster takes the i-th farthest point."""
+    means = (sums / np.maximum(counts, 1.0)[:, None]).astype("float32")
+    empty = counts == 0
+    rank = np.maximum(np.cumsum(empty) - 1, 0)
+    new = np.where(empty[:, None], far_points[rank], means)
+    if spherical:
+        new = new / np.maximum(
+            np.linalg.norm(new, axis=1, keepdims=True), 1e-12
+        )
+    return new.astype("float32")
+
+
+def fit_stream(kmeans, data):
+    """`KMeans.fit` on a stream; sets the fitted attributes of `kmeans`."""
+    spherical = kmeans.metric == "cosine"
+    k = kmeans.num_clusters
+    lloyd_rows = padded_rows(kmeans.stream_batch_size, k)
+    stream = Stream(data, kmeans.stream_batch_size, "x", spherical)
+    if stream.one_shot:
+        raise ValueError(
+            "`x` is a one-shot iterator, but fitting reads the stream "
+            "several times; pass a numpy.memmap, a tf.data.Dataset or a "
+            "callable returning a fresh iterable."
+        )
+    sample_size = kmeans.sample_size or max(40 * k, 10_000)
+    reservoir, rows, variance = seeding_pass(stream, sample_size, kmeans.seed)
+    if k > rows:
+        raise ValueError(
+            "`num_clusters` must be at most the number of points. "
+            f"Received: num_clusters={k} for a stream of {rows} rows"
+        )
+    tolerance = kmeans.tolerance * variance
+    trials = 2 + int(math.log(k))
+    rng = np.random.default_rng(kmeans.seed)
+    backend = keras.backend.backend()
+    best = None
+    for _ in range(kmeans.num_init):
+        uniforms = rng.random((k, trials), "float32")
+        centroids = ops.convert_to_numpy(
+            compiled("seed", backend)(
+                ops.convert_to_tensor(reservoir),
+                ops.convert_to_tensor(uniforms),
+            )
+        ).astype("float32")
+        if kmeans.batch_size is None:
+            iterations = 0
+            shift = np.inf
+            while iterations < kmeans.max_iter and shift > tolerance:
+                sums, counts, _, far = lloyd_pass(stream, centroids, lloyd_rows)
+                new = lloyd_update(centroids, sums, counts, far, spherical)
+                shift = float(np.sum(np.square(new - centroids)))
+                centroids = new
+                iterations += 1
+        else:
+            mini = Stream(data, kmeans.batch_size, "x", spherical)
+            rows_b = padded_rows(kmeans.batch_size, 1)
+            fn = compiled("minibatch", backend, spherical=spherical)
+            c = ops.convert_to_tensor(centroids)
+            n = ops.zeros((k,), "float32")
+            iterations = 0
+            while iterations < kmeans.max_iter:
+                for _, batch in mini:
+                    c, n = fn(*to_device(batch, rows_b), c, n)
+                    iterations += 1
+                    if iterations == kmeans.max_iter:
+                        break
+            centroids = ops.convert_to_numpy(c).astype("float32")
+        _, _, inertia, _ = lloyd_pass(stream, centroids, lloyd_rows)
+        if best is None or inertia < best[1]:
+            best = (centroids, inertia, iterations)
+    kmeans.centroids, kmeans.inertia, kmeans.iterations = best
+    kmeans.labels = None
+    kmeans.num_rows = rows
+    return kmeans
+
+
+class NpyWriter:
+    """Appends rows to a `.npy` file whose length is not known in advance
+    (a fixed 128-byte header is rewritten with the final shape on
+    `close`); the file then opens with `np.load(path, mmap_mode="r")`."""
+
+    HEADER = 128
+
+    def __init__(self, path, dtype, trailing=()):
+        self.path = os.fspath(path)
+        self.dtype = np.dtype(dtype)
+        self.trailing = tuple(trailing)
+        self.rows = 0
+        self.file = open(self.path, "wb")
+        self.file.write(b"\0" * self.HEADER)
+
+    def write(self, values):
+        values = np.ascontiguousarray(values, self.dtype)
+        self.file.write(values.tobytes())
+        self.rows += len(values)
+
+    def close(self):
+        shape = (self.rows,) + self.trailing
+        descr = np.lib.format.dtype_to_descr(self.dtype)
+        header = repr(
+            {"descr": descr, "fortran_order": False, "shape": shape}
+        ).encode("latin1")
+        prefix = b"\x93NUMPY\x01\x00"
+        pad = self.HEADER - len(prefix) - 2 - len(header) - 1
+        header = header + b" " * pad + b"\n"
+        self.file.seek(0)
+        self.file.write(prefix + len(header).to_bytes(2, "little") + header)
+        self.file.close()
+        return np.load(self.path, mmap_mode="r")
+
+
+def predict_stream(kmeans, data, labels_path=None, distances_path=None):
+    """Streamed `predict`: labels (and optionally the squared distance to
+    the nearest centroid), in memory or written to `.npy` files."""
+    spherical = kmeans.metric == "cosine"
+    rows = padded_rows(kmeans.stream_batch_size, 1)
+    fn = compiled("assign", keras.backend.backend())
+    c = ops.convert_to_tensor(kmeans.centroids)
+    labels = NpyWriter(labels_path, "int32") if labels_path else []
+    dists = NpyWriter(distances_path, "float32") if distances_path else None
+    stream = Stream(data, kmeans.stream_batch_size, "x", spherical)
+    for _, batch in _checked_width(stream, kmeans):
+        lab, dist = fn(to_device(batch, rows)[0], c)
+        lab = ops.convert_to_numpy(lab)[: len(batch)]
+        if labels_path:
+            labels.write(lab)
+        else:
+            labels.append(lab)
+        if dists is not None:
+            dists.write(ops.convert_to_numpy(dist)[: len(batch)])
+    if dists is not None:
+        dists.close()
+    if labels_path:
+        return labels.close()
+    return np.concatenate(labels).astype("int32")
+
+
+def transform_stream(kmeans, data, path=None):
+    """Streamed `transform`: `(n, k)` squared distances, in memory or
+    written to a `.npy` file."""
+    rows = padded_rows(kmeans.stream_batch_size, 1)
+    fn = compiled("distances", keras.backend.backend())
+    c = ops.convert_to_tensor(kmeans.centroids)
+    k = len(kmeans.centroids)
+    out = NpyWriter(path, "float32", (k,)) if path else []
+    stream = Stream(
+        data, kmeans.stream_batch_size, "x", kmeans.metric == "cosine"
+    )
+    for _, batch in _checked_width(stream, kmeans):
+        d = ops.convert_to_numpy(fn(to_device(batch, rows)[0], c))
+        d = d[: len(batch)]
+        if path:
+            out.write(d)
+        else:
+            out.append(d)
+    if path:
+        return out.close()
+    return np.concatenate(out).astype("float32")
+
+
+def _checked_width(stream, kmeans):
+    width = kmeans.centroids.shape[1]
+    for offset, batch in stream:
+        if batch.shape[1] != width:
+            raise ValueError(
+                f"`x` must have {width} columns (the width of the fitted "
+                f"data). Received: batches of shape {batch.shape}"
+            )
+        yield offset, batch
