@@ -150,7 +150,13 @@ class LoopedBlock(keras.layers.Layer):
     blocks of intermediates, at about one extra forward pass of compute.
     (TensorFlow cannot recompute gradients per iteration inside a while
     loop: there, in `"scan"` mode, the whole loop is rematerialised, keeping
-    only its input.)
+    only its input.) The recomputation does not replay the forward pass's
+    random draws, so `rematerialize=True` with a sublayer that has random
+    state (dropout with a rate > 0) is refused with a `ValueError` when
+    called with `training=True`, in both loop modes and on every backend
+    (it would silently compute wrong gradients on TensorFlow and leak a
+    tracer on JAX); inference (`training=False`) is unaffected. Train such
+    a block with `rematerialize=False`.
 
     Dtypes: the loop state is kept in this layer's compute dtype (each
     loop's output is cast to it, a no-op when the sublayers share this
@@ -296,6 +302,14 @@ class LoopedBlock(keras.layers.Layer):
         num_loops = self.num_loops if num_loops is None else num_loops
         num_loops = _validate_num_loops(num_loops)
         self._check_block_kwargs(block_kwargs)
+        if self.rematerialize and training and self._has_random_state():
+            raise ValueError(
+                "`rematerialize=True` cannot run sublayers with random state "
+                "(e.g. dropout with a rate > 0) with `training=True`: the "
+                "backward pass would recompute them with new random draws. "
+                "Use `rematerialize=False` for training. Received: "
+                f"rematerialize=True, training={training!r}"
+            )
         if self.return_all_loops and mask is not None:
             self._remember_loops(inputs, num_loops)
         dtype = inputs.dtype
@@ -340,7 +354,7 @@ class LoopedBlock(keras.layers.Layer):
         if (
             training
             and keras.backend.backend() == "jax"
-            and any(_has_seed_state(layer) for layer in self.block_layers)
+            and self._has_random_state()
         ):
             raise ValueError(
                 "`loop_mode='scan'` cannot run sublayers with random state "
@@ -360,6 +374,9 @@ class LoopedBlock(keras.layers.Layer):
         if self.return_all_loops:
             return [result[i] for i in range(num_loops)]
         return result
+
+    def _has_random_state(self):
+        return any(_has_seed_state(layer) for layer in self.block_layers)
 
     def apply_block(self, inputs, mask=None, training=None, **block_kwargs):
         """Applies the block's layers once, in order (one loop)."""

@@ -410,3 +410,53 @@ RESULT = {
     assert "model" in result["kernel"], result
     assert result["diff"] < 1e-5, result
     assert result["moved"] > 1e-3, result
+
+
+class _Scale(keras.layers.Layer):
+    """`w * x` with one scalar weight."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(), initializer="ones")
+
+    def call(self, x):
+        return self.w * x
+
+
+@pytest.mark.parametrize("mode", ["unroll", "scan"])
+def test_remat_refuses_random_sublayers_in_training(mode):
+    # Issue 26 items 22-23: the recomputation drew new dropout masks (wrong
+    # gradients on TensorFlow, a leaked tracer on JAX): now refused.
+    def make(remat):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((16,))
+        block = LoopedBlock(
+            [keras.layers.Dropout(0.5), _Scale()],
+            num_loops=2,
+            loop_mode=mode,
+            rematerialize=remat,
+        )
+        return keras.Model(inputs, block(inputs))
+
+    x = np.abs(_x((8, 16))) + 1.0
+    model = make(True)
+    np.testing.assert_allclose(model(x), x, rtol=1e-6)  # inference is fine
+    with pytest.raises(ValueError, match=r"rematerialize.*training"):
+        model(x, training=True)
+    model.compile(optimizer="sgd", loss="mae", jit_compile=False)
+    with pytest.raises(ValueError, match=r"rematerialize.*training"):
+        model.fit(x, np.zeros((8, 1)), epochs=1, verbose=0)
+    # Without remat (and in unroll mode on JAX), training works: the loss
+    # sum(w^2 * mask(x)) has d/dw = 2 * loss at w = 1.
+    if mode == "scan" and keras.backend.backend() == "jax":
+        return
+    block = make(False).layers[-1]
+    out = block(x, training=True)
+    assert 0 < np.mean(keras.ops.convert_to_numpy(out) == 0) < 1
+    if keras.backend.backend() != "tensorflow":
+        return  # the wrong gradients were TensorFlow's
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(block(x, training=True))
+    grad = tape.gradient(loss, block.block_layers[1].w)
+    np.testing.assert_allclose(float(grad), 2.0 * float(loss), rtol=1e-5)
