@@ -321,3 +321,74 @@ def _write(name, payload, notes):
     with open(result_path(name, ".md"), "w") as f:
         f.write(text)
     return text
+
+
+# === Shared by the benchmark scripts ===
+
+
+def _seed_items(text):
+    items = [s for s in str(text).replace(",", " ").split() if s]
+    try:
+        return [int(s) for s in items]
+    except ValueError:
+        raise ValueError(
+            f"`--seeds` takes integers, e.g. `--seeds 0 1 2 3 4`. "
+            f"Received: {text!r}"
+        ) from None
+
+
+def add_seeds_argument(parser, default=(0, 1, 2, 3, 4)):
+    """`--seeds`: the list of seeds, the same meaning in every script.
+
+    Accepts `--seeds 0 1 2` and `--seeds 0,1,2`; `args.seeds` is a list of
+    ints. Every arm of a comparison runs on every listed seed (verdicts
+    need at least five, see `benchmarks/stats.py`).
+    """
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        default=list(default),
+        type=_seed_items,
+        help="seeds, e.g. --seeds 0 1 2 3 4 (default: %(default)s)",
+    )
+
+
+def seeds_of(args):
+    """`args.seeds` flattened to a list of ints (after `add_seeds_argument`,
+    each command-line item parses to a list)."""
+    out = []
+    for item in args.seeds:
+        out.extend(item if isinstance(item, list) else [int(item)])
+    return out
+
+
+def warmup_cosine(peak, steps, *, warmup_fraction=0.1, floor=0.0):
+    """Linear warm-up from 0 to `peak` over `warmup_fraction` of `steps`
+    (at least one step), then cosine decay to `floor * peak` at `steps`:
+    a Keras `CosineDecay` whose warm-up plus decay last exactly `steps`."""
+    warmup = max(1, int(steps * warmup_fraction))
+    return keras.optimizers.schedules.CosineDecay(
+        0.0,
+        steps - warmup,
+        alpha=floor,
+        warmup_target=peak,
+        warmup_steps=warmup,
+    )
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def at_grid_edge(grid, best):
+    """Whether `best` is the smallest or largest value of `grid` (a best
+    value there may lie outside the grid: extend it or flag it). A one-point
+    grid is always at its edge."""
+    grid = sorted(grid)
+    return best in (grid[0], grid[-1])

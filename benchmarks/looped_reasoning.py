@@ -561,7 +561,7 @@ def main():
         default=None,
         help="training steps of every model (default: per task, see code)",
     )
-    parser.add_argument("--seeds", default="0,1,2")
+    harness.add_seeds_argument(parser)
     parser.add_argument(
         "--timing-only",
         action="store_true",
@@ -597,7 +597,7 @@ def main():
     def ints(text):
         return [int(v) for v in text.split(",") if v]
 
-    seeds = ints(args.seeds) if not quick else [0, 1]
+    seeds = harness.seeds_of(args) if not quick else [0, 1]
     gemma_tasks = args.gemma_tasks.split(",")
     reg_tasks = args.reg_tasks.split(",")
     common = {

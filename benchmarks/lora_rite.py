@@ -148,10 +148,14 @@ def part_quality(folder, data, args, grids):
             tuning.append({"optimizer": name, "lr": lr, **r})
             print("tune", name, lr, r, flush=True)
         best[name] = min(scores, key=lambda k: scores[k]["loss"])
-        edge = best[name] in (min(grid), max(grid)) and len(grid) > 2
-        results = [scores[best[name]]] + [
-            run(folder, name, best[name], s, data, args)
-            for s in range(1, args.seeds)
+        # A one-point grid is at its edge too (nothing was tuned).
+        edge = harness.at_grid_edge(grid, best[name])
+        seeds = harness.seeds_of(args)
+        results = [
+            scores[best[name]]
+            if s == 0
+            else run(folder, name, best[name], s, data, args)
+            for s in seeds
         ]
         loss_m, loss_s = harness.mean_std([r["loss"] for r in results])
         acc_m, acc_s = harness.mean_std([r["acc"] for r in results])
@@ -160,7 +164,7 @@ def part_quality(folder, data, args, grids):
                 "optimizer": name,
                 "lr": best[name],
                 "lr_at_grid_edge": edge,
-                "seeds": args.seeds,
+                "seeds": seeds,
                 "held_out_loss": f"{loss_m:.4f} +- {loss_s:.4f}",
                 "held_out_acc": f"{acc_m:.4f} +- {acc_s:.4f}",
                 "loss_mean": loss_m,
@@ -205,7 +209,7 @@ def main():
         "--part", default="all", choices=["all", "quality", "cost"]
     )
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--seeds", type=int, default=3)
+    harness.add_seeds_argument(parser)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sequence-length", type=int, default=64)
@@ -248,7 +252,7 @@ def main():
         "batch_size": args.batch_size,
         "sequence_length": seq,
         "rank": args.rank,
-        "seeds": args.seeds,
+        "seeds": harness.seeds_of(args),
         "quick": args.quick,
     }
     tables = {}

@@ -65,7 +65,7 @@ def char_embedder(output_dim=256):
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seeds", type=int, default=3)
+    harness.add_seeds_argument(parser)
     parser.add_argument("--num-clusters", type=int, default=12)
     parser.add_argument("--num-neighbors", type=int, default=20)
     parser.add_argument("--map-epochs", type=int, default=30)
@@ -146,7 +146,7 @@ def main():
     embedder = char_embedder()
     embeddings = embedder.embed(pool["texts"])
     rows, curves0 = [], {}
-    for seed in range(args.seeds):
+    for seed in harness.seeds_of(args):
         tr, va, te = split(len(correct), seed)
         test_correct = correct[te][:, unseen]
         for kind, router in make_routers(args, seed).items():
@@ -310,7 +310,7 @@ def main():
             "Unseen models' accuracy per difficulty level": level_table,
         },
         meta={
-            "seeds": args.seeds,
+            "seeds": harness.seeds_of(args),
             "num_prompts": len(correct),
             "split": "train/val/test = 50/20/30% of prompts",
             "num_clusters": args.num_clusters,

@@ -31,7 +31,7 @@ contexts of the training targets with perturbation 0.1 for SoftSRV).
   LM's `generate` (same batch, same length, no stop token), interleaved.
 
 Run: `KERAS_BACKEND=jax python -m benchmarks.softsrv [--quick]
-[--frozen small|default] [--seeds S] [--n N] [--train-steps T]`.
+[--frozen small|default] [--seeds 0 1 2 3 4] [--n N] [--train-steps T]`.
 """
 
 import argparse
@@ -242,13 +242,14 @@ def main():
         default="small",
         help="frozen LM: SMALL_CONFIG or DEFAULT_CONFIG local preset",
     )
-    parser.add_argument("--seeds", type=int, default=None)
+    harness.add_seeds_argument(parser, default=())
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--train-steps", type=int, default=None)
     args = parser.parse_args()
     size = dict(
         n=args.n or (16 if args.quick else 48),
-        seeds=args.seeds or (1 if args.quick else 3),
+        seeds=harness.seeds_of(args)
+        or ([0] if args.quick else [0, 1, 2, 3, 4]),
         seq=32 if args.quick else 48,
         prompt_length=8,
         train_steps=args.train_steps or (20 if args.quick else 40),
@@ -298,7 +299,7 @@ def main():
         q_feats = embedder.embed(heldout)
         questions = data["math_questions"] if domain == "math" else None
         answers = data["math_answers"] if domain == "math" else None
-        for seed in range(size["seeds"]):
+        for seed in size["seeds"]:
             synthetic = {}
             for p, model in models.items():
                 keras.utils.set_random_seed(seed)

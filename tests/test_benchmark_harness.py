@@ -33,3 +33,35 @@ def test_write_results_keeps_every_column(tmp_path, monkeypatch):
     assert "| b | 0.5 |" in text
     assert (tmp_path / "probe.md").read_text() == text
     assert (tmp_path / "probe.json").exists()
+
+
+def test_seeds_mean_a_list_everywhere():
+    import argparse
+
+    import pytest
+
+    parser = argparse.ArgumentParser()
+    harness.add_seeds_argument(parser, default=(0, 1))
+    assert harness.seeds_of(parser.parse_args([])) == [0, 1]
+    args = parser.parse_args(["--seeds", "3", "4", "5"])
+    assert harness.seeds_of(args) == [3, 4, 5]
+    args = parser.parse_args(["--seeds", "0,1,2"])
+    assert harness.seeds_of(args) == [0, 1, 2]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seeds", "x"])
+
+
+def test_warmup_cosine_lasts_exactly_steps():
+    import numpy as np
+
+    sched = harness.warmup_cosine(1.0, 100, warmup_fraction=0.05, floor=0.01)
+    lr = [float(sched(t)) for t in (0, 5, 100, 200)]
+    np.testing.assert_allclose(lr, [0.0, 1.0, 0.01, 0.01], atol=1e-6)
+    # Half-way through the decay: floor + (1 - floor) / 2.
+    np.testing.assert_allclose(float(sched(52.5)), 0.505, atol=1e-6)
+
+
+def test_grid_edge():
+    assert harness.at_grid_edge([1e-3, 1e-2, 1e-1], 1e-1)
+    assert not harness.at_grid_edge([1e-3, 1e-2, 1e-1], 1e-2)
+    assert harness.at_grid_edge([1e-2], 1e-2)
