@@ -171,7 +171,11 @@ class Laurel(keras.layers.Layer):
             the PA variants; all of the same shape `(..., D)`.
 
     Returns:
-        A tensor of the shape of `x`.
+        A tensor of the shape of `x`. Keras masks propagate as through
+        `keras.layers.Add`: the output mask is the logical and of the masks
+        of the inputs of `x`'s shape (`None` when none has one); masks of
+        earlier activations of another shape (PA with `pool_project`) are
+        not used.
 
     Example:
 
@@ -578,6 +582,24 @@ class Laurel(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
+
+    def compute_mask(self, inputs, mask=None):
+        if mask is None or not isinstance(mask, (list, tuple)):
+            return None
+        # As `keras.layers.Add`: the logical and of the inputs' masks; masks
+        # of pooled earlier activations (another shape) do not apply.
+        shape = tuple(inputs[0].shape)
+        masks = [
+            ops.cast(m, "bool")
+            for t, m in zip(inputs, mask)
+            if m is not None and tuple(t.shape) == shape
+        ]
+        if not masks:
+            return None
+        merged = masks[0]
+        for m in masks[1:]:
+            merged = ops.logical_and(merged, m)
+        return merged
 
     def get_config(self):
         config = super().get_config()

@@ -675,3 +675,62 @@ def test_residual_increment_refuses_pa():
     x = np.ones((1, D), "float32")
     with pytest.raises(ValueError, match="variant='pa'"):
         layer.residual_increment(x, x)
+
+
+def _masked_ids():
+    ids = np.array([[3, 5, 2, 0, 0], [7, 1, 0, 0, 0]], "int32")
+    return ids, ids != 0
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"variant": "rw_lr", "rank": 2}, {"variant": "rw"}]
+)
+def test_mask_propagates_like_add(kwargs):
+    # Issue 26 item 24: `Add()([e, fx])` keeps the Embedding's mask; Laurel
+    # dropped it, so layers after the join no longer saw the padding.
+    ids, expected = _masked_ids()
+    keras.utils.set_random_seed(0)
+    embed = keras.layers.Embedding(10, D, mask_zero=True)
+    dense = keras.layers.Dense(D)
+    e = embed(ids)
+    fx = dense(e)
+    reference = keras.layers.Add()([e, fx])
+    out = Laurel(**kwargs)([e, fx])
+    for tensor in (reference, out):
+        mask = getattr(tensor, "_keras_mask", None)
+        assert mask is not None
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(mask), expected
+        )
+    # Functional: a masked mean after the join ignores the padding.
+    inputs = keras.Input((5,), dtype="int32")
+    x = embed(inputs)
+    joined = Laurel(**kwargs)([x, dense(x)])
+    pooled = keras.layers.GlobalAveragePooling1D()(joined)
+    model = keras.Model(inputs, [joined, pooled])
+    seq, mean = (keras.ops.convert_to_numpy(t) for t in model(ids))
+    weights = expected[..., None].astype("float32")
+    np.testing.assert_allclose(
+        mean, (seq * weights).sum(1) / weights.sum(1), rtol=1e-5, atol=1e-6
+    )
+    # Masks are merged with a logical and, as `Add` does.
+    other = np.array([[1, 1, 1, 1, 0], [1, 0, 1, 1, 1]], bool)
+    layer = Laurel(**kwargs)
+    merged = layer.compute_mask([e, fx], [expected, other])
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(merged), expected & other
+    )
+    assert layer.compute_mask([e, fx], [None, None]) is None
+    assert layer.compute_mask([e, fx], None) is None
+
+
+def test_stack_propagates_masks():
+    ids, expected = _masked_ids()
+    keras.utils.set_random_seed(0)
+    x = keras.layers.Embedding(10, D, mask_zero=True)(ids)
+    stack = LaurelStack(variant="rw_lr_pa", rank=2, num_activations=3)
+    for _ in range(3):
+        x = stack.join(x, keras.layers.Dense(D)(x))
+    mask = getattr(x, "_keras_mask", None)
+    assert mask is not None
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), expected)
