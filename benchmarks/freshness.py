@@ -54,7 +54,7 @@ COMPONENTS = {
         "keras_gr/data/corpora.py",
     ],
     "looped_icl": [
-        "benchmarks/looped_icl.py",
+        "benchmarks/looped_icl/",
         "keras_gr/models/looped_icl.py",
         "keras_gr/layers/linear_attention.py",
         "keras_gr/data/icl_regression.py",

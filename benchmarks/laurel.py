@@ -619,7 +619,7 @@ def main(argv=None):
     parser.add_argument(
         "--only", choices=["lm", "digits"], default=None, help="one part"
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    harness.add_seeds_argument(parser)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=64)
@@ -646,6 +646,7 @@ def main(argv=None):
         "--name", default=None, help="results file stem (default laurel_<be>)"
     )
     args = parser.parse_args(argv)
+    args.seeds = harness.seeds_of(args)
     if args.quick:
         args.seeds = args.seeds[:2]
         args.steps, args.dim, args.layers = 20, 32, 1

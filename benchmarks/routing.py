@@ -339,54 +339,26 @@ def summarise(values):
 
 
 def verdicts(area, qnc, rows):
-    def wins(a, b, key="area", higher=True):
-        pairs = {}
-        for r in rows:
-            pairs.setdefault(r["seed"], {})[r["router"]] = r[key]
-        n = sum(
-            (p[a] > p[b]) if higher else (p[a] < p[b]) for p in pairs.values()
-        )
-        return n, len(pairs)
-
-    def _verdict(n, t):  # n of t seeds agree with the paper
-        return "reproduced" if n == t else "partly" if n else "not reproduced"
-
-    lines = ["## Verdicts (paper claims on this pool)", ""]
-    n, t = wins("cluster", "zero")
-    lines.append(
-        f"- Cluster routing among unseen LLMs beats the zero router (area "
-        f"{area['cluster']:.4f} vs {area['zero']:.4f}, better on {n}/{t} "
-        "seeds): " + _verdict(n, t) + "."
-    )
-    n, t = wins("cluster", "knn")
-    lines.append(
-        f"- Cluster routing >= K-NN in area (paper 0.307 vs 0.298; here "
-        f"{area['cluster']:.4f} vs {area['knn']:.4f}, better on {n}/{t} "
-        "seeds): " + _verdict(n, t) + "."
-    )
-    n, t = wins("learned_map", "cluster")
-    lines.append(
-        f"- The learned cluster map improves on the plain cluster map "
-        f"(area {area['learned_map']:.4f} vs {area['cluster']:.4f}, better "
-        f"on {n}/{t} seeds): " + _verdict(n, t) + "."
-    )
-    n, t = wins("cluster", "zero", key="qnc", higher=False)
-    lines.append(
-        f"- QNC: routing reaches the best unseen model's quality at a "
-        f"fraction of its cost (paper 33.9% cluster, 46.1% K-NN, 87.5% "
-        f"zero; here cluster {100 * qnc['cluster']:.1f}%, K-NN "
-        f"{100 * qnc['knn']:.1f}%, zero {100 * qnc['zero']:.1f}%, learned "
-        f"map {100 * qnc['learned_map']:.1f}%; cluster below zero on "
-        f"{n}/{t} seeds): "
-        + _verdict(n, t)
-        + " (mean over seeds; inf = some seed never reaches it)."
-    )
-    lines.append(
+    """The claims' figures; the verdicts are the one rule's
+    (`benchmarks/claims.py`, paired over the per-seed rows), written first
+    in the results file."""
+    return (
+        "## Paper claims on this pool (verdicts: the one-rule table above)"
+        "\n\n"
+        f"- Cluster vs zero router, area {area['cluster']:.4f} vs "
+        f"{area['zero']:.4f}; cluster vs K-NN (paper 0.307 vs 0.298) "
+        f"{area['cluster']:.4f} vs {area['knn']:.4f}; learned map vs plain "
+        f"cluster map {area['learned_map']:.4f} vs {area['cluster']:.4f}.\n"
+        "- QNC, the cost share reaching the best unseen model's quality "
+        "(paper 33.9% cluster, 46.1% K-NN, 87.5% zero): here cluster "
+        f"{100 * qnc['cluster']:.1f}%, K-NN {100 * qnc['knn']:.1f}%, zero "
+        f"{100 * qnc['zero']:.1f}%, learned map "
+        f"{100 * qnc['learned_map']:.1f}% (mean over seeds; inf = some seed "
+        "never reaches it).\n"
         "- Absolute numbers are not comparable with EmbedLLM's: a different "
         "pool (5 unseen tiny looped LMs on synthetic exact-answer tasks, "
         "FLOPs cost) and area normalised to this pool's cost range."
     )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

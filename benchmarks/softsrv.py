@@ -458,7 +458,6 @@ def main():
         },
         notes="".join(notes),
     )
-    claims.reverdict(name)
     print(md)
 
 

@@ -108,3 +108,38 @@ def test_reverdict_replaces_old_verdicts_and_is_idempotent(tmp_path):
     assert "verdicts per claim" in saved["superseded_verdicts"]
     assert "verdicts per claim" not in saved["tables"]
     assert saved["verdicts_one_rule"]
+
+
+def test_salt_weak_teacher_that_hurts_does_not_help_less():
+    # The recorded means: baseline 4.643, SALT 4.581, weak teacher 4.718
+    # (worse than no teacher). The old rule said "helps less: reproduced"
+    # because 4.718 > 4.581; the weak teacher does not help at all.
+    wobble = [0.0, 0.01, -0.01, 0.005, -0.005]
+    ce = {"baseline": 4.643, "salt": 4.581, "salt_weak_teacher": 4.718}
+    ce["salt_ds"], ce["kd_always"] = 4.593, 4.526
+    rows = [
+        {
+            "variant": v,
+            "seed": s,
+            "final val CE": c + w,
+            "step reaching baseline final": 105 if v != "baseline" else 120,
+        }
+        for v, c in ce.items()
+        for s, w in enumerate(wobble)
+    ]
+    payload = {"tables": {"Per seed": rows}, "meta": {"steps": 120}}
+    records = claims.records_for("salt_jax", payload)
+    weak = [r for r in records if r["claim"] == "a weak teacher helps less"]
+    assert [r["verdict"] for r in weak] == [
+        stats.NOT_REPRODUCED,
+        stats.REPRODUCED,
+    ]
+    (combined,) = [
+        c
+        for c in claims.combine(records)
+        if c["claim"] == "a weak teacher helps less"
+    ]
+    assert combined["verdict"] == stats.PARTLY
+    # 105 of 120 steps is a 12.5% saving against the paper's ~30%.
+    steps = [r for r in records if r["claim"].startswith("SALT reaches")]
+    assert {r["verdict"] for r in steps} == {stats.PARTLY}
