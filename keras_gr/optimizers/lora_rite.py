@@ -1,6 +1,7 @@
 """LoRA-RITE: a transformation-invariant optimizer for LoRA factor pairs."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_gr import _backend
@@ -254,6 +255,19 @@ class LoraRite(keras.optimizers.Optimizer):
             `clipvalue`, `global_clipnorm`, `use_ema`, `ema_momentum`,
             `ema_overwrite_frequency`, `loss_scale_factor`,
             `gradient_accumulation_steps`, `name`).
+
+    *Resuming training*: Keras folds LoRA into the kernel whenever it
+    writes a model file (`model.save` to `.keras`, `save_weights` to
+    `.weights.h5`, and so `keras.callbacks.BackupAndRestore` and
+    `ModelCheckpoint`): a model loaded from one has both factors at zero,
+    which LoRA-RITE (like any optimizer) can never move again, and the
+    optimizer state no longer matches the factors. Those files are for
+    deployment. To pause and resume LoRA-RITE training, write the factors
+    and the optimizer state with `save_training_state(model, path)` and
+    restore them into a freshly built and compiled model of the same
+    architecture with `load_training_state(model, path)`; then call
+    `fit(..., initial_epoch=...)`. The resumed run equals the
+    uninterrupted one (to float32 rounding).
 
     Example (a keras-hub model works the same way:
     `lm.backbone.enable_lora(rank=8)`, then compile with `LoraRite`):
@@ -718,6 +732,88 @@ class LoraRite(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+def save_training_state(model: keras.Model, filepath: str) -> None:
+    """Writes every variable of `model` and of its optimizer, unmerged.
+
+    Unlike Keras's `.keras` and `.weights.h5` files, which fold LoRA into
+    the kernel and store no factors, this keeps `lora_*_a` / `lora_*_b`
+    and the base kernel apart, so `load_training_state` resumes LoRA
+    training exactly (see `LoraRite`). The file is a NumPy `.npz` holding
+    the values in `model.weights` order, then `model.optimizer.variables`
+    (step counter included), with their paths.
+
+    Args:
+        model: a compiled `keras.Model` (its optimizer built or not; an
+            unbuilt optimizer is saved without state).
+        filepath: the `.npz` file to write.
+    """
+    optimizer = _compiled_optimizer(model)
+    arrays = {}
+    for prefix, variables in (
+        ("model", model.weights),
+        ("optimizer", optimizer.variables),
+    ):
+        for i, v in enumerate(variables):
+            arrays[f"{prefix}_{i}"] = np.asarray(ops.convert_to_numpy(v))
+        arrays[f"{prefix}_paths"] = np.array([v.path for v in variables])
+    with open(filepath, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_training_state(model: keras.Model, filepath: str) -> None:
+    """Restores what `save_training_state` wrote into a compiled `model`.
+
+    `model` must be built like the saved one (same layers in the same
+    order, LoRA enabled with the same ranks) and compiled with an optimizer
+    of the same kind and options; its optimizer is built first if needed.
+    Variables are matched by position; a count or shape mismatch raises a
+    `ValueError` before anything is assigned.
+
+    Args:
+        model: the compiled `keras.Model` to restore into.
+        filepath: a file written by `save_training_state`.
+    """
+    optimizer = _compiled_optimizer(model)
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    with np.load(filepath, allow_pickle=False) as data:
+        stored = {key: data[key] for key in data.files}
+    pending = []
+    for prefix, variables in (
+        ("model", model.weights),
+        ("optimizer", optimizer.variables),
+    ):
+        paths = stored[f"{prefix}_paths"]
+        if len(paths) != len(variables):
+            raise ValueError(
+                f"`model` must have the {prefix} variables of the saved "
+                f"state ({len(paths)}). Received: a model with "
+                f"{len(variables)} {prefix} variables"
+            )
+        for i, v in enumerate(variables):
+            value = stored[f"{prefix}_{i}"]
+            if tuple(value.shape) != tuple(v.shape):
+                raise ValueError(
+                    f"`model` must match the saved state: {prefix} variable "
+                    f"{i} ({paths[i]}) has shape {tuple(value.shape)} in "
+                    f"the file. Received: a model whose {v.path} has shape "
+                    f"{tuple(v.shape)}"
+                )
+            pending.append((v, value))
+    for v, value in pending:
+        v.assign(value)
+
+
+def _compiled_optimizer(model):
+    optimizer = getattr(model, "optimizer", None)
+    if not isinstance(model, keras.Model) or optimizer is None:
+        raise ValueError(
+            "`model` must be a keras.Model compiled with an optimizer. "
+            f"Received: model={model!r}"
+        )
+    return optimizer
 
 
 def find_lora_pairs(variables):

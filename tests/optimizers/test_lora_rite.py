@@ -17,7 +17,9 @@ from keras_gr.optimizers import LoraRite
 from keras_gr.optimizers.lora_rite import bias_corrected_decay
 from keras_gr.optimizers.lora_rite import escaped_mass
 from keras_gr.optimizers.lora_rite import find_lora_pairs
+from keras_gr.optimizers.lora_rite import load_training_state
 from keras_gr.optimizers.lora_rite import precondition
+from keras_gr.optimizers.lora_rite import save_training_state
 from keras_gr.optimizers.matrix_functions import safe_pinv
 from keras_gr.optimizers.matrix_functions import thin_qr
 from tests.conformance import check_optimizer
@@ -1027,3 +1029,57 @@ def test_keras_hub_preset_lora_fit(tiny_preset):
     # query/value EinsumDense kernels are 3-D: (heads, hidden, rank).
     assert len(optimizer.lora_pairs[0][0].shape) == 3
     assert np.isfinite(last) and last < 0.9 * first, (first, last)
+
+
+def test_resume_from_training_state_equals_uninterrupted(tmp_path):
+    """Issue 26 item 25: Keras folds LoRA into the kernel when it writes a
+    `.keras` or `.weights.h5` file (the factors come back as zeros and
+    never train again), so resuming from those differs from uninterrupted
+    training. `save_training_state` / `load_training_state` resume
+    exactly."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = np.tanh(rng.normal(size=(32, 4))).astype("float32")
+
+    def fresh(rank=2):
+        keras.utils.set_random_seed(0)
+        dense = keras.layers.Dense(4)
+        model = keras.Sequential([keras.Input((6,)), dense])
+        dense.enable_lora(rank)
+        b = np.random.default_rng(1).normal(size=(rank, 4))
+        dense.lora_kernel_b.assign(0.3 * b)
+        model.compile(
+            optimizer=LoraRite(learning_rate=0.02),
+            loss="mse",
+            jit_compile=False,
+        )
+        return model, [None, dense]
+
+    straight, _ = fresh()
+    straight.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    half, _ = fresh()
+    half.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    state = str(tmp_path / "state.npz")
+    save_training_state(half, state)
+
+    # What Keras's own weights file does (the reason for the helper).
+    folded, folded_layers = fresh()
+    half.save_weights(str(tmp_path / "w.weights.h5"))
+    folded.load_weights(str(tmp_path / "w.weights.h5"))
+    assert not np.any(np.array(_lora_b(folded_layers[1])))
+
+    resumed, _ = fresh()
+    load_training_state(resumed, state)
+    assert int(resumed.optimizer.iterations) == 4
+    resumed.fit(
+        x, y, batch_size=8, epochs=2, initial_epoch=1, verbose=0, shuffle=False
+    )
+    for w1, w2 in zip(resumed.weights, straight.weights, strict=True):
+        np.testing.assert_allclose(np.array(w1), np.array(w2), atol=1e-6)
+
+    other, _ = fresh(rank=3)
+    with pytest.raises(ValueError, match=r"model.*shape"):
+        load_training_state(other, state)
+    uncompiled = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    with pytest.raises(ValueError, match="compiled"):
+        load_training_state(uncompiled, state)
