@@ -24,6 +24,7 @@ _LAZY = {
     "train_only_laurel": "laurel_retrofit",
     "LoopedGemmaBackbone": "looped_lm",
     "LoopedGemmaCausalLM": "looped_lm",
+    "LoopedGemmaPrefixAdapter": "looped_lm",
     "looped_gemma_from_preset": "looped_lm",
     "GemmaPrefixAdapter": "prefix_lm",
     "GPT2PrefixAdapter": "prefix_lm",
@@ -32,6 +33,7 @@ _LAZY = {
     "get_prefix_adapter": "prefix_lm",
     "prefix_lm_logits": "prefix_lm",
     "register_prefix_adapter": "prefix_lm",
+    "run_decoder_layers": "prefix_lm",
 }
 
 __all__ = list(_LAZY)

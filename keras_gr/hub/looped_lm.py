@@ -48,6 +48,10 @@ from keras import ops
 
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
+from keras_gr.hub.prefix_lm import GemmaPrefixAdapter
+from keras_gr.hub.prefix_lm import gemma_embed
+from keras_gr.hub.prefix_lm import register_prefix_adapter
+from keras_gr.hub.prefix_lm import run_decoder_layers
 from keras_gr.layers.looped_block import LoopedBlock
 from keras_gr.layers.looped_block import _validate_num_loops
 
@@ -283,9 +287,7 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
     def _apply_layers(self, token_ids, padding_mask, num_prelude, num_loops):
         """Embedding, prelude, looped block (`num_loops`, `None` for the
         block's own), coda and final norm: the backbone's forward pass."""
-        x = self.token_embedding(token_ids)
-        hidden_dim = self.token_embedding.output_dim
-        x = x * ops.cast(ops.sqrt(hidden_dim), x.dtype)
+        x = gemma_embed(self, token_ids)
         for layer in self.transformer_layers[:num_prelude]:
             x = layer(x, padding_mask=padding_mask)
         x = self.looped_block(x, num_loops=num_loops, padding_mask=padding_mask)
@@ -324,6 +326,36 @@ class LoopedGemmaBackbone(keras_hub.models.GemmaBackbone):
             }
         )
         return config
+
+
+class LoopedGemmaPrefixAdapter(GemmaPrefixAdapter):
+    """Prefix adapter of `LoopedGemmaBackbone` (`keras_gr.hub.prefix_lm`).
+
+    Gemma's adapter (scaled embeddings, RoPE) over the backbone's
+    `layer_schedule` at its constructor's `num_loops`, so with an empty
+    prefix the prefix path gives the backbone's own output, and the
+    key/value cache keeps one slot per layer application. Registered for
+    `LoopedGemmaBackbone` when this module is imported.
+
+    Example:
+
+    >>> from keras_gr.hub.prefix_lm import get_prefix_adapter
+    >>> backbone = LoopedGemmaBackbone(
+    ...     vocabulary_size=40, num_query_heads=2, num_key_value_heads=1,
+    ...     hidden_dim=16, intermediate_dim=32, head_dim=8, num_loops=3,
+    ... )
+    >>> adapter = get_prefix_adapter(backbone)
+    >>> adapter.layer_schedule(backbone)
+    [0, 1, 1, 1, 2]
+    >>> adapter.cache_shape(backbone, batch_size=2, length=10)
+    [2, 5, 2, 10, 1, 8]
+    """
+
+    def layer_schedule(self, backbone):
+        return list(backbone.layer_schedule)
+
+
+register_prefix_adapter(LoopedGemmaBackbone, LoopedGemmaPrefixAdapter())
 
 
 @keras.saving.register_keras_serializable(package="keras_gr")
@@ -468,19 +500,14 @@ class LoopedGemmaCausalLM(keras_hub.models.GemmaCausalLM):
         schedule = backbone.get_layer_schedule(
             self._active_num_loops(num_loops)
         )
-        x = backbone.token_embedding(token_ids)
-        x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
-        caches = []
-        for slot, index in enumerate(schedule):
-            x, next_cache = backbone.transformer_layers[index](
-                x,
-                cache=cache[:, slot, ...],
-                cache_update_index=cache_update_index,
-            )
-            caches.append(next_cache)
-        cache = ops.stack(caches, axis=1)
-        hidden_states = x = backbone.layer_norm(x)
-        logits = backbone.token_embedding(x, reverse=True)
+        hidden_states, cache = run_decoder_layers(
+            backbone,
+            gemma_embed(backbone, token_ids),
+            schedule,
+            cache=cache,
+            cache_update_index=cache_update_index,
+        )
+        logits = backbone.token_embedding(hidden_states, reverse=True)
         return logits, hidden_states, cache
 
     def _build_cache(self, token_ids, num_loops=None):

@@ -31,12 +31,21 @@ how that family embeds tokens and runs its layers:
   added to the whole sequence, prefix included (the prefix occupies positions
   `0 .. t - 1`, so `t + L` must not exceed `max_sequence_length`).
 
-Register another family with `register_prefix_adapter(BackboneClass,
-adapter)`; `get_prefix_adapter(backbone)` raises a `ValueError` naming the
-backbone class when none is registered.
+- `LoopedGemmaPrefixAdapter` (`keras_gr.hub.LoopedGemmaBackbone`, in
+  `looped_lm.py`): Gemma's, over the backbone's `layer_schedule`.
+
+The decoder stack with or without a cache is one function,
+`run_decoder_layers(backbone, x, schedule, ...)`, shared by every adapter
+and by `LoopedGemmaCausalLM.call_with_cache`. Register another family with
+`register_prefix_adapter(BackboneClass, adapter)`. Adapters are matched by
+the backbone's exact class: `get_prefix_adapter(backbone)` raises a
+`ValueError` naming the backbone class and the registered ones when its
+class has none, also for a subclass of a registered class (the parent's
+adapter would silently skip what the subclass changes).
 """
 
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -52,9 +61,19 @@ from keras_gr._validation import check_integer
 class PrefixLMAdapter:
     """How one keras-hub backbone family runs with a prefix of embeddings.
 
-    Subclasses implement `embed_tokens`, `forward` and `cache_shape`;
-    `logits` (the tied or reversible output embedding) is shared. Register
-    one for a new family with `register_prefix_adapter`.
+    A family differs from another in four places, each a method:
+    `embed_tokens` (the token embedding in the space where the prefix is
+    inserted), `embed_positions` (what is added to the whole sequence
+    before the first layer; nothing by default), `layer_arguments` (the
+    keyword names its decoder layers take for the padding mask and the
+    cache) and `key_value_shape` (heads and head width of one cache
+    slot). `layer_schedule` (every layer once, in order, by default) says
+    which decoder layers run, in which order: a looped backbone repeats
+    indices, and the cache keeps one slot per application. The forward
+    pass itself (`forward`, through `run_decoder_layers`) is shared.
+    `max_sequence_length` bounds `t + L` for families with learned
+    positions (`None`: no bound). Register one for a new family with
+    `register_prefix_adapter`.
 
     Example:
 
@@ -74,6 +93,30 @@ class PrefixLMAdapter:
         """Token embeddings in the space where the prefix is inserted."""
         raise NotImplementedError
 
+    def embed_positions(self, backbone, embeddings, start_index):
+        """What the first layer receives for `embeddings` (b, n, d) that
+        start at position `start_index`. Defaults to `embeddings`."""
+        return embeddings
+
+    def layer_arguments(self):
+        """Keyword names of the decoder layers' padding mask, cache and
+        cache index, in that order."""
+        raise NotImplementedError
+
+    def key_value_shape(self, backbone):
+        """`(heads, head_dim)` of one layer's keys and values."""
+        raise NotImplementedError
+
+    def layer_schedule(self, backbone):
+        """Indices into `backbone.transformer_layers` in the order they
+        run. Defaults to each layer once, in order."""
+        return list(range(len(backbone.transformer_layers)))
+
+    def max_sequence_length(self, backbone):
+        """Most positions (prefix included) the backbone can take, or
+        `None` without a bound. Defaults to `None`."""
+        return None
+
     def forward(
         self,
         backbone,
@@ -85,18 +128,110 @@ class PrefixLMAdapter:
         """Runs the layers on `embeddings` (b, n, d) that start at position
         `cache_update_index`; returns `(hidden_states, cache)` with the final
         normalisation applied (`cache` is `None` without a cache)."""
-        raise NotImplementedError
+        x = self.embed_positions(backbone, embeddings, cache_update_index)
+        return run_decoder_layers(
+            backbone,
+            x,
+            self.layer_schedule(backbone),
+            padding_mask=padding_mask,
+            cache=cache,
+            cache_update_index=cache_update_index,
+            argument_names=self.layer_arguments(),
+        )
 
     def cache_shape(self, backbone, batch_size, length):
-        """Shape of the stacked key/value cache for `length` positions."""
-        raise NotImplementedError
+        """Shape of the stacked key/value cache for `length` positions:
+        one slot per entry of `layer_schedule`."""
+        return [
+            batch_size,
+            len(self.layer_schedule(backbone)),
+            2,
+            length,
+            *self.key_value_shape(backbone),
+        ]
 
     def logits(self, backbone, hidden_states):
         return backbone.token_embedding(hidden_states, reverse=True)
 
 
+def run_decoder_layers(
+    backbone: keras.Model,
+    x: Any,
+    schedule: Sequence[int],
+    padding_mask: Any | None = None,
+    cache: Any | None = None,
+    cache_update_index: Any = 0,
+    argument_names: tuple[str, str, str] = (
+        "padding_mask",
+        "cache",
+        "cache_update_index",
+    ),
+) -> tuple[Any, Any]:
+    """The decoder stack of a keras-hub backbone, with or without a cache.
+
+    Runs `backbone.transformer_layers[i]` for each `i` of `schedule` in
+    turn on `x` (b, n, d), then `backbone.layer_norm`. Without a cache
+    each layer sees `padding_mask`; with a stacked `cache` (b, len(schedule),
+    2, length, heads, head_dim) the application at position `s` of the
+    schedule reads and writes cache slot `s` at `cache_update_index` (the
+    attention is causal over the cache, as in keras-hub's
+    `call_with_cache`). A schedule that repeats an index (a looped
+    backbone) gives that layer one slot per application, since it sees
+    other inputs at each loop. `argument_names` are the layers' keyword
+    names for the padding mask, the cache and the cache index (Gemma's by
+    default; GPT-2's are `decoder_padding_mask`, `self_attention_cache`,
+    `self_attention_cache_update_index`).
+
+    Returns:
+        `(hidden_states, cache)`: the normalised output (b, n, d) and the
+        updated stacked cache (`None` without a cache).
+
+    Example:
+
+    >>> import keras_hub
+    >>> backbone = keras_hub.models.GemmaBackbone(
+    ...     vocabulary_size=32, num_layers=2, num_query_heads=2,
+    ...     num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+    ...     head_dim=8)
+    >>> x = gemma_embed(backbone, np.ones((1, 4), "int32"))
+    >>> cache = np.zeros((1, 3, 2, 4, 1, 8), "float32")  # 3 applications
+    >>> hidden, cache = run_decoder_layers(backbone, x, [0, 1, 1], cache=cache)
+    >>> tuple(hidden.shape), tuple(cache.shape)
+    ((1, 4, 16), (1, 3, 2, 4, 1, 8))
+    """
+    mask_name, cache_name, index_name = argument_names
+    caches = []
+    for slot, index in enumerate(schedule):
+        layer = backbone.transformer_layers[index]
+        if cache is None:
+            x = layer(x, **{mask_name: padding_mask})
+        else:
+            x, layer_cache = layer(
+                x,
+                **{
+                    cache_name: cache[:, slot, ...],
+                    index_name: cache_update_index,
+                },
+            )
+            caches.append(layer_cache)
+    x = backbone.layer_norm(x)
+    return x, (ops.stack(caches, axis=1) if caches else None)
+
+
+def gemma_embed(backbone, token_ids):
+    """Gemma's token embeddings, scaled by `sqrt(hidden_dim)` (read from
+    the embedding layer, so it also works while a backbone is built)."""
+    x = backbone.token_embedding(token_ids)
+    hidden_dim = backbone.token_embedding.output_dim
+    return x * ops.cast(ops.sqrt(hidden_dim), x.dtype)
+
+
 class GemmaPrefixAdapter(PrefixLMAdapter):
     """`keras_hub.models.GemmaBackbone`: scaled embeddings, RoPE.
+
+    The prefix is inserted after the `sqrt(hidden_dim)` scaling; RoPE
+    positions come from the cache index inside attention, so there is no
+    bound on `t + L`.
 
     Example:
 
@@ -113,45 +248,21 @@ class GemmaPrefixAdapter(PrefixLMAdapter):
     """
 
     def embed_tokens(self, backbone, token_ids):
-        x = backbone.token_embedding(token_ids)
-        return x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
+        return gemma_embed(backbone, token_ids)
 
-    def forward(
-        self,
-        backbone,
-        embeddings,
-        padding_mask=None,
-        cache=None,
-        cache_update_index=0,
-    ):
-        x = embeddings
-        caches = []
-        for i, layer in enumerate(backbone.transformer_layers):
-            if cache is None:
-                x = layer(x, padding_mask=padding_mask)
-            else:
-                x, layer_cache = layer(
-                    x,
-                    cache=cache[:, i, ...],
-                    cache_update_index=cache_update_index,
-                )
-                caches.append(layer_cache)
-        x = backbone.layer_norm(x)
-        return x, (ops.stack(caches, axis=1) if caches else None)
+    def layer_arguments(self):
+        return ("padding_mask", "cache", "cache_update_index")
 
-    def cache_shape(self, backbone, batch_size, length):
-        return [
-            batch_size,
-            backbone.num_layers,
-            2,
-            length,
-            backbone.num_key_value_heads,
-            backbone.head_dim,
-        ]
+    def key_value_shape(self, backbone):
+        return (backbone.num_key_value_heads, backbone.head_dim)
 
 
 class GPT2PrefixAdapter(PrefixLMAdapter):
     """`keras_hub.models.GPT2Backbone`: learned positions over the prefix.
+
+    The prefix is inserted in token-embedding space and the learned
+    position embeddings are added to the whole sequence, so `t + L` must
+    not exceed `max_sequence_length`.
 
     Example:
 
@@ -168,56 +279,45 @@ class GPT2PrefixAdapter(PrefixLMAdapter):
     def embed_tokens(self, backbone, token_ids):
         return backbone.token_embedding(token_ids)
 
-    def forward(
-        self,
-        backbone,
-        embeddings,
-        padding_mask=None,
-        cache=None,
-        cache_update_index=0,
-    ):
+    def embed_positions(self, backbone, embeddings, start_index):
         positions = backbone.position_embedding(
-            embeddings, start_index=cache_update_index
+            embeddings, start_index=start_index
         )
         x = backbone.embeddings_add((embeddings, positions))
-        x = backbone.embeddings_dropout(x)
-        caches = []
-        for i, layer in enumerate(backbone.transformer_layers):
-            if cache is None:
-                x = layer(x, decoder_padding_mask=padding_mask)
-            else:
-                x, layer_cache = layer(
-                    x,
-                    self_attention_cache=cache[:, i, ...],
-                    self_attention_cache_update_index=cache_update_index,
-                )
-                caches.append(layer_cache)
-        x = backbone.layer_norm(x)
-        return x, (ops.stack(caches, axis=1) if caches else None)
+        return backbone.embeddings_dropout(x)
 
-    def cache_shape(self, backbone, batch_size, length):
-        return [
-            batch_size,
-            backbone.num_layers,
-            2,
-            length,
-            backbone.num_heads,
-            backbone.hidden_dim // backbone.num_heads,
-        ]
+    def layer_arguments(self):
+        return (
+            "decoder_padding_mask",
+            "self_attention_cache",
+            "self_attention_cache_update_index",
+        )
+
+    def key_value_shape(self, backbone):
+        return (backbone.num_heads, backbone.hidden_dim // backbone.num_heads)
+
+    def max_sequence_length(self, backbone):
+        return int(backbone.max_sequence_length)
 
 
-_ADAPTERS = [
-    (keras_hub.models.GemmaBackbone, GemmaPrefixAdapter()),
-    (keras_hub.models.GPT2Backbone, GPT2PrefixAdapter()),
-]
+# Exact backbone class -> adapter. A subclass is not matched by its parent:
+# it may change the forward pass (a looped schedule, extra branches) that the
+# parent's adapter would silently skip.
+_ADAPTERS = {
+    keras_hub.models.GemmaBackbone: GemmaPrefixAdapter(),
+    keras_hub.models.GPT2Backbone: GPT2PrefixAdapter(),
+}
 
 
 def register_prefix_adapter(
     backbone_cls: type, adapter: PrefixLMAdapter
 ) -> None:
-    """Registers `adapter` for `backbone_cls` and its subclasses.
+    """Registers `adapter` for backbones of exactly the class `backbone_cls`.
 
-    Later registrations take precedence over earlier ones.
+    Subclasses are not covered: `get_prefix_adapter` refuses a backbone
+    whose exact class has no adapter, even when a parent class has one, so
+    register each subclass (with its parent's adapter if its forward pass
+    is the parent's). A second registration of a class replaces the first.
 
     Example:
 
@@ -242,11 +342,15 @@ def register_prefix_adapter(
             "`adapter` must be a `PrefixLMAdapter` instance. Received: "
             f"adapter={adapter!r}"
         )
-    _ADAPTERS.insert(0, (backbone_cls, adapter))
+    _ADAPTERS[backbone_cls] = adapter
 
 
 def get_prefix_adapter(backbone: keras.Model) -> PrefixLMAdapter:
-    """The registered `PrefixLMAdapter` for `backbone`'s family.
+    """The `PrefixLMAdapter` registered for `backbone`'s exact class.
+
+    Raises a `ValueError` naming the class and the registered ones when
+    there is none, including for a subclass of a registered class (see
+    `register_prefix_adapter`).
 
     Example:
 
@@ -258,14 +362,22 @@ def get_prefix_adapter(backbone: keras.Model) -> PrefixLMAdapter:
     >>> type(get_prefix_adapter(backbone)).__name__
     'GemmaPrefixAdapter'
     """
-    for cls, adapter in _ADAPTERS:
-        if isinstance(backbone, cls):
-            return adapter
-    known = tuple(cls.__name__ for cls, _ in _ADAPTERS)
+    adapter = _ADAPTERS.get(type(backbone))
+    if adapter is not None:
+        return adapter
+    known = sorted(cls.__name__ for cls in _ADAPTERS)
+    parents = [cls.__name__ for cls in _ADAPTERS if isinstance(backbone, cls)]
+    hint = ""
+    if parents:
+        hint = (
+            f" It subclasses {', '.join(sorted(parents))}, whose adapter "
+            "may skip what the subclass changes: register one for the "
+            "subclass itself."
+        )
     raise ValueError(
-        "`backbone` must be a keras-hub backbone of a family with a "
-        f"registered prefix adapter, one of {known} (see "
-        "`keras_gr.hub.register_prefix_adapter`). Received: "
+        f"`backbone` of class {type(backbone).__name__} has no registered "
+        f"prefix adapter: the classes with one are {known} (see "
+        f"`keras_gr.hub.register_prefix_adapter`).{hint} Received: "
         f"backbone={type(backbone).__name__}"
     )
 
@@ -302,6 +414,9 @@ def prefix_lm_logits(
     (2, 8, 32)
     """
     adapter = get_prefix_adapter(backbone)
+    check_prefix_positions(
+        adapter, backbone, ops.shape(prefix)[1], ops.shape(token_ids)[1]
+    )
     tokens = adapter.embed_tokens(backbone, token_ids)
     prefix = ops.cast(prefix, tokens.dtype)
     x = ops.concatenate([prefix, tokens], axis=1)
@@ -314,6 +429,79 @@ def prefix_lm_logits(
         )
     hidden, _ = adapter.forward(backbone, x, padding_mask=mask)
     return adapter.logits(backbone, hidden)
+
+
+def check_prefix_positions(adapter, backbone, prefix_length, length):
+    """Raises a `ValueError` when `prefix_length + length` positions do not
+    fit the backbone (`adapter.max_sequence_length`, set by families with
+    learned position embeddings); a no-op for symbolic lengths and for
+    families without a bound."""
+    limit = adapter.max_sequence_length(backbone)
+    if limit is None:
+        return
+    if not isinstance(prefix_length, int) or not isinstance(length, int):
+        return
+    if prefix_length + length > limit:
+        raise ValueError(
+            "The prefix length plus the sequence length must not exceed "
+            f"the backbone's max_sequence_length={limit}. Received: prefix "
+            f"length {prefix_length} + length {length} = "
+            f"{prefix_length + length}"
+        )
+
+
+def _check_prompt(token_ids, padding_mask, batch, max_length, vocabulary):
+    """`(token_ids, padding_mask)` as int32 / bool NumPy arrays after checking
+    that they are what keras-hub's `generate` takes: integer ids inside
+    the vocabulary, `batch` rows of at most `max_length` columns, a mask of
+    the same shape whose rows are right-padded (`True...True False...`) and
+    hold at least one token."""
+    token_ids = check_array("token_ids", token_ids, ndim=2)
+    if not (
+        np.issubdtype(token_ids.dtype, np.integer)
+        or np.array_equal(token_ids, np.round(token_ids))
+    ):
+        raise ValueError(
+            "`token_ids` must hold integer token ids. Received: token_ids "
+            f"of dtype {token_ids.dtype} with non-integer entries"
+        )
+    if token_ids.shape[0] != batch or token_ids.shape[1] > max_length:
+        raise ValueError(
+            "`token_ids` must have `prefix`'s batch size and at most "
+            f"`max_length`={max_length} columns. Received: token_ids "
+            f"with shape {token_ids.shape}, a prefix batch of {batch}"
+        )
+    if padding_mask is None:
+        padding_mask = np.ones(token_ids.shape, bool)
+    padding_mask = np.asarray(padding_mask)
+    if padding_mask.shape != token_ids.shape:
+        raise ValueError(
+            "`padding_mask` must have the shape of `token_ids` "
+            f"{token_ids.shape}. Received: padding_mask with shape "
+            f"{padding_mask.shape}"
+        )
+    padding_mask = padding_mask.astype(bool)
+    empty = np.flatnonzero(~padding_mask[:, 0])
+    if empty.size:
+        raise ValueError(
+            "`padding_mask` must mark at least the first token of each row "
+            f"as real. Received: no real first token in row {int(empty[0])}"
+        )
+    gaps = np.flatnonzero((padding_mask[:, 1:] > padding_mask[:, :-1]).any(1))
+    if gaps.size:
+        raise ValueError(
+            "`padding_mask` must pad each row on the right only (keras-hub "
+            "generates after the last real token). Received: a real token "
+            f"after padding in row {int(gaps[0])}"
+        )
+    real = token_ids[padding_mask]
+    if real.size and (real.min() < 0 or real.max() >= vocabulary):
+        raise ValueError(
+            f"`token_ids` must lie in [0, {vocabulary}) (the vocabulary "
+            f"size is {vocabulary}). Received: ids from {int(real.min())} to "
+            f"{int(real.max())}"
+        )
+    return token_ids.astype("int32"), padding_mask
 
 
 def _stop_mask(token_ids, stop_token_ids, prompt_mask):
@@ -400,7 +588,18 @@ class PrefixCausalLM(keras.Model):
         `kwargs` to `keras.Model.compile`)."""
         if kwargs:
             super().compile(**kwargs)
-        self.sampler = keras_hub.samplers.get(sampler)
+        # keras-hub's `get` returns an unknown name unchanged: check it.
+        try:
+            resolved = keras_hub.samplers.get(sampler)
+        except (ValueError, TypeError):
+            resolved = None
+        if not isinstance(resolved, keras_hub.samplers.Sampler):
+            raise ValueError(
+                "`sampler` must be a keras-hub sampler name (e.g. 'greedy', "
+                "'top_k', 'top_p') or a `keras_hub.samplers.Sampler`. "
+                f"Received: sampler={sampler!r}"
+            )
+        self.sampler = resolved
         self._generate_functions = {}
 
     def build(self, input_shape=None):
@@ -499,14 +698,19 @@ class PrefixCausalLM(keras.Model):
         tuple of ids that end a row; `None` decodes to `max_length`.
         `seed`: an int resets the sampler's seed state first, so the same
         seed draws the same tokens; `None` (default) continues its stream.
+
+        Everything is checked before anything runs, with a `ValueError`
+        naming the argument: a finite `prefix` of the backbone's width;
+        integer `token_ids` inside the vocabulary (and start / stop ids);
+        a `padding_mask` of the ids' shape whose rows are right-padded and
+        hold at least one real token (what keras-hub's `generate` assumes);
+        and, for families with learned positions (GPT-2), `t + max_length
+        <= max_sequence_length`.
         """
         max_length = check_integer("max_length", max_length, minimum=2)
         if seed is not None:
             seed = check_integer("seed", seed, minimum=0)
-            for variable in self.sampler.variables:
-                state = np.zeros(variable.shape, variable.dtype)
-                state.reshape(-1)[0] = seed
-                variable.assign(state)
+        vocabulary_size = int(self.backbone.vocabulary_size)
         prefix = np.asarray(ops.convert_to_numpy(prefix), dtype="float32")
         check_array("prefix", prefix, ndim=3, allow_empty=True)
         if prefix.shape[-1] != self.backbone.hidden_dim:
@@ -515,6 +719,9 @@ class PrefixCausalLM(keras.Model):
                 f"{self.backbone.hidden_dim} as its last dimension. "
                 f"Received: prefix with shape {prefix.shape}"
             )
+        check_prefix_positions(
+            self.adapter, self.backbone, prefix.shape[1], max_length
+        )
         batch = prefix.shape[0]
         if token_ids is None:
             if start_token_id is None:
@@ -526,24 +733,26 @@ class PrefixCausalLM(keras.Model):
                     "and no preprocessor is attached. Received: "
                     "start_token_id=None"
                 )
-            token_ids = np.full((batch, 1), int(start_token_id), "int32")
-        token_ids = np.asarray(token_ids, dtype="int32")
-        check_array("token_ids", token_ids, ndim=2)
-        if padding_mask is None:
-            padding_mask = np.ones_like(token_ids, dtype=bool)
-        padding_mask = np.asarray(padding_mask, dtype=bool)
-        if token_ids.shape[0] != batch or token_ids.shape[1] > max_length:
-            raise ValueError(
-                "`token_ids` must have `prefix`'s batch size and at most "
-                f"`max_length`={max_length} columns. Received: token_ids "
-                f"with shape {token_ids.shape}, prefix with shape "
-                f"{prefix.shape}"
+            start_token_id = check_integer(
+                "start_token_id", start_token_id, 0, vocabulary_size - 1
             )
+            token_ids = np.full((batch, 1), start_token_id, "int32")
+        token_ids, padding_mask = _check_prompt(
+            token_ids, padding_mask, batch, max_length, vocabulary_size
+        )
         pad = max_length - token_ids.shape[1]
         token_ids = np.pad(token_ids, [(0, 0), (0, pad)])
         padding_mask = np.pad(padding_mask, [(0, 0), (0, pad)])
         if stop_token_ids is not None:
-            stop_token_ids = tuple(int(s) for s in stop_token_ids)
+            stop_token_ids = tuple(
+                check_integer("stop_token_ids", s, 0, vocabulary_size - 1)
+                for s in stop_token_ids
+            )
+        if seed is not None:
+            for variable in self.sampler.variables:
+                state = np.zeros(variable.shape, variable.dtype)
+                state.reshape(-1)[0] = seed
+                variable.assign(state)
         inputs = {
             "prefix": ops.convert_to_tensor(prefix, self.compute_dtype),
             "token_ids": ops.convert_to_tensor(token_ids),
@@ -617,10 +826,26 @@ class PrefixCausalLM(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["causal_lm"] = keras.saving.deserialize_keras_object(
-            config["causal_lm"]
-        )
+        config["causal_lm"] = deserialize_causal_lm(config["causal_lm"])
         sampler = config.get("sampler")
         if isinstance(sampler, dict):
             config["sampler"] = keras.saving.deserialize_keras_object(sampler)
         return cls(**config)
+
+
+def deserialize_causal_lm(config):
+    """A keras-hub causal LM from its serialized form inside another
+    model's config, with its compile config replayed.
+
+    keras-hub's `compile()` is custom, so Keras would not call it on load
+    (and would warn "compile() was not called as part of model loading");
+    here the saved compile arguments are passed to the LM's own
+    `compile()` instead, so the loaded LM is compiled as the saved one was.
+    """
+    if not isinstance(config, dict) or not config.get("compile_config"):
+        return keras.saving.deserialize_keras_object(config)
+    config = dict(config)
+    compile_config = config.pop("compile_config")
+    causal_lm = keras.saving.deserialize_keras_object(config)
+    causal_lm.compile(**keras.saving.deserialize_keras_object(compile_config))
+    return causal_lm

@@ -45,6 +45,8 @@ from keras_gr._validation import check_integer
 from keras_gr._validation import check_number
 from keras_gr.curation.sequence_embedder import masked_mean
 from keras_gr.hub.prefix_lm import PrefixCausalLM
+from keras_gr.hub.prefix_lm import check_prefix_positions
+from keras_gr.hub.prefix_lm import deserialize_causal_lm
 
 PARAMETRIZATIONS = ("nsp", "mpk", "mc")
 
@@ -206,7 +208,11 @@ class SoftSRV(keras.Model):
     `p_LM`, the context `z = E(x)` and the soft prompt `P_theta(z)`
     (`SoftPrompt`, `t x d`), training minimises
     `-log p_LM(x | P_theta(E(x)))` over target samples `x`; only `theta`
-    trains (the LM's backbone is set `trainable = False`). Generation draws
+    trains. The LM is frozen inside this model only: `trainable_variables`
+    are the soft prompt's and the LM's variables are non-trainable here,
+    while the caller's LM object keeps its own `trainable` flags (its
+    weights are shared, not copied: training that LM elsewhere changes
+    this model too). Generation draws
     `x' ~ p_LM(. | P_theta(z))` for contexts `z` of target samples, with the
     key/value cache extended by `t` (`keras_gr.hub.PrefixCausalLM`). The
     module docstring lists the choices the paper leaves open.
@@ -282,18 +288,22 @@ class SoftSRV(keras.Model):
             )
         self.causal_lm = causal_lm
         self.backbone = causal_lm.backbone
-        self.backbone.trainable = False
         self.tokenizer = causal_lm.preprocessor.tokenizer
         self.sequence_length = check_integer(
             "sequence_length", sequence_length, minimum=2
         )
-        self._packer = keras_hub.layers.StartEndPacker(
-            sequence_length=self.sequence_length + 1,
-            start_value=self.tokenizer.start_token_id,
-            end_value=self.tokenizer.end_token_id,
-            pad_value=self.tokenizer.pad_token_id or 0,
-            return_padding_mask=True,
+        check_integer("prompt_length", prompt_length)
+        check_prefix_positions(
+            self.generator.adapter,
+            self.backbone,
+            int(prompt_length),
+            self.sequence_length,
         )
+        # Built on first use (`_tokenize`): when a model is loaded, keras-hub
+        # loads the tokenizer's vocabulary after `__init__`, so the special
+        # token ids are not known yet here.
+        self._packer = None
+        self._packer_ids = None
         self.context_embedder = context_embedder
         width = int(self.backbone.hidden_dim)
         if context_embedder is None:
@@ -335,6 +345,31 @@ class SoftSRV(keras.Model):
         self.mlp_dim = self.soft_prompt.mlp_dim
         self.initializer_stddev = self.soft_prompt.initializer_stddev
         self.soft_prompt.build((None, context_dim))
+        # Every weight exists now (the LM's and the prompt's).
+        self.built = True
+
+    # Only the soft prompt trains. The LM is frozen here by leaving its
+    # variables out of the trainable lists, not by setting `trainable =
+    # False` on the caller's LM.
+    @property
+    def trainable_variables(self):
+        if not self.trainable:
+            return []
+        return [v for v in self.soft_prompt.variables if v.trainable]
+
+    @property
+    def non_trainable_variables(self):
+        trained = {id(v) for v in self.trainable_variables}
+        return [v for v in self.variables if id(v) not in trained]
+
+    @property
+    def trainable_weights(self):
+        return self.trainable_variables
+
+    @property
+    def non_trainable_weights(self):
+        trained = {id(v) for v in self.trainable_variables}
+        return [v for v in self.weights if id(v) not in trained]
 
     def contexts(self, inputs):
         """The contexts `z` (b, e) of a batch of `call` inputs."""
@@ -382,7 +417,28 @@ class SoftSRV(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def _tokenize(self, texts):
-        token_ids, padding_mask = self._packer(self.tokenizer(texts))
+        tokenizer = self.tokenizer
+        ids = (
+            tokenizer.start_token_id,
+            tokenizer.end_token_id,
+            tokenizer.pad_token_id or 0,
+        )
+        if ids[0] is None or ids[1] is None:
+            raise ValueError(
+                "The LM's tokenizer must define start and end tokens (is its "
+                "vocabulary loaded?). Received: start_token_id="
+                f"{ids[0]}, end_token_id={ids[1]}"
+            )
+        if self._packer is None or self._packer_ids != ids:
+            self._packer = keras_hub.layers.StartEndPacker(
+                sequence_length=self.sequence_length + 1,
+                start_value=ids[0],
+                end_value=ids[1],
+                pad_value=ids[2],
+                return_padding_mask=True,
+            )
+            self._packer_ids = ids
+        token_ids, padding_mask = self._packer(tokenizer(texts))
         return (
             np.asarray(ops.convert_to_numpy(token_ids), "int32"),
             np.asarray(ops.convert_to_numpy(padding_mask), bool),
@@ -513,9 +569,7 @@ class SoftSRV(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["causal_lm"] = keras.saving.deserialize_keras_object(
-            config["causal_lm"]
-        )
+        config["causal_lm"] = deserialize_causal_lm(config["causal_lm"])
         if isinstance(config.get("sampler"), dict):
             config["sampler"] = keras.saving.deserialize_keras_object(
                 config["sampler"]
@@ -639,8 +693,11 @@ class HardPromptGenerator:
         sampler=None,
     ) -> list:
         """`num_samples` continuations of few-shot prompts drawn from
-        `texts` (the targets); `max_length` new tokens at most, the final
-        `<bos>` included. Defaults as in `SoftSRV.generate`."""
+        `texts` (the targets); `max_length` new tokens at most per row, the
+        final `<bos>` of its template included, also when templates of
+        uneven length share a padded batch (rows are decoded to the longest
+        template's budget, then each is cut to its own). Defaults as in
+        `SoftSRV.generate`."""
         texts = _text_list(texts)
         n = len(texts) if num_samples is None else num_samples
         n = check_integer("num_samples", n)
@@ -676,8 +733,11 @@ class HardPromptGenerator:
                 seed=seed + start,
             )
             for row, p in enumerate(batch):
-                keep = np.asarray(result["padding_mask"][row])
+                # The row's own budget: at most `max_length` tokens after its
+                # template (its final <bos> counted), whatever the padding.
+                keep = np.array(result["padding_mask"][row])
                 keep[: len(p)] = False
+                keep[len(p) + max_length - 1 :] = False
                 out.extend(
                     detokenize_generated(
                         self.tokenizer,

@@ -139,3 +139,90 @@ def test_bad_inputs():
         lm.generate_with_prefix(
             np.ones((2, 3, 16)), start_token_id=0, max_length=1
         )
+
+
+def _tiny_looped_lm(seed=0):
+    from keras_gr.hub import LoopedGemmaBackbone
+    from keras_gr.hub import LoopedGemmaCausalLM
+
+    keras.utils.set_random_seed(seed)
+    backbone = LoopedGemmaBackbone(
+        vocabulary_size=24,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=16,
+        intermediate_dim=32,
+        head_dim=8,
+        num_prelude_layers=1,
+        num_looped_layers=2,
+        num_loops=3,
+        num_coda_layers=1,
+    )
+    return LoopedGemmaCausalLM(backbone)
+
+
+def test_looped_backbone_prefix_path_follows_the_loop_schedule():
+    # Issue 26 item 17: the looped backbone must run its schedule
+    # (0, 1, 2, 1, 2, 1, 2, 3), not each distinct layer once.
+    causal_lm = _tiny_looped_lm()
+    backbone = causal_lm.backbone
+    rng = np.random.default_rng(5)
+    ids = rng.integers(1, 24, size=(2, 7)).astype("int32")
+    mask = np.ones_like(ids, bool)
+    expected = ops.convert_to_numpy(
+        causal_lm({"token_ids": ids, "padding_mask": mask})
+    )
+    empty = np.zeros((2, 0, backbone.hidden_dim), "float32")
+    got = ops.convert_to_numpy(prefix_lm_logits(backbone, empty, ids, mask))
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+    # A prefix of the first t (scaled) token embeddings: same logits.
+    t = 3
+    prefix = ops.convert_to_numpy(backbone.token_embedding(ids[:, :t]))
+    prefix = prefix * np.sqrt(backbone.hidden_dim)
+    got = prefix_lm_logits(backbone, prefix, ids[:, t:], mask[:, t:])
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(got), expected, atol=2e-5, rtol=1e-4
+    )
+    adapter = get_prefix_adapter(backbone)
+    shape = adapter.cache_shape(backbone, batch_size=2, length=9)
+    assert shape[1] == len(backbone.layer_schedule) == 8
+
+
+def test_looped_backbone_cached_greedy_equals_uncached():
+    lm = PrefixCausalLM(_tiny_looped_lm(seed=1), sampler="greedy")
+    rng = np.random.default_rng(6)
+    prefix = rng.normal(scale=4.0, size=(2, 3, 16)).astype("float32")
+    start = np.array([[1, 2], [3, 4]], "int32")
+    out = lm.generate_with_prefix(prefix, token_ids=start, max_length=7)
+    _assert_uncached_greedy(lm.backbone, prefix, out["token_ids"], 2)
+    # Empty prefix: PrefixCausalLM decodes as the looped LM's own
+    # generate() (keras-hub's cached loop over the schedule).
+    causal_lm = lm.causal_lm
+    causal_lm.compile(sampler="greedy")
+    own = causal_lm.generate(
+        {
+            "token_ids": np.pad(start, [(0, 0), (0, 5)]),
+            "padding_mask": np.pad(np.ones_like(start), [(0, 0), (0, 5)]),
+        },
+        stop_token_ids=None,
+    )
+    empty = np.zeros((2, 0, 16), "float32")
+    mine = lm.generate_with_prefix(empty, token_ids=start, max_length=7)
+    np.testing.assert_array_equal(mine["token_ids"], own["token_ids"])
+
+
+def test_unregistered_subclass_is_refused_not_matched_by_its_parent():
+    class MyGemma(keras_hub.models.GemmaBackbone):
+        pass
+
+    backbone = MyGemma(
+        vocabulary_size=16,
+        num_layers=1,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=8,
+        intermediate_dim=16,
+        head_dim=4,
+    )
+    with pytest.raises(ValueError, match="MyGemma.*GemmaBackbone"):
+        get_prefix_adapter(backbone)
