@@ -5,6 +5,12 @@ deduplication and the evaluation measures of "Analyzing Similarity Metrics
 for Data Selection for Language Model Pretraining" (arXiv 2502.02494).
 """
 
+from keras_gr.curation.disk_selection import balanced_selection_to_file
+from keras_gr.curation.disk_selection import (
+    reference_similarity_selection_to_file,
+)
+from keras_gr.curation.disk_selection import select_from_dataset
+from keras_gr.curation.disk_selection import semantic_dedup_to_file
 from keras_gr.curation.evaluation import curation_quality
 from keras_gr.curation.evaluation import loss_correlation
 from keras_gr.curation.evaluation import pretraining_loss
@@ -25,6 +31,10 @@ from keras_gr.curation.sequence_embedder import masked_mean
 from keras_gr.curation.sequence_embedder import tokenized_dataset
 
 __all__ = [
+    "balanced_selection_to_file",
+    "reference_similarity_selection_to_file",
+    "select_from_dataset",
+    "semantic_dedup_to_file",
     "curation_quality",
     "loss_correlation",
     "pretraining_loss",

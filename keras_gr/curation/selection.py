@@ -138,17 +138,53 @@ def _unit_rows(x, name=None):
     return x / np.maximum(norms, 1e-12)
 
 
-def _has_earlier_duplicate(x, threshold, block=2048):
-    """`duplicate[j]`: is `x[i] . x[j] > threshold` for some `i < j`
-    (rows processed in blocks so memory stays `block * n`)."""
-    duplicate = np.zeros(len(x), bool)
-    for start in range(0, len(x), block):
-        stop = min(start + block, len(x))
-        sims = x[start:stop] @ x[:stop].T
+def has_earlier_duplicate(x, threshold, tile_size=2048):
+    """`duplicate[j]`: is `x[i] . x[j] > threshold` for some `i < j`.
+
+    Tiled: tile `(a, b)` compares rows `a*t .. (a+1)*t` with columns
+    `b*t .. (b+1)*t` for `b <= a` only, so memory is `tile_size^2` floats
+    whatever the number of rows (no `n x n` matrix, even for one large
+    cluster), and each pair is compared once.
+    """
+    n = len(x)
+    duplicate = np.zeros(n, bool)
+    for start in range(0, n, tile_size):
+        stop = min(start + tile_size, n)
         rows = np.arange(start, stop)[:, None]
-        sims[np.arange(stop)[None, :] >= rows] = -np.inf
-        duplicate[start:stop] = sims.max(axis=1) > threshold
+        for col in range(0, stop, tile_size):
+            col_stop = min(col + tile_size, stop)
+            sims = x[start:stop] @ x[col:col_stop].T
+            sims[np.arange(col, col_stop)[None, :] >= rows] = -np.inf
+            duplicate[start:stop] |= sims.max(axis=1) > threshold
     return duplicate
+
+
+def keep_order(x, members, keep, rng):
+    """`members` (indices of one cluster, ascending) in keep-priority
+    order; `x` holds their unit rows (`x[i]` is member `members[i]`)."""
+    if keep == "first":
+        return members, x
+    if keep == "random":
+        order = rng.permutation(len(members))
+    else:
+        centre = _unit_rows(x.mean(axis=0, keepdims=True))[0]
+        direction = 1 if keep == "easy" else -1
+        order = np.argsort(-direction * (x @ centre), kind="stable")
+    return members[order], x[order]
+
+
+def dedup_options(similarity_threshold, keep, seed):
+    """Checked `(threshold, keep rule, generator)` of a dedup call."""
+    threshold = check_number(
+        "similarity_threshold",
+        similarity_threshold,
+        minimum=-1.0,
+        maximum=1.0,
+        min_inclusive=False,
+    )
+    keep = check_choice("keep", keep, KEEP_RULES)
+    rng = np.random.default_rng(check_integer("seed", seed, minimum=0))
+    return threshold, keep, rng
 
 
 def semantic_dedup(
@@ -170,6 +206,9 @@ def semantic_dedup(
     `"easy"` closest first; `"random"` a seeded shuffle. Comparing only
     inside clusters is what makes this scale (pairs cost `sum size_c^2`,
     not `n^2`); with `cluster_labels=None` the whole set is one cluster.
+    Similarities are computed in tiles of 2048 x 2048 (no `size_c^2`
+    matrix). For embeddings and labels on disk, `semantic_dedup_to_file`
+    gives the same indices with memory independent of `n`.
 
     Args:
         embeddings: `(n, d)` finite embeddings, no row of zero norm (such
@@ -197,29 +236,13 @@ def semantic_dedup(
         labels = np.zeros(len(x), "int64")
     else:
         labels = _labels("cluster_labels", cluster_labels, len(x))
-    threshold = check_number(
-        "similarity_threshold",
-        similarity_threshold,
-        minimum=-1.0,
-        maximum=1.0,
-        min_inclusive=False,
-    )
-    keep = check_choice("keep", keep, KEEP_RULES)
-    rng = np.random.default_rng(check_integer("seed", seed, minimum=0))
+    threshold, keep, rng = dedup_options(similarity_threshold, keep, seed)
     x = _unit_rows(x, "embeddings")
     kept = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        if keep == "first":
-            order = members
-        elif keep == "random":
-            order = rng.permutation(members)
-        else:
-            centre = _unit_rows(x[members].mean(axis=0, keepdims=True))[0]
-            closeness = x[members] @ centre
-            direction = 1 if keep == "easy" else -1
-            order = members[np.argsort(-direction * closeness, kind="stable")]
-        kept.append(order[~_has_earlier_duplicate(x[order], threshold)])
+        order, rows = keep_order(x[members], members, keep, rng)
+        kept.append(order[~has_earlier_duplicate(rows, threshold)])
     return np.sort(np.concatenate(kept)).astype("int64")
 
 
