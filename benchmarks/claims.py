@@ -229,39 +229,62 @@ def _laurel(payload, result):
 # === Looped transformers for reasoning ===
 
 
+_LOOPED = re.compile(r"^(gemma )?(\d+)x(\d+)$")
+
+
 def _looped_reasoning(payload, result):
+    """`k x L` (a k-layer block looped L times) against `k x 1`, and the
+    looping-regularised `kL x 1` against the plain one, per accuracy
+    column. ("`k x L` nearly matches `kL x 1`" is an equivalence claim the
+    one rule does not judge; the paired difference is in the table.)"""
     paper = "Looped transformers (reasoning)"
+    numbers = "p_hop 1x6 99.9 vs 1x1 48.9; addition 1x12 99.9 vs 1x1 ~0"
     records = []
-    tables = payload["tables"]
-    for task, table, columns in (
-        ("p_hop", "p_hop: every seed", ("acc p=4",)),
-        (
-            "addition",
-            "addition: every seed",
-            ("acc n=2", "acc n=3", "acc n=4 (longer)", "acc n=5 (longer)"),
-        ),
-    ):
-        rows = tables.get(table, [])
-        looped = sorted(
-            {r["model"] for r in rows if r["model"].startswith("1x")}
-        )
-        looped = [m for m in looped if m != "1x1"]
-        for model in looped:
-            for column in columns:
-                records.append(
-                    _record(
-                        paper,
-                        "looping a k-layer block L times beats the k-layer "
-                        "model",
-                        result,
-                        _by_seed(rows, column, model=model),
-                        _by_seed(rows, column, model="1x1"),
-                        detail=f"{task} {column}: {model} vs 1x1",
-                        direction=1,
-                        paper_number="p_hop 1x6 99.9 vs 1x1 48.9; addition "
-                        "1x12 99.9 vs 1x1 ~0",
+    for task in ("p_hop", "addition"):
+        rows = payload["tables"].get(f"{task}: every seed", [])
+        models = sorted({r["model"] for r in rows})
+        columns = [c for c in (rows[0] if rows else {}) if c.startswith("acc")]
+        for model in models:
+            match = _LOOPED.match(model)
+            if not match or match.group(3) == "1":
+                continue
+            prefix, k, loops = (
+                match.group(1) or "",
+                *map(int, match.groups()[1:]),
+            )
+            shallow, deep = f"{prefix}{k}x1", f"{prefix}{k * loops}x1"
+            pairs = [
+                (
+                    model,
+                    shallow,
+                    "looping a k-layer block L times beats the k-layer model",
+                    numbers,
+                )
+            ]
+            if f"{deep} + reg" in models:
+                pairs.append(
+                    (
+                        f"{deep} + reg",
+                        deep,
+                        "the looping regulariser "
+                        "makes a deep model reason better",
+                        "-",
                     )
                 )
+            for a, b, claim, number in pairs:
+                for column in columns:
+                    records.append(
+                        _record(
+                            paper,
+                            claim,
+                            result,
+                            _by_seed(rows, column, model=a),
+                            _by_seed(rows, column, model=b),
+                            detail=f"{task} {column}: {a} vs {b}",
+                            direction=1,
+                            paper_number=number,
+                        )
+                    )
     return records
 
 

@@ -143,3 +143,19 @@ def test_salt_weak_teacher_that_hurts_does_not_help_less():
     # 105 of 120 steps is a 12.5% saving against the paper's ~30%.
     steps = [r for r in records if r["claim"].startswith("SALT reaches")]
     assert {r["verdict"] for r in steps} == {stats.PARTLY}
+
+
+def test_looped_reasoning_failed_seed_is_not_a_partial_win():
+    # Addition n=2 as recorded: 1x1 97.3 on average beats 1x4 72.2 (one of
+    # its seeds failed); the old rule called the ordering "partly
+    # reproduced". With five seeds the one rule says "not reproduced".
+    acc = {"1x1": [97, 98, 97, 97.5, 97], "1x4": [99.8, 16.5, 99.9, 99, 46]}
+    rows = [
+        {"model": m, "seed": s, "acc n=2": v}
+        for m, values in acc.items()
+        for s, v in enumerate(values)
+    ]
+    payload = {"tables": {"addition: every seed": rows}}
+    (record,) = claims.records_for("looped_reasoning_jax", payload)
+    assert record["detail"] == "addition acc n=2: 1x4 vs 1x1"
+    assert record["verdict"] == stats.NOT_REPRODUCED
