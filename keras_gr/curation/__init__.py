@@ -18,6 +18,7 @@ from keras_gr.curation.evaluation import sequence_losses
 from keras_gr.curation.evaluation import source_separation
 from keras_gr.curation.evaluation import spearman
 from keras_gr.curation.kmeans import KMeans
+from keras_gr.curation.pipeline import curate
 from keras_gr.curation.selection import balanced_quotas
 from keras_gr.curation.selection import balanced_selection
 from keras_gr.curation.selection import reference_similarity_selection
@@ -42,6 +43,7 @@ __all__ = [
     "source_separation",
     "spearman",
     "KMeans",
+    "curate",
     "balanced_quotas",
     "balanced_selection",
     "reference_similarity_selection",
