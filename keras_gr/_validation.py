@@ -143,3 +143,11 @@ def check_same_length(name_a, a, name_b, b):
             f"`{name_a}` and `{name_b}` must have the same length. Received: "
             f"len({name_a})={len(a)}, len({name_b})={len(b)}"
         )
+
+
+def check_bool(name, value):
+    """Returns `bool(value)`; raises unless it is a Python or NumPy bool
+    (a string such as `"no"` would otherwise be taken as `True`)."""
+    if not isinstance(value, (bool, np.bool_)):
+        _fail(name, value, "a bool")
+    return bool(value)

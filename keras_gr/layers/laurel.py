@@ -6,6 +6,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_gr._validation import check_bool
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr._validation import check_positive
@@ -227,7 +228,7 @@ class Laurel(keras.layers.Layer):
         self.rank = rank
         self.num_activations = num_activations
         self.rw_parametrization = rw_parametrization
-        self.per_channel = bool(per_channel)
+        self.per_channel = check_bool("per_channel", per_channel)
         self.pa_projection = check_choice(
             "pa_projection", pa_projection, (None, "pool_project")
         )
@@ -241,7 +242,7 @@ class Laurel(keras.layers.Layer):
             self._a_initializer = self.low_rank_initializer
         self.use_rw = variant.startswith("rw")
         self.use_lr = variant in ("lr", "rw_lr")
-        self.lr_norm = bool(lr_norm)
+        self.lr_norm = check_bool("lr_norm", lr_norm)
         self.lr_norm_epsilon = check_positive(
             "lr_norm_epsilon", lr_norm_epsilon
         )

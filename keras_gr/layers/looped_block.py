@@ -7,6 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_gr._validation import check_bool
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 
@@ -264,10 +265,10 @@ class LoopedBlock(keras.layers.Layer):
                 self.dtype_policy = block[0].dtype_policy
         self.block_layers = block
         self.num_loops = _validate_num_loops(num_loops)
-        self.input_injection = bool(input_injection)
-        self.return_all_loops = bool(return_all_loops)
+        self.input_injection = check_bool("input_injection", input_injection)
+        self.return_all_loops = check_bool("return_all_loops", return_all_loops)
         self.loop_mode = check_choice("loop_mode", loop_mode, LOOP_MODES)
-        self.rematerialize = bool(rematerialize)
+        self.rematerialize = check_bool("rematerialize", rematerialize)
         self.supports_masking = True
         self._call_kwargs = [_accepted_kwargs(layer) for layer in block]
         # Loop count of the call in progress, keyed by the input's id, for
