@@ -33,6 +33,8 @@ import numpy as np
 
 from keras_gr._validation import check_array
 from keras_gr._validation import check_fraction
+from keras_gr._validation import check_number
+from keras_gr._validation import check_positive
 from keras_gr._validation import check_same_length
 
 
@@ -79,8 +81,9 @@ def _integrate(c, q, lo, hi):
 def _range(costs, cost_range):
     if cost_range is None:
         return float(np.min(costs)), float(np.max(costs))
-    lo, hi = (float(v) for v in cost_range)
-    if not hi >= lo >= 0:
+    pair = np.asarray(cost_range)
+    lo, hi = (float(v) for v in pair) if pair.shape == (2,) else (-1.0, -1.0)
+    if not hi >= lo >= 0 or not np.isfinite(hi):
         raise ValueError(
             "`cost_range` must be (low, high) with 0 <= low <= high. "
             f"Received: cost_range={cost_range!r}"
@@ -96,6 +99,7 @@ def curve_value(costs: Any, qualities: Any, at_cost: float) -> float:
     >>> curve_value([1.0, 3.0], [0.5, 1.0], 2.0)
     0.75
     """
+    at_cost = check_number("at_cost", at_cost)
     c, q = monotone_curve(costs, qualities)
     if at_cost < c[0]:
         return 0.0
@@ -259,6 +263,8 @@ def quality_neutral_cost(
     >>> quality_neutral_cost([1.0, 3.0], [0.5, 1.0], 0.75, 4.0)
     0.5
     """
+    target_quality = check_number("target_quality", target_quality)
+    reference_cost = check_positive("reference_cost", reference_cost)
     c, q = monotone_curve(costs, qualities)
     if q[-1] < target_quality - 1e-12:
         return float("inf")
@@ -271,8 +277,19 @@ def quality_neutral_cost(
     return float(cost / reference_cost)
 
 
+def _point(name, value):
+    """A `(cost, quality)` pair of finite numbers."""
+    pair = np.asarray(value)
+    if pair.shape != (2,) or not np.issubdtype(pair.dtype, np.number):
+        raise ValueError(
+            f"`{name}` must be a `(cost, quality)` pair of numbers. "
+            f"Received: {name}={value!r}"
+        )
+    return tuple(check_number(name, float(v)) for v in pair)
+
+
 def _pgr_curve(costs, qualities, weak, strong):
-    (cw, qw), (cs, qs) = (tuple(map(float, weak)), tuple(map(float, strong)))
+    (cw, qw), (cs, qs) = _point("weak", weak), _point("strong", strong)
     if not cs > cw:
         raise ValueError(
             "`strong` must cost more than `weak`. Received: "
@@ -354,6 +371,11 @@ def plot_deferral_curves(
     >>> out == path and os.path.getsize(path) > 0
     True
     """
+    if not isinstance(curves, dict) or not curves:
+        raise ValueError(
+            "`curves` must be a non-empty dict name -> (costs, qualities). "
+            f"Received: curves={curves!r}"
+        )
     import matplotlib
 
     matplotlib.use("Agg")

@@ -27,6 +27,27 @@ def check_correctness(name, value, num_rows=None, ndim=2):
     return array
 
 
+def check_embedding_rows(name, value, cosine=False):
+    """`value` as a float32 `(n, d)` array of finite numbers; with
+    `cosine=True` every row must also have a non-zero norm (a zero row has
+    no direction: the routers refuse it rather than route it arbitrarily,
+    as `keras_gr.curation.KMeans(metric="cosine")` does)."""
+    array = check_array(name, value, ndim=2)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise ValueError(
+            f"`{name}` must hold numbers. Received: {name} of dtype "
+            f"{array.dtype}"
+        )
+    array = array.astype("float32")
+    if cosine and np.any(~np.any(array != 0, axis=1)):
+        row = int(np.argmin(np.any(array != 0, axis=1)))
+        raise ValueError(
+            f"`{name}` must have no all-zero row with metric='cosine'. "
+            f"Received: {name} with row {row} all zero"
+        )
+    return array
+
+
 def check_costs(name, value):
     """`value` as a non-empty float64 vector of finite costs >= 0."""
     array = check_array(name, value, ndim=1).astype("float64")
@@ -211,9 +232,10 @@ class Router(keras.Model):
         Returns `(train, train_correctness, val, val_correctness)` as
         float arrays (`train*` are `None` when not needed)."""
         costs, model_names = self._check_pool(costs, model_names)
-        val = check_array(
-            "validation_embeddings", validation_embeddings, ndim=2
-        ).astype("float32")
+        cosine = getattr(self, "metric", None) == "cosine"
+        val = check_embedding_rows(
+            "validation_embeddings", validation_embeddings, cosine=cosine
+        )
         correct = check_correctness(
             "validation_correctness", validation_correctness
         )
@@ -231,9 +253,9 @@ class Router(keras.Model):
             )
         train = train_correct = None
         if need_train:
-            train = check_array(
-                "train_embeddings", train_embeddings, ndim=2
-            ).astype("float32")
+            train = check_embedding_rows(
+                "train_embeddings", train_embeddings, cosine=cosine
+            )
             if train.shape[1] != val.shape[1]:
                 raise ValueError(
                     "`validation_embeddings` must have the width of "
@@ -317,7 +339,9 @@ class Router(keras.Model):
         raise NotImplementedError
 
     def _check_embeddings(self, embeddings, name="embeddings"):
-        array = check_array(name, embeddings, ndim=2).astype("float32")
+        array = check_embedding_rows(
+            name, embeddings, cosine=getattr(self, "metric", None) == "cosine"
+        )
         if self.embedding_dim is not None and (
             array.shape[1] != self.embedding_dim
         ):
@@ -379,6 +403,7 @@ class Router(keras.Model):
             )
         if cost_weights is None:
             cost_weights = cost_weight_grid(errors, self.costs)
+        check_array("cost_weights", cost_weights, ndim=1, finite=False)
         cost_weights = [
             check_number("cost_weights", c, minimum=0.0) for c in cost_weights
         ]
