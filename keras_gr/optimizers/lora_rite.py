@@ -265,9 +265,10 @@ class LoraRite(keras.optimizers.Optimizer):
     deployment. To pause and resume LoRA-RITE training, write the factors
     and the optimizer state with `save_training_state(model, path)` and
     restore them into a freshly built and compiled model of the same
-    architecture with `load_training_state(model, path)`; then call
-    `fit(..., initial_epoch=...)`. The resumed run equals the
-    uninterrupted one (to float32 rounding).
+    architecture with `load_training_state(model, path)` (both in
+    `keras_gr.optimizers.lora_rite`); then call `fit(...,
+    initial_epoch=...)`. The resumed run equals the uninterrupted one (to
+    float32 rounding; the data order is the caller's to reproduce).
 
     Example (a keras-hub model works the same way:
     `lm.backbone.enable_lora(rank=8)`, then compile with `LoraRite`):
