@@ -1028,12 +1028,10 @@ class Shampoo(_StructuredPreconditioner):
         flatten_tensors: view a kernel of rank > 2 as the matrix
             `(prod(shape[:-1]), shape[-1])` (one-sided: one factor, on
             its smaller side) instead of one factor per axis (`False`).
-            On the benchmark's Gemma LM (rank-3 attention kernels,
-            OneSidedShampoo, 3 seeds, `benchmarks/shampoo.py --part
-            quality`, `benchmarks/results/shampoo_quality_jax_issue15.md`)
-            the final validation loss was 3.910 +- 0.059 flattened
-            against 4.059 +- 0.078 per axis (3.913 +- 0.062 before
-            issue 15). Defaults to `True`.
+            Flattening trained the benchmark's Gemma LM (rank-3
+            attention kernels) better (`benchmarks/shampoo.py --part
+            quality`, `benchmarks/results/shampoo_quality_jax_issue15.md`).
+            Defaults to `True`.
         **kwargs: the base `keras.optimizers.Optimizer` arguments
             (`weight_decay` (decoupled, AdamW-style), `clipnorm`,
             `clipvalue`, `global_clipnorm`, `use_ema`, `ema_momentum`,

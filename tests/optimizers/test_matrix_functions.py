@@ -238,3 +238,37 @@ def test_ema_statistics_and_grams():
     np.testing.assert_allclose(
         np.asarray(mf.ema_statistics(s, 2 * s, 0.75)), 1.25 * s
     )
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_newton_eager_loop_equals_traced_loop(p):
+    """Eager execution runs the Newton iteration as a Python loop (an eager
+    `ops.while_loop` compiles a new program at every call, issue 29);
+    traced code keeps the loop. Both give the same root, batch included
+    (each matrix stops on its own)."""
+    mats = np.stack([_spd(8, c, seed=s)[0] for s, c in enumerate((1e2, 1e5))])
+    mats = mats.astype("float32")
+
+    def root(m):
+        return mf.matrix_inverse_pth_root(m, p, method="newton")[0]
+
+    eager = keras.ops.convert_to_numpy(root(mats))
+    if keras.backend.backend() == "jax":
+        import jax
+
+        traced = np.asarray(jax.jit(root)(mats))
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        traced = tf.function(root)(tf.constant(mats)).numpy()
+    else:
+        pytest.skip("eager vs traced is checked on jax and tensorflow")
+    np.testing.assert_allclose(eager, traced, rtol=1e-5, atol=1e-6)
+    # Newton shifts the spectrum by the floor (it does not clip).
+    expected = []
+    for m in mats.astype("float64"):
+        floor = 1e-6 * np.linalg.eigvalsh(m).max() + 1e-6
+        expected.append(_np_root(m + floor * np.eye(8), p, 0.0, 0.0))
+    expected = np.stack(expected)
+    scale = np.abs(expected).max(axis=(1, 2), keepdims=True)
+    assert np.all(np.abs(eager - expected) < 1e-3 * scale)
