@@ -40,6 +40,12 @@ Choices the paper leaves open (it trains and evaluates at one depth):
   backbone class). `LoopedGemmaCausalLM` also saves its compile config
   (optimizer, loss, metrics, sampler), so a loaded `.keras` file resumes
   training with the saved optimizer state.
+- **Prefix path.** `LoopedGemmaPrefixAdapter` (registered on import) lets
+  `keras_gr.hub.PrefixCausalLM` and `keras_gr.models.SoftSRV` run a looped
+  backbone after a soft prefix, over its `layer_schedule` at the
+  constructor's `num_loops` (no per-call override there). The cached
+  forward pass is `keras_gr.hub.prefix_lm.run_decoder_layers`, shared with
+  `LoopedGemmaCausalLM.call_with_cache`.
 """
 
 import keras
