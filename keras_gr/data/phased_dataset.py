@@ -82,14 +82,23 @@ class PhasedBatches:
         """`"selected"` or `"full"`."""
         return "selected" if step < self.n_kd_steps else "full"
 
+    def positions(self, step):
+        """Positions in `selected` of the KD-phase batch at global `step`
+        (`rows(step) == selected[positions(step)]`)."""
+        step = check_integer("step", step, minimum=0)
+        if step >= self.n_kd_steps:
+            raise ValueError(
+                f"`step` must be in the KD phase, < {self.n_kd_steps}. "
+                f"Received: step={step}"
+            )
+        pos = step * self.batch_size + np.arange(self.batch_size)
+        return _phase_rows(len(self.selected), pos, self.seed, 0)
+
     def rows(self, step):
         """Row indices (into the full data) of the batch at global `step`."""
         step = check_integer("step", step, minimum=0)
         if step < self.n_kd_steps:
-            pos = step * self.batch_size + np.arange(self.batch_size)
-            return self.selected[
-                _phase_rows(len(self.selected), pos, self.seed, 0)
-            ]
+            return self.selected[self.positions(step)]
         pos = (step - self.n_kd_steps) * self.batch_size + np.arange(
             self.batch_size
         )
@@ -122,12 +131,28 @@ class PhasedDataset(keras.utils.PyDataset):
 
     Batch `i` of the stream is the batch of global step `start_step + i`
     (see `PhasedBatches`). Fit it as one run of `total_steps` steps:
-    `fit(ds, epochs=E, steps_per_epoch=total_steps // E, shuffle=False)`
-    (the batches are already shuffled; Keras would otherwise reorder a
-    PyDataset's batches and break the phase boundary), with
-    `keras_gr.callbacks.PhasedDataSync(ds)` so that a run resumed by
-    `BackupAndRestore` continues at the right step. `as_tf_dataset()` gives
-    the same stream as a `tf.data.Dataset`.
+    `fit(ds, epochs=E, steps_per_epoch=total_steps // E)`, with
+    `keras_gr.callbacks.PhasedDataSync(ds)` so that a second `fit` or a run
+    resumed by `BackupAndRestore` continues at the right step.
+    `as_tf_dataset()` gives the same stream as a `tf.data.Dataset`.
+
+    To Keras the dataset is an endless stream (`num_batches` is `None`):
+    `fit` reads it in order and never reorders its batches, so `fit`'s
+    default `shuffle=True` is harmless (the batches are already shuffled
+    within each phase; a reordering would mix full-data batches into the
+    KD phase). `steps_per_epoch` is therefore required (`PhasedDataSync`
+    checks it; without it `fit` would not end an epoch). Steps past
+    `total_steps` continue the full-data stream (Keras may read one batch
+    ahead); `len(ds)` is `total_steps`.
+
+    Offline top-k targets for the KD phase only: pass `kd_inputs`, a dict
+    of arrays with one row per entry of `selected` (in that order), e.g.
+    `teacher_topk_targets(teacher, x_selected)`; KD-phase batches carry the
+    rows matching their selected rows, full-data batches carry zeros of the
+    same shape and dtype (a constant batch structure, so one compiled
+    step), which `SaltDistiller` never reads once `w_t = 0` (its
+    `n_kd_steps` must equal this one's). The teacher is then run on the
+    selected rows only.
 
     Args:
         x: an array or a dict of arrays with `N` rows.
@@ -141,6 +166,9 @@ class PhasedDataset(keras.utils.PyDataset):
         total_steps: length of the run in steps (`>= 1`).
         seed: permutation seed. Defaults to `0`.
         start_step: global step of batch 0. Defaults to `0`.
+        kd_inputs: dict of arrays with `len(selected)` rows, merged into
+            `x` (a dict) for the KD phase and zero-filled after, or `None`.
+            Defaults to `None`.
         **kwargs: `keras.utils.PyDataset` arguments (`workers`, ...).
 
     Example:
@@ -164,6 +192,7 @@ class PhasedDataset(keras.utils.PyDataset):
         total_steps: int,
         seed: int = 0,
         start_step: int = 0,
+        kd_inputs: dict | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -185,16 +214,64 @@ class PhasedDataset(keras.utils.PyDataset):
         )
         self.total_steps = check_integer("total_steps", total_steps)
         self.start_step = check_integer("start_step", start_step, minimum=0)
+        self.kd_inputs = self._check_kd_inputs(kd_inputs)
+
+    def _check_kd_inputs(self, kd_inputs):
+        if kd_inputs is None:
+            return None
+        if not isinstance(kd_inputs, dict) or not isinstance(self.x, dict):
+            raise ValueError(
+                "`kd_inputs` must be a dict of arrays, and `x` a dict, to "
+                "merge them into. Received: kd_inputs of type "
+                f"{type(kd_inputs).__name__} and x of type "
+                f"{type(self.x).__name__}"
+            )
+        selected = len(self.batches.selected)
+        out = {}
+        for key, value in kd_inputs.items():
+            value = np.asarray(value)
+            if key in self.x:
+                raise ValueError(
+                    f"`kd_inputs` must not repeat a key of `x`. Received: "
+                    f"key {key!r} in both"
+                )
+            if value.ndim == 0 or len(value) != selected:
+                raise ValueError(
+                    f"`kd_inputs[{key!r}]` must have one row per entry of "
+                    f"`selected` ({selected}). Received: shape {value.shape}"
+                )
+            out[key] = value
+        return out
 
     def __len__(self):
         return self.total_steps
+
+    @property
+    def num_batches(self):
+        """`None`: an endless stream to Keras, so `fit` never reorders it."""
+        return None
 
     def batch_at(self, step):
         """The `(x, y, sample_weight)` batch of global `step` (without
         trailing `None`s)."""
         rows = self.batches.rows(step)
+        x = _take(self.x, rows)
+        if self.kd_inputs is not None:
+            x = dict(x)
+            if self.batches.phase(step) == "selected":
+                position = self.batches.positions(step)
+                x.update(_take(self.kd_inputs, position))
+            else:
+                x.update(
+                    {
+                        key: np.zeros(
+                            (len(rows),) + value.shape[1:], value.dtype
+                        )
+                        for key, value in self.kd_inputs.items()
+                    }
+                )
         out = (
-            _take(self.x, rows),
+            x,
             _take(self.y, rows),
             _take(self.sample_weight, rows),
         )

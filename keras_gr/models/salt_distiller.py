@@ -2,6 +2,7 @@
 labels for its first `n_kd` steps (SALT, arXiv 2410.18779)."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_gr._validation import check_choice
@@ -29,6 +30,58 @@ def _vocabulary_size(model):
         if tokenizer is not None:
             size = tokenizer.vocabulary_size()
     return size
+
+
+def _static_shape(value):
+    return tuple(getattr(value, "shape", np.shape(value)))
+
+
+def _dims_differ(a, b):
+    return len(a) != len(b) or any(
+        x is not None and y is not None and x != y for x, y in zip(a, b)
+    )
+
+
+def label_mask_from_padding(padding_mask):
+    """The next-token label mask of `x["padding_mask"]` (right padding), as
+    keras-hub's `CausalLMPreprocessor` returns it in `sample_weight`.
+
+    The label of position `i` is token `i + 1`, so it is real when token
+    `i + 1` is: `mask[:, i] = padding_mask[:, i + 1]`. The last position's
+    label lies outside `x`; it keeps `padding_mask[:, -1]` (real for a
+    sequence cut at the window, the usual case for a full row). Unlike the
+    padding mask itself, this drops each padded row's last real token,
+    whose label is padding.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> mask = label_mask_from_padding(np.array([[1, 1, 1, 0, 0]], bool))
+    >>> keras.ops.convert_to_numpy(mask).astype(int).tolist()
+    [[1, 1, 0, 0, 0]]
+    """
+    padding_mask = ops.cast(padding_mask, "bool")
+    return ops.concatenate([padding_mask[:, 1:], padding_mask[:, -1:]], 1)
+
+
+def _contains_strings(data):
+    for leaf in keras.tree.flatten(data):
+        if isinstance(leaf, (str, bytes)):
+            return True
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None and isinstance(leaf, (list, tuple)):
+            dtype = np.asarray(leaf).dtype
+        if dtype is None:
+            continue
+        if getattr(dtype, "kind", None) in ("U", "S", "O"):
+            return True
+        if "string" in str(dtype):
+            return True
+    return False
+
+
+def _is_dataset(data):
+    return hasattr(data, "element_spec") and hasattr(data, "map")
 
 
 class _HostCounter:
@@ -76,9 +129,13 @@ class SaltDistiller(keras.Model):
     `CE` is the token cross-entropy; `KD` is `tau^2 * KL` between the
     tempered teacher and student next-token distributions, forward
     `KL(p_T || p_S)` (default) or reverse (`keras_gr.losses`). Both terms are
-    averaged over the same tokens: the `sample_weight` that keras-hub's
-    `CausalLMPreprocessor` returns (the label padding mask), else
-    `x["padding_mask"]`. The teacher's forward pass sits in one branch of
+    averaged over the same tokens, weighted by a mask: a `(B, T)`
+    `sample_weight` (keras-hub's `CausalLMPreprocessor` returns the label
+    mask there); else the label mask made from `x["padding_mask"]` as that
+    preprocessor makes it (shifted by one, see `label_mask_from_padding`);
+    a per-sequence `(B,)` `sample_weight` multiplies that label mask. The
+    reduction is `sum(l * m) / sum(m)`. The teacher's forward pass sits in
+    one branch of
     `keras.ops.cond(w_t > 0, ...)`, so once `w_t` is 0 the compiled step
     does not execute it (`count_teacher_calls=True` counts real executions
     on the host; `release_teacher()` also removes it from the compiled step).
@@ -99,13 +156,29 @@ class SaltDistiller(keras.Model):
     `student_loss_weight` is a Python float traced once, so a schedule set
     during `fit` has no effect.
 
+    The top-k path costs and reads nothing of the targets once `w_t` is 0
+    (the KD term sits in the same `ops.cond`): full-data rows may carry
+    zeros in their place (`keras_gr.data.PhasedDataset(kd_inputs=...)`),
+    or a later `fit` may omit the two keys.
+
     Call: `distiller(x)` is `student(x)` (logits). Train with
     `fit(x, y, sample_weight)` where `x = {"token_ids", "padding_mask"}`,
-    `y` the next-token labels and `sample_weight` the
-    label mask, e.g. `student.preprocessor(texts)`. Metrics logged:
-    `ce_loss`, `kd_loss` (running means weighted by batch size, as Keras's
-    `loss`) and `kd_weight` (the `w_t` of the last step). Save the student
-    alone with `distiller.student.save(...)`.
+    `y` the next-token labels and `sample_weight` the label mask, e.g.
+    `student.preprocessor(texts)`; or, as with a keras-hub `CausalLM`, with
+    raw strings: `fit(texts)`, `evaluate(texts)`, `predict(texts)` and
+    string `validation_data` run the student's preprocessor first (arrays
+    and lists once, up front; a `tf.data.Dataset` by `map`).
+
+    Metrics logged: `ce_loss`, `kd_loss` (running means weighted by batch
+    size, as Keras's `loss`) and `kd_weight` (the `w_t` of the last step).
+    The training `loss` is the SALT mixture `L_t`; the evaluation `loss`
+    (hence `val_loss`, the default monitor of `EarlyStopping` and
+    `ModelCheckpoint(save_best_only=True)`) is the next-token CE alone, so
+    it does not jump at the switch: KD is a training device, and
+    `val_kd_loss` is reported beside it. Save the student alone with
+    `distiller.student.save(...)`; a saved distiller reloads compiled, and
+    the compile state of the student and teacher (which the distiller
+    trains, not they) is not saved with it.
 
     Args:
         student: the `keras_hub.models.CausalLM` to train.
@@ -215,7 +288,10 @@ class SaltDistiller(keras.Model):
         self.weight_tracker = _LastValue(name="kd_weight")
 
     def call(self, inputs, training=False):
-        if isinstance(inputs, dict) and TOPK_IDS in inputs:
+        if isinstance(inputs, dict) and (
+            TOPK_IDS in inputs or TOPK_LOG_PROBS in inputs
+        ):
+            self._check_topk_keys(inputs)
             inputs = {
                 key: value
                 for key, value in inputs.items()
@@ -250,22 +326,92 @@ class SaltDistiller(keras.Model):
                 maker = getattr(self, f"make_{name}")
                 maker(force=True)
 
+    @staticmethod
+    def _check_topk_keys(x):
+        for key in (TOPK_IDS, TOPK_LOG_PROBS):
+            if key not in x:
+                raise ValueError(
+                    f"Offline top-k targets need both {TOPK_IDS!r} and "
+                    f"{TOPK_LOG_PROBS!r} in `x` (as "
+                    "`keras_gr.models.teacher_topk_targets` returns them). "
+                    f"Received: x with keys {sorted(x)}, missing {key!r}"
+                )
+
+    def _topk_targets(self, x, labels_shape):
+        """The `(ids, log_probs)` inputs of `x`, checked, or `None`."""
+        if not isinstance(x, dict) or (
+            TOPK_IDS not in x and TOPK_LOG_PROBS not in x
+        ):
+            return None
+        self._check_topk_keys(x)
+        ids, log_probs = x[TOPK_IDS], x[TOPK_LOG_PROBS]
+        ids_shape = _static_shape(ids)
+        vocab = _vocabulary_size(self.student)
+        for key, shape in ((TOPK_IDS, ids_shape),):
+            if len(shape) != 3 or _dims_differ(shape[:2], labels_shape):
+                raise ValueError(
+                    f"`x[{key!r}]` must have shape (batch, sequence, k) "
+                    f"matching the labels {labels_shape}. Received: shape "
+                    f"{shape}"
+                )
+        lp_shape = _static_shape(log_probs)
+        if _dims_differ(lp_shape, ids_shape):
+            raise ValueError(
+                f"`x[{TOPK_LOG_PROBS!r}]` must have the shape of "
+                f"`x[{TOPK_IDS!r}]` {ids_shape}. Received: shape {lp_shape}"
+            )
+        k = ids_shape[-1]
+        if vocab is not None and k is not None and k > vocab:
+            raise ValueError(
+                f"`x[{TOPK_IDS!r}]` must hold k <= vocabulary_size "
+                f"({vocab}) ids per position. Received: k={k}"
+            )
+        return ids, log_probs
+
+    def _loss_mask(self, x, labels_shape, sample_weight):
+        """The per-token weights of both loss terms (see the docstring)."""
+        label_mask = None
+        if isinstance(x, dict) and "padding_mask" in x:
+            label_mask = ops.cast(
+                label_mask_from_padding(x["padding_mask"]), "float32"
+            )
+        if sample_weight is None:
+            return label_mask
+        shape = _static_shape(sample_weight)
+        if len(shape) == 2 and not _dims_differ(shape, labels_shape):
+            return ops.cast(sample_weight, "float32")
+        if len(shape) == 1 and not _dims_differ(shape, labels_shape[:1]):
+            per_row = ops.cast(sample_weight, "float32")[:, None]
+            if label_mask is None:
+                return per_row * ops.ones(labels_shape, "float32")
+            return per_row * label_mask
+        raise ValueError(
+            "`sample_weight` must have shape (batch,) (one weight per "
+            "sequence) or (batch, sequence) (one per token, e.g. the label "
+            f"mask) for labels of shape {labels_shape}. Received: "
+            f"sample_weight with shape {shape}"
+        )
+
     def _kd_term(self, x, labels_shape, student_logits, w, topk):
         zeros = ops.zeros(labels_shape, "float32")
-        if topk is not None:
-            ids, log_probs = topk
-            return topk_distillation_divergence(
-                ids,
-                log_probs,
-                student_logits,
-                self.temperature,
-                self.divergence,
-            )
-        if self.teacher is None or self._teacher_released:
-            return zeros
         if self.schedule != "constant" and self.n_kd_steps == 0:
             return zeros
         if self.kd_weight_max == 0.0:
+            return zeros
+        if topk is not None:
+            ids, log_probs = topk
+
+            def with_targets():
+                return topk_distillation_divergence(
+                    ids,
+                    log_probs,
+                    student_logits,
+                    self.temperature,
+                    self.divergence,
+                )
+
+            return ops.cond(w > 0.0, with_targets, lambda: zeros)
+        if self.teacher is None or self._teacher_released:
             return zeros
 
         def with_teacher():
@@ -293,18 +439,15 @@ class SaltDistiller(keras.Model):
         sample_weight=None,
         training=True,
     ):
-        topk = None
-        if isinstance(x, dict) and TOPK_IDS in x:
-            topk = (x[TOPK_IDS], x[TOPK_LOG_PROBS])
         labels = y
-        if sample_weight is not None:
-            mask = sample_weight
-        elif isinstance(x, dict) and "padding_mask" in x:
-            mask = x["padding_mask"]
-        else:
-            mask = None
-        if mask is not None:
-            mask = ops.cast(mask, "float32")
+        labels_shape = _static_shape(labels)
+        if len(labels_shape) != 2:
+            raise ValueError(
+                "`y` must be (batch, sequence) next-token ids. Received: y "
+                f"with shape {labels_shape}"
+            )
+        topk = self._topk_targets(x, labels_shape)
+        mask = self._loss_mask(x, labels_shape, sample_weight)
         student_logits = ops.cast(y_pred, "float32")
         w = kd_weight_schedule(
             self.kd_step, self.kd_weight_max, self.n_kd_steps, self.schedule
@@ -319,10 +462,14 @@ class SaltDistiller(keras.Model):
             self._kd_term(x, ops.shape(labels), student_logits, w, topk),
             mask,
         )
-        loss = (1.0 - w) * ce + w * kd
         if training:
+            loss = (1.0 - w) * ce + w * kd
             self.kd_step.assign_add(ops.convert_to_tensor(1, "int32"))
             self.kd_weight.assign(w)
+        else:
+            # Evaluation reports the next-token CE as `loss` (see the class
+            # docstring); `kd_loss` is logged beside it.
+            loss = ce
         # Weighted by batch size, as Keras weights its `loss` tracker, so
         # that the logged terms combine into the logged loss.
         rows = ops.cast(ops.shape(student_logits)[0], "float32")
@@ -333,14 +480,60 @@ class SaltDistiller(keras.Model):
             loss = loss + ops.cast(extra, "float32")
         return loss
 
+    def _preprocess(self, x, y=None, sample_weight=None):
+        """Runs the student's preprocessor on raw (string) inputs, as a
+        keras-hub `CausalLM` does in `fit` / `evaluate` / `predict`."""
+        student = self.student
+        if getattr(student, "preprocessor", None) is None:
+            return x, y, sample_weight
+        preprocess = getattr(student, "preprocess_samples", None)
+        if preprocess is None:
+
+            def preprocess(x, y=None, sample_weight=None):
+                return student.preprocessor(x, y=y, sample_weight=sample_weight)
+
+        if _is_dataset(x):
+            spec = keras.tree.flatten(x.element_spec)
+            if any(getattr(s.dtype, "name", "") == "string" for s in spec):
+                x = x.map(preprocess)
+            return x, y, sample_weight
+        if not _contains_strings(x):
+            return x, y, sample_weight
+        if isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        out = preprocess(x, y, sample_weight)
+        out = keras.tree.map_structure(ops.convert_to_numpy, out)
+        return keras.utils.unpack_x_y_sample_weight(out)
+
+    def _preprocess_validation(self, data):
+        if data is None or _is_dataset(data):
+            return self._preprocess(data)[0]
+        return self._preprocess(*keras.utils.unpack_x_y_sample_weight(data))
+
+    def fit(self, x=None, y=None, sample_weight=None, **kwargs):
+        x, y, sample_weight = self._preprocess(x, y, sample_weight)
+        if kwargs.get("validation_data") is not None:
+            kwargs["validation_data"] = self._preprocess_validation(
+                kwargs["validation_data"]
+            )
+        return super().fit(x, y, sample_weight=sample_weight, **kwargs)
+
+    def evaluate(self, x=None, y=None, sample_weight=None, **kwargs):
+        x, y, sample_weight = self._preprocess(x, y, sample_weight)
+        return super().evaluate(x, y, sample_weight=sample_weight, **kwargs)
+
+    def predict(self, x, **kwargs):
+        x = self._preprocess(x)[0]
+        return super().predict(x, **kwargs)
+
     def get_config(self):
         config = super().get_config()
         config.update(
-            student=keras.saving.serialize_keras_object(self.student),
+            student=_serialize_uncompiled(self.student),
             teacher=(
                 None
                 if self.teacher is None
-                else keras.saving.serialize_keras_object(self.teacher)
+                else _serialize_uncompiled(self.teacher)
             ),
             kd_weight=self.kd_weight_max,
             n_kd_steps=self.n_kd_steps,
@@ -355,10 +548,22 @@ class SaltDistiller(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["student"] = keras.saving.deserialize_keras_object(
-            config["student"]
+            _without_compile_config(config["student"])
         )
         if config.get("teacher") is not None:
             config["teacher"] = keras.saving.deserialize_keras_object(
-                config["teacher"]
+                _without_compile_config(config["teacher"])
             )
         return cls(**config)
+
+
+def _without_compile_config(config):
+    """A sub-model's config without its compile state: the distiller trains
+    it, and keras-hub tasks (custom `compile`) warn when it is restored."""
+    if isinstance(config, dict) and "compile_config" in config:
+        config = {k: v for k, v in config.items() if k != "compile_config"}
+    return config
+
+
+def _serialize_uncompiled(model):
+    return _without_compile_config(keras.saving.serialize_keras_object(model))

@@ -7,6 +7,7 @@ import pytest
 from keras_gr.callbacks import KDSchedule
 from keras_gr.callbacks import PhasedDataSync
 from keras_gr.data import PhasedDataset
+from tests.models.test_salt_distiller import _fit
 from tests.models.test_salt_distiller import lm_data
 from tests.models.test_salt_distiller import make
 
@@ -92,3 +93,63 @@ def test_callbacks_reject_wrong_objects():
         cb.on_train_begin()
     with pytest.raises(ValueError, match="`dataset` must be a keras_gr"):
         PhasedDataSync([1, 2, 3])
+
+
+def test_kd_schedule_with_steps_per_execution():
+    # Issue 26 item 5: with steps_per_execution=2 the switch was reported
+    # at step 2 instead of 4 and release_teacher never fired.
+    distiller = make(n_kd=4)
+    schedule = KDSchedule()
+    _fit(distiller, [schedule], epochs=2, steps_per_execution=2)  # 8 steps
+    assert schedule.history == [(1, 0.5), (3, 0.5), (5, 0.0), (7, 0.0)]
+    assert schedule.switch_step == 4
+    assert distiller._teacher_released
+
+
+def test_kd_schedule_across_two_fit_calls():
+    # Issue 26 item 5: a second fit() restarted the count (switch at 2
+    # instead of 6).
+    distiller = make(n_kd=6)
+    first = KDSchedule()
+    _fit(distiller, [first], epochs=1)  # steps 0-3
+    assert first.switch_step is None and not distiller._teacher_released
+    second = KDSchedule()
+    _fit(distiller, [second], epochs=1)  # steps 4-7 (compiled anew)
+    assert [s for s, _ in second.history] == [4, 5, 6, 7]
+    assert [w for _, w in second.history] == [0.5, 0.5, 0.0, 0.0]
+    assert second.switch_step == 6
+    assert distiller._teacher_released
+    # A third fit, wholly after the switch, releases before its first step.
+    third = KDSchedule()
+    _fit(make(n_kd=0), [third], epochs=1)
+    assert third.switch_step == 0
+
+
+def test_phased_data_sync_continues_on_a_second_fit():
+    # Issue 26 item 4: a second fit() without initial_epoch restarted the
+    # stream (selected rows again) while kd_step kept counting.
+    x, y, mask = lm_data(24, seed=1)
+    distiller = make(n_kd=N_KD, seed=2)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+    ds = PhasedDataset(
+        x,
+        y,
+        mask,
+        selected=np.arange(0, 24, 3),
+        n_kd_steps=N_KD,
+        batch_size=BATCH,
+        total_steps=STEPS_PER_EPOCH * EPOCHS,
+    )
+
+    for _ in range(2):
+        distiller.fit(
+            ds,
+            epochs=2,
+            steps_per_epoch=STEPS_PER_EPOCH,
+            verbose=0,
+            callbacks=[PhasedDataSync(ds)],
+        )  # fit's default shuffle=True
+    # The second fit started at global step 6 (the batches it served are
+    # checked in tests/data/test_phased_dataset.py).
+    assert ds.start_step == 6
+    assert int(keras.ops.convert_to_numpy(distiller.kd_step)) == 12

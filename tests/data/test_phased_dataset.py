@@ -85,8 +85,8 @@ class _Record(keras.callbacks.Callback):
         self.sums.append(float(logs["row_sum"]))
 
 
-@pytest.mark.parametrize("as_tf", [False, True])
-def test_one_fit_switches_at_n_kd_and_resumes(as_tf):
+def _probe_stream():
+    """A 12-step stream of 16 rows and each step's row-id sum."""
     rows = np.arange(16)
     ds = PhasedDataset(
         rows[:, None].astype("float32"),
@@ -96,7 +96,12 @@ def test_one_fit_switches_at_n_kd_and_resumes(as_tf):
         batch_size=2,
         total_steps=12,
     )
-    want = [float(ds.batches.rows(s).sum()) for s in range(12)]
+    return ds, [float(ds.batches.rows(s).sum()) for s in range(12)]
+
+
+@pytest.mark.parametrize("as_tf", [False, True])
+def test_one_fit_switches_at_n_kd_and_resumes(as_tf):
+    ds, want = _probe_stream()
     model = _Probe()
     model.compile(optimizer="sgd", jit_compile=True)
     record = _Record()
@@ -111,7 +116,10 @@ def test_one_fit_switches_at_n_kd_and_resumes(as_tf):
     )
     assert record.sums == want
     assert max(want[:5]) <= 5.0 and max(want[5:]) > 5.0
-    # A resumed run (initial_epoch=2) continues at global step 6.
+    # A run resumed from a checkpoint taken after epoch 2 (its step counter
+    # restored to 6) continues at global step 6: the position comes from
+    # the model's counter, not from `initial_epoch`.
+    model.optimizer.iterations.assign(6)
     record = _Record()
     data = ds.as_tf_dataset() if as_tf else ds
     model.fit(
@@ -124,6 +132,26 @@ def test_one_fit_switches_at_n_kd_and_resumes(as_tf):
         callbacks=[PhasedDataSync(ds), record],
     )
     assert record.sums == want[6:]
+
+
+@pytest.mark.parametrize("as_tf", [False, True])
+def test_second_fit_continues_in_order_with_default_shuffle(as_tf):
+    # Issue 26 item 4: a second fit() without initial_epoch restarted the
+    # stream, and fit's default shuffle=True reordered the batches (mixing
+    # full-data batches into the KD phase).
+    ds, want = _probe_stream()
+    model = _Probe()
+    model.compile(optimizer="sgd")
+    record = _Record()
+    for _ in range(2):
+        model.fit(
+            ds.as_tf_dataset() if as_tf else ds,
+            epochs=2,
+            steps_per_epoch=3,
+            verbose=0,
+            callbacks=[PhasedDataSync(ds), record],
+        )
+    assert record.sums == want
 
 
 def test_bad_input():
