@@ -20,16 +20,21 @@ Three parts (`--part regression|speed|quality|all`):
    (`--scale-widths`; the 3072 x 3072 kernel is above the old 2048 limit)
    at `--scale-batch` rows per step (default 2048: an LM step carries
    thousands of tokens) and at batch 128, and the 4-layer width-512 MLP
-   (batch 512): median and worst step of OneSidedShampoo (before issue 15,
-   the defaults, the statistics interval, ...: `SCALE_OPTIMIZERS`) vs
-   Keras Adam and Muon, interleaved, with the preconditioned fraction of
-   the parameters.
+   (batch 512): mean step (wall time over whole root periods), median
+   and worst step of OneSidedShampoo (before issue 15, the defaults, the
+   statistics interval, root frequency 100, eigh, ...:
+   `SCALE_OPTIMIZERS`) vs Keras Adam and Muon, interleaved, with the
+   preconditioned fraction of the parameters. Issue 29's runs:
+   `--scale-cases mlp512 --scale-rows-mlp512 Adam,tuned,... --scale-steps
+   20 --scale-tag _mlp512` and `--scale-rows-mlp512 Adam,f100
+   --scale-steps 100 --scale-tag _mlp512_f100`.
 
 Run: `KERAS_BACKEND=jax .venv/bin/python -m benchmarks.shampoo [--quick]`.
 """
 
 import argparse
 import json
+import math
 import os
 import time
 
@@ -369,6 +374,30 @@ SCALE_OPTIMIZERS = {
             1e-3, precondition_frequency=10, statistics_frequency=10
         ),
     ),
+    "tuned_eigh": (
+        "tuned_eigh: tuned + root_method='eigh'",
+        lambda: OneSidedShampoo(
+            1e-3,
+            precondition_frequency=10,
+            statistics_frequency=10,
+            root_method="eigh",
+        ),
+    ),
+    "f100": (
+        "f100: defaults + precondition_frequency=statistics_frequency=100",
+        lambda: OneSidedShampoo(
+            1e-3, precondition_frequency=100, statistics_frequency=100
+        ),
+    ),
+    "f100_eigh": (
+        "f100_eigh: f100 + root_method='eigh'",
+        lambda: OneSidedShampoo(
+            1e-3,
+            precondition_frequency=100,
+            statistics_frequency=100,
+            root_method="eigh",
+        ),
+    ),
     "tuned512": (
         "tuned512: tuned + max_preconditioner_dim=512",
         lambda: OneSidedShampoo(
@@ -387,7 +416,9 @@ def _interleaved_step_times(entries, rounds, steps):
     `entries`: name -> (model, x, y, batch). Every model is warmed up first
     (compilation, the all-roots first step and a few more steps); then in
     each round every model runs `steps` steps (one `fit`), timed step by
-    step with a callback. Returns name -> list of step seconds.
+    step with a callback and as a whole. Returns `(steps, fits)`: name ->
+    list of step seconds, and name -> list of the rounds' `fit` wall
+    seconds.
     """
 
     class Timer(keras.callbacks.Callback):
@@ -406,9 +437,11 @@ def _interleaved_step_times(entries, rounds, steps):
         model, x, y, batch = entries[name]
         model.fit(x[: 3 * batch], y[: 3 * batch], batch_size=batch, verbose=0)
     times = {name: [] for name in names}
+    fits = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             model, x, y, batch = entries[name]
+            start = time.perf_counter()
             model.fit(
                 x[: steps * batch],
                 y[: steps * batch],
@@ -417,12 +450,41 @@ def _interleaved_step_times(entries, rounds, steps):
                 shuffle=False,
                 callbacks=[Timer(times[name])],
             )
-    return times
+            fits[name].append(time.perf_counter() - start)
+    return times, fits
+
+
+def _round_steps(steps, opts):
+    """The smallest multiple of `steps` that is a whole number of root
+    periods of every optimizer (each round then covers whole periods)."""
+    periods = [
+        getattr(opt, "precondition_frequency", 1) for opt in opts.values()
+    ]
+    return math.lcm(steps, *periods)
+
+
+def scale_row(name, steps, fits, n_steps, adam):
+    """One table row: mean step (fit wall time / steps, over whole root
+    periods), median and worst step (per-step callback), and ratios to
+    Adam's mean step of the same interleaved rounds (`adam`: Adam's
+    `(steps, fits)`)."""
+    mean = float(np.sum(fits) / (len(fits) * n_steps))
+    adam_mean = float(np.sum(adam[1]) / (len(adam[1]) * n_steps))
+    return {
+        "optimizer": name,
+        "mean_s": mean,
+        "median_s": float(np.median(steps)),
+        "worst_s": float(np.max(steps)),
+        "mean_vs_Adam": mean / adam_mean,
+        "median_vs_Adam": float(np.median(steps) / np.median(adam[0])),
+        "worst_vs_Adam_mean": float(np.max(steps)) / adam_mean,
+        "round_means_vs_Adam": [float(f / a) for f, a in zip(fits, adam[1])],
+    }
 
 
 def part_scale(args):
-    """Width 1024-4096 MLP and the width-512 MLP of the issue: median and
-    worst step of OneSidedShampoo vs Adam and Muon, preconditioned
+    """Width 1024-4096 MLP and the width-512 MLP of the issue: mean, median
+    and worst step of OneSidedShampoo vs Adam and Muon, preconditioned
     fraction, before (no blocking, no stagger) and after."""
     backend = keras.backend.backend()
     suffix = f"_{backend}" + ("_quick" if args.quick else "") + args.scale_tag
@@ -442,21 +504,21 @@ def part_scale(args):
     tables, meta = {}, {}
     for case, spec in cases.items():
         widths, batch = spec["widths"], spec["batch"]
-        n = batch * args.scale_steps
-        x = rng.normal(size=(n, widths[0])).astype("float32")
-        y = rng.normal(size=(n, widths[-1])).astype("float32")
         entries, opts = {}, {}
         for key in rows_of[case].split(","):
             name, make = SCALE_OPTIMIZERS[key]
             model = scale_model(widths)
             opt = make()
             model.compile(optimizer=opt, loss="mse", jit_compile=True)
-            entries[name] = (model, x, y, batch)
+            entries[name] = (model, None, None, batch)
             opts[name] = opt
-        times = _interleaved_step_times(
-            entries, args.scale_rounds, args.scale_steps
-        )
-        adam = times["Adam"]
+        steps = _round_steps(args.scale_steps, opts)
+        n = batch * steps
+        x = rng.normal(size=(n, widths[0])).astype("float32")
+        y = rng.normal(size=(n, widths[-1])).astype("float32")
+        entries = {name: (e[0], x, y, batch) for name, e in entries.items()}
+        times, fits = _interleaved_step_times(entries, args.scale_rounds, steps)
+        adam = (times["Adam"], fits["Adam"])
         rows = []
         for name, t in times.items():
             opt = opts[name]
@@ -465,47 +527,46 @@ def part_scale(args):
                 fraction = opt.preconditioning_summary()[
                     "preconditioned_fraction"
                 ]
-            row = {
-                "optimizer": name,
-                "median_s": float(np.median(t)),
-                "worst_s": float(np.max(t)),
-                "median_vs_Adam": float(np.median(t) / np.median(adam)),
-                "worst_vs_Adam": float(np.max(t) / np.max(adam)),
-                "worst_vs_Adam_median": float(np.max(t) / np.median(adam)),
-                "median_vs_Muon": (
-                    float(np.median(t) / np.median(times["Muon"]))
-                    if "Muon" in times
-                    else None
-                ),
-                "preconditioned_fraction": fraction,
-                "state_bytes": _state_bytes(opt),
-            }
+            row = scale_row(name, t, fits[name], steps, adam)
+            row.update(
+                preconditioned_fraction=fraction,
+                state_bytes=_state_bytes(opt),
+            )
             rows.append(row)
             print(case, row, flush=True)
         params = int(
             sum(np.prod(w.shape) for w in entries["Adam"][0].trainable_weights)
         )
         tables[f"{case}: widths {widths}, batch {batch}"] = rows
-        meta[case] = {"widths": widths, "batch": batch, "params": params}
-    meta.update(rounds=args.scale_rounds, steps_per_round=args.scale_steps)
+        meta[case] = {
+            "widths": widths,
+            "batch": batch,
+            "params": params,
+            "steps_per_round": steps,
+        }
+    meta.update(rounds=args.scale_rounds)
     md = harness.write_results(
         f"shampoo_scale{suffix}",
         tables,
         meta=meta,
         notes=(
-            "Per-step wall times (callback around each compiled `fit` "
-            "step), all models compiled and warmed up first (3 steps, "
-            "including the first step, where every root is computed), "
-            "then `rounds` rounds in which every model runs "
-            "`steps_per_round` steps in an order rotated every round. "
-            "median_s / worst_s: median / maximum over all timed steps; "
-            "worst_vs_Adam_median = worst step / Adam's median step (the "
-            "spike). Root frequency 10 for every Shampoo row. `before` = "
-            "the behaviour before issue 15 (a factor only on sides <= "
-            "2048, eigh, all roots on the same step). Cost model per "
-            "preconditioned m x n kernel in blocks of b: statistics "
-            "2 m b n per statistics update, root application 2 m b n "
-            "per step, roots N b^3-ish per period (spread over it); Adam's "
+            "Every model is compiled (jit_compile=True) and warmed up "
+            "first (3 steps, including the first step, where every root "
+            "is computed); then `rounds` rounds in which every model "
+            "runs `steps_per_round` steps (one `fit`, a whole number of "
+            "root periods of every row) in an order rotated every round. "
+            "mean_s: total `fit` wall time / steps (what a user pays, "
+            "root steps included); median_s / worst_s: median / maximum "
+            "of the per-step times (a callback around each step); "
+            "mean_vs_Adam and median_vs_Adam: ratios to Adam's in the "
+            "same rounds; worst_vs_Adam_mean: worst step / Adam's mean "
+            "step (the spike); round_means_vs_Adam: the mean-step ratio "
+            "of each round. `before` = the behaviour before issue 15 (a "
+            "factor only on sides <= 2048, eigh, all roots on the same "
+            "step). Cost model per preconditioned m x n kernel in blocks "
+            "of b: statistics 2 m b n per statistics update, root "
+            "application 2 m b n per step, roots N b^3-ish per period "
+            "(spread over it); Adam's "
             "forward + backward 6 m n B for B rows per step: the "
             "per-step ratio is about 1 + b (1 + 1/statistics_frequency) "
             "/ (3 B). CPU only, on a 2-core machine shared with other "

@@ -865,11 +865,26 @@ class Shampoo(_StructuredPreconditioner):
       + 2 m b n                             (applying the roots)
       + (m / b) c b^3 / precondition_frequency      (roots, staggered)
 
-    to Adam's `6 m n B` (forward + backward) and elementwise update, so the
-    median step is about `1 + b (1 + 1 / statistics_frequency) / (3 B)`
-    times Adam's (`c`: ~10 for `eigh`, ~60-240 matmul FLOPs for `"newton"`
-    depending on the conditioning); two-sided pays it once per side.
-    Measured in `benchmarks/shampoo.py --part scale`.
+    to Adam's `6 m n B` (forward + backward) and elementwise update
+    (`c`: ~10 for `eigh`, `6 k` matmul FLOPs for `"newton"` with `k`
+    iterations, 11-21 from condition number 1e2 to 1e6 for `p = 2`);
+    two-sided pays it once per side. Over a whole root period the mean
+    step is then about
+
+        1 + b (1 + 1 / statistics_frequency) / (3 B)
+          + c b^2 / (6 n B precondition_frequency)
+
+    times Adam's: the first two terms are the median (non-root) step, the
+    last is the roots, paid on a few steps of each period (the spikes).
+    For the width-512 MLP (512 x 512 kernels, `b = n = B = 512`, Newton
+    with ~20 iterations) the root term is ~2 at `precondition_frequency=10`
+    and ~0.2 at 100: what a user pays is dominated by the roots unless
+    the period is long. In order of effect on the mean step
+    (`benchmarks/shampoo.py --part scale`, results in
+    `benchmarks/results/shampoo_scale_*`): `precondition_frequency`,
+    then `max_preconditioner_dim` (the root term grows as `b^2`, the
+    others as `b`), then `statistics_frequency`; `root_method="eigh"` was
+    not cheaper on CPU under either backend's compiled train step.
 
     - `max_preconditioner_dim` (block size `b`, default 1024): a factored
       axis longer than this is split into balanced blocks of at most this
@@ -902,12 +917,19 @@ class Shampoo(_StructuredPreconditioner):
       call per distinct `(b, p)`).
     - `root_method`: `"newton"` (default; coupled Newton, only matrix
       products) or `"eigh"`. Newton is the default on every backend: on
-      TPU and GPU it is batched matmuls, TensorFlow's compiled `eigh` is
-      very slow (~100 s for three 1024 x 1024 blocks on a CPU) and JAX's
-      CPU `eigh` of a 1024 block took 1.3-8 s against 0.4 s for Newton on
-      the benchmark machine. The two agree to about 1e-3 on training
-      trajectories (tested); `eigh` clips the spectrum at the floor where
-      Newton shifts it (see `matrix_functions`).
+      TPU and GPU it is batched matmuls, and on CPU both TensorFlow's
+      compiled `eigh` and JAX's were slower than Newton in the scale
+      benchmark. The two agree to about 1e-3 on training trajectories
+      (tested); `eigh` clips the spectrum at the floor where Newton
+      shifts it (see `matrix_functions`). Every root is solved from a
+      scaled identity, not warm-started from the previous root: the
+      coupled iteration is exact only from a start that commutes with
+      the statistics, and to first order the error of a root
+      warm-started from a non-commuting previous root grows with the
+      ratio of the root's eigenvalues (`sqrt(condition number)`, ~1e3 at
+      the default floor), so a warm start would need a correction as
+      costly as the solve. In eager execution the iteration runs as a
+      Python loop, so warm eager steps compile nothing.
     - `preconditioning_summary()` reports per variable and in total what is
       preconditioned, each block's step offset and the root work per
       step; `build` warns when less than half of the parameters are.
@@ -1220,7 +1242,10 @@ class OneSidedShampoo(Shampoo):
     and documented in `keras_gr.optimizers.Shampoo`; the arguments are the
     same. In short, per step it adds about `b (1 + 1 /
     statistics_frequency) / (3 B)` of Adam's step for blocks of `b` and
-    `B` rows (tokens) per step.
+    `B` rows (tokens) per step, plus the roots, `c b^2 / (6 n B
+    precondition_frequency)` on average over a period (`c` ~120 for
+    Newton's ~20 iterations): ~2x Adam's step for 512 x 512 kernels at
+    `precondition_frequency=10`, so long periods pay most.
 
     Example:
 
