@@ -208,23 +208,51 @@ def _install(backbone, laurel_config):
             _connect(getattr(block, tap), getattr(block, end), join)
     backbone.laurel_joins = joins
     backbone.laurel_config = dict(laurel_config)
+    backbone.laurel_train_only = False
+
+
+def _freeze_all_but_joins(backbone):
+    """`train_only_laurel` on a backbone; recorded in its config."""
+    for layer in backbone.layers:
+        layer.trainable = False
+    for join in backbone.laurel_joins:
+        join.trainable = True
+    backbone.laurel_train_only = True
+
+
+def _compile_from_config(self, config):
+    # keras-hub's CausalLM overrides `compile`, so Keras skips compiling a
+    # reloaded model (with a warning) and then cannot restore the optimizer
+    # state. A LAuReL CausalLM compiles itself from the saved compile
+    # config (the sampler is not part of it: the default is used) and builds
+    # the optimizer on its trainable variables (the same ones as when it
+    # was saved: `laurel_train_only` is in the backbone's config), so the
+    # saved optimizer state loads.
+    self.compile(**keras.saving.deserialize_keras_object(config))
+    if self.built:
+        self.optimizer.build(self.trainable_variables)
 
 
 _BACKBONE_DOC = """`keras_hub.models.{base}` with LAuReL residual joins.
 
     Same arguments as `keras_hub.models.{base}` plus `laurel_config`
     (`Laurel` keyword arguments for every join; defaults
-    `{{"variant": "rw_lr", "rank": 4}}`; RW additive, no PA). `__init__`
-    builds the keras-hub backbone, then installs two `Laurel` joins per
-    block (tracked as `laurel_joins`) as `laurel_retrofit` does; outputs at
-    initialisation are those of `{base}`. Made by `laurel_backbone_class`.
+    `{{"variant": "rw_lr", "rank": 4}}`; RW additive, no PA) and
+    `laurel_train_only` (default False: True freezes every layer but the
+    joins, as `train_only_laurel` does, and is recorded in `get_config` so
+    a reloaded model trains the same variables). `__init__` builds the
+    keras-hub backbone, then installs two `Laurel` joins per block (tracked
+    as `laurel_joins`) as `laurel_retrofit` does; outputs at initialisation
+    are those of `{base}`. Made by `laurel_backbone_class`.
     """
 
 _CAUSAL_LM_DOC = """`keras_hub.models.{base}` over a `{backbone}`.
 
     Behaviour is `{base}`'s; `backbone_cls` is the LAuReL backbone, so
     `keras_hub.models.CausalLM.from_preset` finds this task for a preset
-    saved from a retrofitted model (once `keras_gr.hub` is imported).
+    saved from a retrofitted model (once `keras_gr.hub` is imported). A
+    compiled model saved to `.keras` reloads compiled (from its compile
+    config; the sampler returns to the default) with its optimizer state.
     """
 
 _BACKBONE_CLASSES = {}
@@ -283,15 +311,19 @@ def laurel_backbone_class(base_cls: type) -> type:
         self,
         *args,
         laurel_config: dict[str, Any] | None = None,
+        laurel_train_only: bool = False,
         **kwargs,
     ) -> None:
         config = _laurel_kwargs(laurel_config)
         base_cls.__init__(self, *args, **kwargs)
         _install(self, config)
+        if laurel_train_only:
+            _freeze_all_but_joins(self)
 
     def get_config(self):
         config = base_cls.get_config(self)
         config["laurel_config"] = dict(self.laurel_config)
+        config["laurel_train_only"] = bool(self.laurel_train_only)
         return config
 
     name = f"Laurel{base_cls.__name__}"
@@ -322,6 +354,7 @@ def _laurel_causal_lm_class(task_cls):
             (task_cls,),
             {
                 "backbone_cls": backbone_cls,
+                "compile_from_config": _compile_from_config,
                 "__module__": __name__,
                 "__qualname__": name,
                 "__doc__": _CAUSAL_LM_DOC.format(
@@ -446,7 +479,9 @@ def laurel_parameters(model: keras.Model) -> list[keras.Variable]:
 def train_only_laurel(model: keras.Model) -> keras.Model:
     """Freezes every layer of a retrofitted model except its `Laurel` joins.
 
-    In place; returns `model`. Compile the model after this call.
+    In place; returns `model`. Compile the model after this call. The
+    backbone records it (`laurel_train_only` in its config), so a model
+    reloaded from `.keras` or a preset trains the same variables.
 
     Example:
 
@@ -472,10 +507,7 @@ def train_only_laurel(model: keras.Model) -> keras.Model:
         for layer in model.layers:
             if layer is not backbone:
                 layer.trainable = False
-    for layer in backbone.layers:
-        layer.trainable = False
-    for join in joins:
-        join.trainable = True
+    _freeze_all_but_joins(backbone)
     return model
 
 

@@ -9,6 +9,7 @@ tests use the tiny local Gemma preset and the tiny GPT-2 with tokenizers.
 
 import os
 import threading
+import warnings
 
 import keras
 import keras_hub
@@ -192,6 +193,39 @@ def test_keras_and_preset_round_trip(name, tmp_path):
     reloaded = keras_hub.models.CausalLM.from_preset(preset, preprocessor=None)
     assert type(reloaded) is type(lm)
     np.testing.assert_array_equal(logits(reloaded, batch), want)
+
+
+def test_keras_reload_restores_compile_freeze_and_optimizer(tmp_path):
+    """A trained, train-only-LAuReL model reloads from `.keras` compiled,
+    with the same trainable variables and its optimizer state, silently
+    (no "compile() was not called" / "Skipping variable loading")."""
+    lm = laurel_retrofit(
+        family_lm("gemma"), rank=2, train_only_laurel_params=True
+    )
+    lm.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    batch = token_batch(40, length=LENGTH)
+    labels = np.roll(batch["token_ids"], -1, axis=1)
+    lm.fit(batch, labels, batch_size=2, epochs=2, shuffle=False, verbose=0)
+    path = os.path.join(tmp_path, "trained.keras")
+    lm.save(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = keras.models.load_model(path)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "compile()" in m], messages
+    assert not [m for m in messages if "Skipping variable" in m], messages
+    want = [v.path for v in lm.trainable_variables]
+    assert [v.path for v in loaded.trainable_variables] == want
+    assert len(want) == len(laurel_parameters(lm))
+    saved = [keras.ops.convert_to_numpy(v) for v in lm.optimizer.variables]
+    restored = loaded.optimizer.variables
+    assert len(restored) == len(saved)
+    for a, b in zip(restored, saved):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), b)
+    np.testing.assert_array_equal(logits(loaded, batch), logits(lm, batch))
 
 
 # ---------------------------------------------------------------------------
