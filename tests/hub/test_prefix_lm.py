@@ -195,8 +195,14 @@ def test_looped_backbone_cached_greedy_equals_uncached():
     start = np.array([[1, 2], [3, 4]], "int32")
     out = lm.generate_with_prefix(prefix, token_ids=start, max_length=7)
     _assert_uncached_greedy(lm.backbone, prefix, out["token_ids"], 2)
+
+
+@pytest.mark.slow
+def test_looped_backbone_empty_prefix_decodes_as_its_own_generate():
     # Empty prefix: PrefixCausalLM decodes as the looped LM's own
     # generate() (keras-hub's cached loop over the schedule).
+    lm = PrefixCausalLM(_tiny_looped_lm(seed=1), sampler="greedy")
+    start = np.array([[1, 2], [3, 4]], "int32")
     causal_lm = lm.causal_lm
     causal_lm.compile(sampler="greedy")
     own = causal_lm.generate(
