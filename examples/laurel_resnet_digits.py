@@ -5,22 +5,34 @@ residual `x + f(x)` by a learned join. In the functional API that is one
 line: `Laurel(...)([x, fx])` instead of `keras.layers.Add()([x, fx])`;
 `LaurelStack` also feeds the previous activations to the PA variant.
 
-Run: `KERAS_BACKEND=jax python examples/laurel_resnet_digits.py [--epochs 3]`
-"""
+It trains the plain-`Add` baseline and three LAuReL variants with the same
+seed, data and steps, and prints their test accuracies side by side.
 
-import argparse
+Run: `KERAS_BACKEND=jax python examples/laurel_resnet_digits.py [--quick]`
+(`--help` lists the options; outputs: none besides the printed table).
+Measured wall time on the loaded 2-core development machine (JAX): --quick
+7.3 min, measured while other jobs shared the 2 cores (load average near
+12); the full run was not timed in this change.
+"""
 
 import keras
 import numpy as np
+from _example import done
+from _example import example_arguments
 from sklearn.datasets import load_digits
 
 from keras_gr.layers import LaurelStack
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--epochs", type=int, default=10)
-parser.add_argument("--blocks", type=int, default=3)
-parser.add_argument("--channels", type=int, default=32)
-args = parser.parse_args()
+
+def options(parser):
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--blocks", type=int, default=3)
+    parser.add_argument("--channels", type=int, default=32)
+
+
+args = example_arguments(__doc__, options, "2 epochs instead of 10")
+if args.quick:
+    args.epochs = 2
 
 # Data: 8x8 grey-level digits, 1797 images, 360 held out.
 digits = load_digits()
@@ -70,10 +82,16 @@ for variant in [None, "rw", "rw_lr", "rw_lr_pa"]:
         f"{variant or 'baseline':>9}: {model.count_params():6d} params, "
         f"test accuracy {100 * acc:.2f}%"
     )
+if args.quick:
+    print(
+        "(--quick: 2 epochs and one seed, so gaps of a few points between "
+        "variants can be seed noise. The full run trains 10 epochs.)"
+    )
 
 # The learned residual weights of the last model (alpha = 1 + a, beta = 1 + b).
 for layer in model.layers:
     if layer.__class__.__name__ == "Laurel":
-        alpha = 1 + np.array(layer.alpha).item()
-        beta = 1 + np.array(layer.beta).item()
+        alpha = 1 + float(keras.ops.convert_to_numpy(layer.alpha))
+        beta = 1 + float(keras.ops.convert_to_numpy(layer.beta))
         print(f"{layer.name}: alpha={alpha:.3f} beta={beta:.3f}")
+done(args)
