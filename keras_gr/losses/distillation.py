@@ -55,6 +55,41 @@ _LOG_TINY = -69.07755278982137  # log(1e-30)
 _FILL = -1.0e30  # stands in for a -inf logit, keeping gradients finite
 
 
+def _shape(value):
+    """The static shape as a tuple, or `None` when even the rank is unknown
+    (a TensorFlow tensor from a `py_function`): then nothing is checked."""
+    try:
+        return tuple(value.shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_logits(name, logits):
+    shape = _shape(logits)
+    if shape is None:
+        return None
+    if len(shape) < 1 or shape[-1] == 0:
+        raise ValueError(
+            f"`{name}` must have a non-empty vocabulary axis (..., V). "
+            f"Received: {name} with shape {shape}"
+        )
+    return shape
+
+
+def _check_same_shape(name_a, shape_a, name_b, shape_b):
+    if shape_a is None or shape_b is None:
+        return
+    differ = len(shape_a) != len(shape_b) or any(
+        a is not None and b is not None and a != b
+        for a, b in zip(shape_a, shape_b)
+    )
+    if differ:
+        raise ValueError(
+            f"`{name_a}` and `{name_b}` must have the same shape. Received: "
+            f"{name_a} with shape {shape_a}, {name_b} with shape {shape_b}"
+        )
+
+
 def _log_softmax(logits, temperature):
     logits = ops.cast(logits, "float32") / temperature
     return ops.log_softmax(logits, axis=-1)
@@ -93,6 +128,14 @@ def distillation_divergence(
     """
     temperature = check_positive("temperature", temperature)
     check_choice("divergence", divergence, DIVERGENCES)
+    teacher_logits = ops.convert_to_tensor(teacher_logits)
+    student_logits = ops.convert_to_tensor(student_logits)
+    _check_same_shape(
+        "teacher_logits",
+        _check_logits("teacher_logits", teacher_logits),
+        "student_logits",
+        _check_logits("student_logits", student_logits),
+    )
     log_t = ops.stop_gradient(_log_softmax(teacher_logits, temperature))
     log_s = _log_softmax(student_logits, temperature)
     if divergence == "forward":
@@ -122,7 +165,9 @@ def teacher_topk(
     >>> keras.ops.convert_to_numpy(ids).tolist()
     [[1, 2]]
     """
-    k = check_integer("k", k)
+    teacher_logits = ops.convert_to_tensor(teacher_logits)
+    shape = _check_logits("teacher_logits", teacher_logits)
+    k = check_integer("k", k, maximum=None if shape is None else shape[-1])
     temperature = check_positive("temperature", temperature)
     log_p = _log_softmax(teacher_logits, temperature)
     values, ids = ops.top_k(log_p, k, sorted=True)
@@ -209,6 +254,33 @@ def topk_distillation_divergence(
     """
     temperature = check_positive("temperature", temperature)
     check_choice("divergence", divergence, DIVERGENCES)
+    topk_ids = ops.convert_to_tensor(topk_ids)
+    topk_log_probs = ops.convert_to_tensor(topk_log_probs)
+    student_logits = ops.convert_to_tensor(student_logits)
+    ids_shape = _shape(topk_ids)
+    _check_same_shape(
+        "topk_ids", ids_shape, "topk_log_probs", _shape(topk_log_probs)
+    )
+    s_shape = _check_logits("student_logits", student_logits)
+    if ids_shape is not None and s_shape is not None:
+        _check_same_shape(
+            "topk_ids[..., 0]",
+            ids_shape[:-1],
+            "student_logits[..., 0]",
+            s_shape[:-1],
+        )
+    if (
+        ids_shape is not None
+        and s_shape is not None
+        and ids_shape[-1] is not None
+        and s_shape[-1] is not None
+    ):
+        if not 1 <= ids_shape[-1] <= s_shape[-1]:
+            raise ValueError(
+                "`topk_ids` must hold 1 <= k <= V ids per position (V = "
+                f"{s_shape[-1]}, the student's vocabulary). Received: "
+                f"k={ids_shape[-1]}"
+            )
     log_t = ops.stop_gradient(ops.cast(topk_log_probs, "float32"))
     ids = ops.cast(topk_ids, "int32")
     log_s_all = _log_softmax(student_logits, temperature)
@@ -248,6 +320,7 @@ def masked_mean(values: Any, mask: Any = None) -> Any:
     if mask is None:
         return ops.mean(values)
     mask = ops.cast(mask, "float32")
+    _check_same_shape("values", _shape(values), "mask", _shape(mask))
     return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 

@@ -33,10 +33,16 @@ def _vocabulary_size(model):
 
 
 def _static_shape(value):
-    return tuple(getattr(value, "shape", np.shape(value)))
+    """The static shape as a tuple, or `None` when the rank is unknown."""
+    try:
+        return tuple(getattr(value, "shape", np.shape(value)))
+    except (TypeError, ValueError):
+        return None
 
 
 def _dims_differ(a, b):
+    if a is None or b is None:
+        return False
     return len(a) != len(b) or any(
         x is not None and y is not None and x != y for x, y in zip(a, b)
     )
@@ -345,15 +351,14 @@ class SaltDistiller(keras.Model):
             return None
         self._check_topk_keys(x)
         ids, log_probs = x[TOPK_IDS], x[TOPK_LOG_PROBS]
-        ids_shape = _static_shape(ids)
+        ids_shape = _static_shape(ids) or (None, None, None)
         vocab = _vocabulary_size(self.student)
-        for key, shape in ((TOPK_IDS, ids_shape),):
-            if len(shape) != 3 or _dims_differ(shape[:2], labels_shape):
-                raise ValueError(
-                    f"`x[{key!r}]` must have shape (batch, sequence, k) "
-                    f"matching the labels {labels_shape}. Received: shape "
-                    f"{shape}"
-                )
+        if len(ids_shape) != 3 or _dims_differ(ids_shape[:2], labels_shape):
+            raise ValueError(
+                f"`x[{TOPK_IDS!r}]` must have shape (batch, sequence, k) "
+                f"matching the labels {labels_shape}. Received: shape "
+                f"{ids_shape}"
+            )
         lp_shape = _static_shape(log_probs)
         if _dims_differ(lp_shape, ids_shape):
             raise ValueError(
@@ -378,6 +383,8 @@ class SaltDistiller(keras.Model):
         if sample_weight is None:
             return label_mask
         shape = _static_shape(sample_weight)
+        if shape is None:  # rank unknown: taken as per token
+            return ops.cast(sample_weight, "float32")
         if len(shape) == 2 and not _dims_differ(shape, labels_shape):
             return ops.cast(sample_weight, "float32")
         if len(shape) == 1 and not _dims_differ(shape, labels_shape[:1]):
@@ -441,6 +448,8 @@ class SaltDistiller(keras.Model):
     ):
         labels = y
         labels_shape = _static_shape(labels)
+        if labels_shape is None:
+            labels_shape = (None, None)
         if len(labels_shape) != 2:
             raise ValueError(
                 "`y` must be (batch, sequence) next-token ids. Received: y "

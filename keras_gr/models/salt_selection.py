@@ -30,6 +30,7 @@ from keras_gr.losses.distillation import teacher_topk
 from keras_gr.models.salt_distiller import TOPK_IDS
 from keras_gr.models.salt_distiller import TOPK_LOG_PROBS
 from keras_gr.models.salt_distiller import _vocabulary_size
+from keras_gr.models.salt_distiller import label_mask_from_padding
 
 
 def salt_scores_from_logits(
@@ -108,33 +109,66 @@ class _TeacherPass(keras.Model):
         return {TOPK_IDS: ids, TOPK_LOG_PROBS: log_probs}
 
 
+def _token_array(name, value, shape, vocab):
+    """An integer `(N, T)` array of ids in `[0, vocab)`, checked."""
+    array = check_array(name, value, ndim=2, allow_empty=False)
+    if shape is not None and array.shape != shape:
+        raise ValueError(
+            f"`{name}` must have the shape of x['token_ids'] {shape}. "
+            f"Received: {name} with shape {array.shape}"
+        )
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"`{name}` must hold integer token ids. Received: {name} with "
+            f"dtype {array.dtype}"
+        )
+    if vocab is not None and (array.min() < 0 or array.max() >= vocab):
+        raise ValueError(
+            f"`{name}` must hold ids in [0, {vocab}) (the teacher's "
+            f"vocabulary). Received: ids from {array.min()} to {array.max()}"
+        )
+    return array.astype("int32")
+
+
+def _mask_array(name, value, shape):
+    array = np.asarray(value)
+    if array.shape != shape:
+        raise ValueError(
+            f"`{name}` must have the shape of x['token_ids'] {shape}. "
+            f"Received: {name} with shape {array.shape}"
+        )
+    if np.issubdtype(array.dtype, np.floating) and not np.all(
+        np.isfinite(array)
+    ):
+        raise ValueError(
+            f"`{name}` must hold only finite 0/1 values. Received: {name} "
+            "with NaN or infinite entries"
+        )
+    return array.astype(bool)
+
+
 def _teacher_inputs(teacher, x, labels=None, label_mask=None):
     if not isinstance(x, dict) or "token_ids" not in x:
         raise ValueError(
             "`x` must be a dict with 'token_ids' (and 'padding_mask'), as a "
             f"keras-hub CausalLMPreprocessor returns. Received: x={type(x)!r}"
         )
-    token_ids = check_array("x['token_ids']", x["token_ids"], ndim=2)
+    vocab = _vocabulary_size(teacher)
+    token_ids = _token_array("x['token_ids']", x["token_ids"], None, vocab)
+    shape = token_ids.shape
     padding_mask = x.get("padding_mask")
     padding_mask = (
-        np.ones_like(token_ids, bool)
+        np.ones(shape, bool)
         if padding_mask is None
-        else np.asarray(padding_mask).astype(bool)
+        else _mask_array("x['padding_mask']", padding_mask, shape)
     )
     inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
     if labels is not None:
-        labels = check_array("labels", labels, ndim=2)
-        if labels.shape != token_ids.shape:
-            raise ValueError(
-                "`labels` must have the shape of x['token_ids'] "
-                f"{token_ids.shape}. Received: labels with shape "
-                f"{labels.shape}"
-            )
-        inputs["labels"] = labels.astype("int32")
+        inputs["labels"] = _token_array("labels", labels, shape, vocab)
         inputs["label_mask"] = (
-            padding_mask
+            np.asarray(label_mask_from_padding(padding_mask)).astype(bool)
             if label_mask is None
-            else np.asarray(label_mask).astype(bool)
+            else _mask_array("label_mask", label_mask, shape)
         )
     return inputs
 
@@ -158,7 +192,10 @@ def salt_selection_scores(
         x: `{"token_ids": (N, T), "padding_mask": (N, T)}`.
         labels: `(N, T)` next-token ids.
         label_mask: `(N, T)` label mask (keras-hub's `sample_weight`).
-            Defaults to `x["padding_mask"]`.
+            Defaults to the label mask keras-hub's `CausalLMPreprocessor`
+            makes from `x["padding_mask"]` (shifted by one position, see
+            `keras_gr.models.salt_distiller.label_mask_from_padding`), so a
+            row's last real token, whose label is padding, is not scored.
         k: top-k size, `1 <= k <= V`. Defaults to `10` (the paper).
         batch_size: sequences per predict batch. Defaults to `32`.
         verbose: `predict`'s progress bar setting. Defaults to `"auto"`.
@@ -181,7 +218,8 @@ def salt_selection_scores(
     ...         return self.head(self.embed(x["token_ids"]))
     >>> x = {"token_ids": np.ones((3, 5), "int32"),
     ...      "padding_mask": np.ones((3, 5), bool)}
-    >>> scores = salt_selection_scores(TinyLM(), x, np.ones((3, 5)), k=16,
+    >>> labels = np.ones((3, 5), "int32")
+    >>> scores = salt_selection_scores(TinyLM(), x, labels, k=16,
     ...                                verbose=0)
     >>> scores.shape, bool(np.all(scores > 0))
     ((3,), True)
@@ -201,6 +239,10 @@ def select_top_fraction(scores: Any, fraction: float) -> np.ndarray:
     """Indices of the `ceil(fraction * N)` highest-scoring sequences,
     best first (ties broken by the lower index).
 
+    `scores` is a non-empty `(N,)` array; `-inf` (a sequence with no
+    learnable token) is allowed and ranked last, NaN and `+inf` are
+    rejected with a `ValueError`.
+
     Example:
 
     >>> select_top_fraction([0.1, 0.9, 0.5, 0.7], 0.5).tolist()
@@ -208,6 +250,20 @@ def select_top_fraction(scores: Any, fraction: float) -> np.ndarray:
     """
     fraction = check_fraction("fraction", fraction)
     scores = check_array("scores", scores, ndim=1, finite=False)
+    if not np.issubdtype(scores.dtype, np.number) or np.issubdtype(
+        scores.dtype, np.complexfloating
+    ):
+        raise ValueError(
+            "`scores` must be real numbers. Received: scores with dtype "
+            f"{scores.dtype}"
+        )
+    bad = np.isnan(scores) | (scores == np.inf)
+    if np.any(bad):
+        raise ValueError(
+            "`scores` must not hold NaN or +inf (-inf, a sequence with no "
+            f"learnable token, is allowed). Received: {int(bad.sum())} such "
+            f"entries, first at index {int(np.argmax(bad))}"
+        )
     count = max(1, math.ceil(fraction * len(scores) - 1e-9))
     order = np.lexsort((np.arange(len(scores)), -scores.astype("float64")))
     return order[:count].astype("int64")

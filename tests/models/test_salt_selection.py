@@ -145,3 +145,61 @@ RESULT = dict(
     assert result["scores_close"] and result["finite"] > 16
     assert result["ids_equal"]
     assert result["logp_diff"] < 1e-5
+
+
+def test_default_label_mask_is_shifted():
+    # Issue 26 item 9: without a label mask the scorer used padding_mask,
+    # which also scores each row's last real token (label: padding).
+    from tests.models.test_salt_distiller import packed_data
+
+    teacher = tiny_lm(1, 8, 5)
+    x, y, label_mask = packed_data(6)
+    got = salt_selection_scores(teacher, x, y, k=VOCAB, verbose=0)
+    want = salt_selection_scores(teacher, x, y, label_mask, k=VOCAB, verbose=0)
+    np.testing.assert_array_equal(got, want)
+    logits = keras.ops.convert_to_numpy(teacher(x))
+    np.testing.assert_allclose(
+        got, brute_force_scores(logits, y, label_mask, VOCAB), rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("label_mask_shape", "`label_mask` must have the shape"),
+        ("padding_mask_shape", "`x\\['padding_mask'\\]` must have the shape"),
+        ("float_ids", "must hold integer token ids"),
+        ("ids_out_of_vocab", "must hold ids in \\[0, 32\\)"),
+        ("negative_labels", "`labels` must hold ids in"),
+        ("nan_label_mask", "must hold only finite"),
+    ],
+)
+def test_bad_scoring_inputs(case, match):
+    # Issue 26 item 10: a wrong-shape label_mask was a TypeError from
+    # inside the teacher pass (JAX).
+    teacher = tiny_lm(1, 8, 5)
+    x, y, mask = lm_data(4)
+    if case == "label_mask_shape":
+        mask = mask[:, :-1]
+    elif case == "padding_mask_shape":
+        x = dict(x, padding_mask=x["padding_mask"][:, :3])
+    elif case == "float_ids":
+        x = dict(x, token_ids=x["token_ids"].astype("float32"))
+    elif case == "ids_out_of_vocab":
+        x = dict(x, token_ids=x["token_ids"] + VOCAB)
+    elif case == "negative_labels":
+        y = -y
+    elif case == "nan_label_mask":
+        mask = mask.copy()
+        mask[0, 0] = np.nan
+    with pytest.raises(ValueError, match=match):
+        salt_selection_scores(teacher, x, y, mask, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "scores", [[0.5, np.nan, 1.0], [np.inf, 1.0]], ids=["nan", "inf"]
+)
+def test_select_top_fraction_rejects_nan_scores(scores):
+    # Issue 26 item 10: NaN scores were ranked silently.
+    with pytest.raises(ValueError, match="`scores` must not hold NaN"):
+        select_top_fraction(scores, 0.5)
