@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_gr._imports import require
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr._validation import check_number
@@ -407,7 +408,8 @@ def pretraining_loss(
     (['code', 'prose'], True)
     """
     import keras
-    import keras_hub
+
+    keras_hub = require("keras_hub", "`pretraining_loss`")
 
     steps = check_integer("steps", steps)
     batch_size = check_integer("batch_size", batch_size)

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gr._imports import require
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 
@@ -192,7 +193,7 @@ class BackboneEmbedder(SequenceEmbedder):
     def from_preset(cls, preset, **kwargs):
         """Loads the backbone and tokenizer of a keras-hub preset (a local
         folder) and builds the embedder with `kwargs`."""
-        import keras_hub
+        keras_hub = require("keras_hub", "`BackboneEmbedder.from_preset`")
 
         backbone = keras_hub.models.Backbone.from_preset(preset)
         tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset)
@@ -264,8 +265,8 @@ def tokenized_dataset(
     >>> batch["padding_mask"].numpy().tolist()
     [[1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]]
     """
-    import keras_hub
-    import tensorflow as tf
+    keras_hub = require("keras_hub", "`tokenized_dataset`")
+    tf = require("tensorflow", "`tokenized_dataset`")
 
     texts = _as_text_list(texts)
     sequence_length = check_integer("sequence_length", sequence_length)

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gr._imports import require
+
 
 def load_digit_images(image_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1797 8x8 digits, upsampled (bilinear) to `image_size`.
@@ -33,9 +35,9 @@ def load_digit_images(image_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     >>> images.shape, labels.shape, float(images.min()), float(images.max())
     ((1797, 16, 16, 1), (1797,), -1.0, 1.0)
     """
-    from sklearn.datasets import load_digits
+    datasets = require("sklearn.datasets", "`load_digit_images`")
 
-    digits = load_digits()
+    digits = datasets.load_digits()
     images = digits.images[..., None].astype("float32") / 16.0 * 2.0 - 1.0
     if image_size != 8:
         images = ops.image.resize(
@@ -68,7 +70,7 @@ def split_digits(
 
 def array_dataset(inputs, targets, batch_size, seed=0, shuffle=True):
     """Shuffled, batched, repeated `tf.data.Dataset` of `(inputs, targets)`."""
-    import tensorflow as tf
+    tf = require("tensorflow", "the digits `tf.data` streams")
 
     ds = tf.data.Dataset.from_tensor_slices((inputs, targets))
     if shuffle:
@@ -83,7 +85,7 @@ def noised_latent_dataset(latents, labels, alpha_bars, batch_size, seed=0):
     `z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps`, drawn with stateless
     seeded ops (the stream is reproducible).
     """
-    import tensorflow as tf
+    tf = require("tensorflow", "the digits `tf.data` streams")
 
     alpha_bars = tf.constant(np.asarray(alpha_bars, "float32"))
     num_train_steps = int(alpha_bars.shape[0])

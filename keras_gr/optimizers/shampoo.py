@@ -1208,14 +1208,15 @@ class Shampoo(_StructuredPreconditioner):
 
 @keras.saving.register_keras_serializable(package="keras_gr")
 class OneSidedShampoo(Shampoo):
-    """One-sided Shampoo: one Kronecker factor, on the smaller side.
+    r"""One-sided Shampoo: one Kronecker factor, on the smaller side.
 
     The practical optimizer of "Structured Preconditioners in Adaptive
     Optimization: A Unified Analysis" (Xie et al., arXiv:2503.10537): for an
-    m x n matrix variable with m <= n (otherwise the transposed roles),
+    $m \times n$ matrix variable with $m \le n$ (otherwise the transposed
+    roles),
 
-        L = beta2 * L + (1 - beta2) * G G^T          (m x m)
-        W = W - lr * graft(L^(-1/2) D)
+    $$L \leftarrow \beta_2 L + (1 - \beta_2)\, G G^\top \quad (m \times m),
+    \qquad W \leftarrow W - \eta\, \mathrm{graft}\big(L^{-1/2} D\big)$$
 
     with `D` the (bias-corrected) momentum of the gradient and the root
     recomputed every `precondition_frequency` steps. For m > n the factor is
@@ -1240,9 +1241,9 @@ class OneSidedShampoo(Shampoo):
     size, `statistics_frequency`, `precondition_frequency`,
     `stagger_roots`, `root_method`, with the cost formula) are shared with
     and documented in `keras_gr.optimizers.Shampoo`; the arguments are the
-    same. In short, per step it adds about `b (1 + 1 /
-    statistics_frequency) / (3 B)` of Adam's step for blocks of `b` and
-    `B` rows (tokens) per step, plus the roots, `c b^2 / (6 n B
+    same. In short, per step it adds about
+    `b (1 + 1 / statistics_frequency) / (3 B)` of Adam's step for blocks of
+    `b` and `B` rows (tokens) per step, plus the roots, `c b^2 / (6 n B
     precondition_frequency)` on average over a period (`c` ~120 for
     Newton's ~20 iterations): ~2x Adam's step for 512 x 512 kernels at
     `precondition_frequency=10`, so long periods pay most.
