@@ -17,7 +17,9 @@ equivalent:
   products in float32; on an Ampere+ GPU disable TF32 yourself);
 - `distributed_replicas`: the replica count of a `tf.distribute` strategy;
 - `count_executions`: a host callback that counts real executions of a
-  compiled branch (a Python counter in a traced function counts traces).
+  compiled branch (a Python counter in a traced function counts traces);
+- `concrete_bool` / `cond`: a Python branch where the predicate is a
+  concrete (eager) value, `keras.ops.cond` only while tracing.
 
 Backend modules are imported inside the functions, so importing this
 module (and `keras_gr.optimizers`) needs neither TensorFlow nor JAX.
@@ -106,3 +108,30 @@ def jit(fn):
 
         return tf.function(fn, jit_compile=True, reduce_retracing=True)
     return fn
+
+
+def concrete_bool(value):
+    """`bool(value)` in eager execution, `None` while tracing.
+
+    Tracers (JAX `jit`) and symbolic tensors (`tf.function`) refuse
+    `bool()`: then the caller builds a graph (`ops.cond`,
+    `ops.while_loop`). In eager execution a Python branch or loop computes
+    the same result without building one: eager `ops.cond` on JAX traces
+    and compiles both branches at every call (their closures are new), and
+    an eager `ops.while_loop` compiles its loop anew at every call, so an
+    eager training loop would compile new programs at every step.
+    """
+    try:
+        return bool(value)
+    except Exception:
+        return None
+
+
+def cond(pred, true_fn, false_fn):
+    """`keras.ops.cond(pred, true_fn, false_fn)`, except that a concrete
+    (eager) predicate runs only the chosen branch in Python (see
+    `concrete_bool`): the same result, with no program compiled per call."""
+    concrete = concrete_bool(pred)
+    if concrete is None:
+        return keras.ops.cond(pred, true_fn, false_fn)
+    return true_fn() if concrete else false_fn()

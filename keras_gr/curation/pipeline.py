@@ -23,29 +23,32 @@ from keras_gr.curation.streaming import NpyWriter
 STAGES = ("embed", "kmeans", "dedup", "select")
 
 
+def _streamed_texts(texts):
+    """The documents of a text file (one per line) or of a
+    `tf.data.Dataset` of strings (elements or batches), one at a time."""
+    if isinstance(texts, (str, os.PathLike)):
+        with open(os.fspath(texts), encoding="utf-8") as f:
+            for line in f:
+                yield line.rstrip("\n")
+        return
+    for item in texts.as_numpy_iterator():
+        for t in np.asarray(item).reshape(-1).tolist():
+            yield t.decode("utf-8") if isinstance(t, bytes) else t
+
+
 def _text_batches(texts, batch_size):
     """Lists of at most `batch_size` strings from a list / array of
     strings, a `tf.data.Dataset` of strings (elements or batches) or the
     path of a text file with one document per line."""
-    if isinstance(texts, (str, os.PathLike)):
+    if isinstance(texts, (str, os.PathLike)) or hasattr(
+        texts, "as_numpy_iterator"
+    ):
         batch = []
-        with open(os.fspath(texts), encoding="utf-8") as f:
-            for line in f:
-                batch.append(line.rstrip("\n"))
-                if len(batch) == batch_size:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
-        return
-    if hasattr(texts, "as_numpy_iterator"):
-        batch = []
-        for item in texts.as_numpy_iterator():
-            for t in np.asarray(item).reshape(-1).tolist():
-                batch.append(t.decode("utf-8") if isinstance(t, bytes) else t)
-                if len(batch) == batch_size:
-                    yield batch
-                    batch = []
+        for text in _streamed_texts(texts):
+            batch.append(text)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
         if batch:
             yield batch
         return

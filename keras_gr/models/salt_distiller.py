@@ -5,6 +5,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gr import _backend
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_fraction
 from keras_gr._validation import check_integer
@@ -417,7 +418,7 @@ class SaltDistiller(keras.Model):
                     self.divergence,
                 )
 
-            return ops.cond(w > 0.0, with_targets, lambda: zeros)
+            return _backend.cond(w > 0.0, with_targets, lambda: zeros)
         if self.teacher is None or self._teacher_released:
             return zeros
 
@@ -436,7 +437,7 @@ class SaltDistiller(keras.Model):
                 self.divergence,
             )
 
-        return ops.cond(w > 0.0, with_teacher, lambda: zeros)
+        return _backend.cond(w > 0.0, with_teacher, lambda: zeros)
 
     def compute_loss(
         self,

@@ -236,32 +236,16 @@ def _newton_inverse_root(mat, p, epsilon, relative_floor, iterations, tol):
         err0,
         ops.zeros_like(err0, dtype="bool"),
     ]
-    if concrete_bool(cond(*state)) is None:
+    if _backend.concrete_bool(cond(*state)) is None:
         _, _, h, _, _ = ops.while_loop(cond, body, state)
         return h
     # Eager: a Python loop over the same body. `ops.while_loop` would get
     # new Python closures at every call (ours and Keras's wrappers), so
     # eager JAX would trace and compile a new XLA program at every root
     # (issue 29); the loop's operations alone hit the op cache.
-    while concrete_bool(cond(*state)):
+    while _backend.concrete_bool(cond(*state)):
         state = body(*state)
     return state[2]
-
-
-def concrete_bool(value):
-    """`bool(value)` in eager execution, `None` while tracing.
-
-    Tracers (JAX `jit`) and symbolic tensors (`tf.function`) refuse
-    `bool()`: then the caller builds a graph (`ops.cond`,
-    `ops.while_loop`). In eager execution a Python branch or loop computes
-    the same result without building one (eager `ops.cond` on JAX traces
-    and compiles both branches at every call, and an eager
-    `ops.while_loop` compiles its loop anew at every call).
-    """
-    try:
-        return bool(value)
-    except Exception:
-        return None
 
 
 def ema_statistics(stat, update, beta2):

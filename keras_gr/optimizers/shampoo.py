@@ -644,7 +644,7 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
         due = self._and_last_micro(
             ops.equal(ops.mod(step - 1.0, float(freq)), 0.0)
         )
-        concrete = matrix_functions.concrete_bool(due)
+        concrete = _backend.concrete_bool(due)
         if concrete is not None:
             return (update() if concrete else olds), False
         if finite is not None:
@@ -728,7 +728,7 @@ class _StructuredPreconditioner(keras.optimizers.Optimizer):
                 result = compute()
             else:
                 due = self._root_due(offset, step)
-                concrete = matrix_functions.concrete_bool(due)
+                concrete = _backend.concrete_bool(due)
                 if concrete is not None:
                     guarded = False
                     result = compute() if concrete else gather(olds)
