@@ -24,10 +24,13 @@ class _Interrupt(keras.callbacks.Callback):
             raise RuntimeError("simulated preemption")
 
 
-def _run(backup_dir, extra=(), interrupt_at=None):
+def _run(backup_dir, extra=(), interrupt_at=None, steps_per_execution=1):
     x, y, mask = lm_data(24, seed=1)
     distiller = make(n_kd=N_KD, seed=2)
-    distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        steps_per_execution=steps_per_execution,
+    )
     distiller(x)  # BackupAndRestore needs a built model
     ds = PhasedDataset(
         x,
@@ -58,7 +61,13 @@ def _run(backup_dir, extra=(), interrupt_at=None):
     return distiller, schedule
 
 
-def test_resume_in_kd_phase_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_resume_in_kd_phase_equals_uninterrupted_run(
+    tmp_path, steps_per_execution
+):
+    # KDSchedule, PhasedDataSync and BackupAndRestore together, with one
+    # step or a whole epoch (3 steps) per execution.
+    spe = steps_per_execution
     ckpt = str(tmp_path / "ckpt.weights.h5")
     extra = [keras.callbacks.ModelCheckpoint(ckpt, save_weights_only=True)]
     try:
@@ -68,18 +77,25 @@ def test_resume_in_kd_phase_equals_uninterrupted_run(tmp_path):
         extra.append(keras.callbacks.TensorBoard(log_dir, update_freq="batch"))
     except ImportError:  # TensorBoard is optional
         log_dir = None
-    full, schedule = _run(str(tmp_path / "a"), extra=extra)
+    full, schedule = _run(
+        str(tmp_path / "a"), extra=extra, steps_per_execution=spe
+    )
     assert schedule.switch_step == N_KD
-    assert [w for _, w in schedule.history] == [0.5] * N_KD + [0.0] * 4
+    # One record per execution, at the step that ends it.
+    steps = list(range(spe - 1, STEPS_PER_EPOCH * EPOCHS, spe))
+    assert [s for s, _ in schedule.history] == steps
+    assert [w for _, w in schedule.history] == [
+        0.5 if s < N_KD else 0.0 for s in steps
+    ]
     assert os.path.isfile(ckpt)
     assert log_dir is None or os.listdir(log_dir)
     # Preempted at the start of epoch 2 (global step 6 < n_kd = 8), then
     # resumed by a new process-like run from the BackupAndRestore folder.
     backup = str(tmp_path / "b")
     with pytest.raises(RuntimeError, match="simulated preemption"):
-        _run(backup, interrupt_at=2)
-    resumed, schedule = _run(backup)
-    assert [s for s, _ in schedule.history] == list(range(6, 12))
+        _run(backup, interrupt_at=2, steps_per_execution=spe)
+    resumed, schedule = _run(backup, steps_per_execution=spe)
+    assert [s for s, _ in schedule.history] == [s for s in steps if s >= 6]
     assert schedule.switch_step == N_KD
     assert int(keras.ops.convert_to_numpy(resumed.kd_step)) == 12
     for a, b in zip(full.student.get_weights(), resumed.student.get_weights()):
