@@ -8,10 +8,11 @@ that installs it (`pip install "keras-gr[hub]"`), instead of a bare
 `No module named 'keras_hub'`.
 
 `lazy_exports` gives a namespace `__init__.py` a module `__getattr__`
-(PEP 562): the names it lists are imported from their submodule on first
-access, so `import keras_gr.hub` works without keras-hub, while
-`from keras_gr.hub import laurel_retrofit` is unchanged where keras-hub is
-installed and raises `require`'s ImportError where it is not.
+(PEP 562): where keras-hub is installed every name is imported with the
+namespace (so its Keras classes are registered for `load_model`), and
+where it is not, the names that need it stay unimported, so
+`import keras_gr.hub` works without keras-hub while
+`from keras_gr.hub import laurel_retrofit` raises `require`'s ImportError.
 """
 
 import importlib
@@ -107,4 +108,26 @@ def lazy_exports(
     def __dir__() -> list[str]:
         return sorted(set(module.__dict__) | set(exports))
 
+    # Where the optional dependencies are installed, import every export
+    # now: importing a module registers its Keras-serializable classes, and
+    # `keras.models.load_model` / keras-hub's `from_preset` find a class
+    # only once it is registered (a `.keras` file of a `keras_gr.hub` model
+    # must load after a bare `import keras_gr.hub`). Where one is missing,
+    # its names stay lazy and raise `require`'s ImportError on first use.
+    for name in exports:
+        try:
+            __getattr__(name)
+        except ImportError as error:
+            if not _missing_extra(error):
+                raise
+
     return __getattr__, __dir__
+
+
+def _missing_extra(error: ImportError) -> bool:
+    """Whether `error` is `require`'s ImportError for a missing extra."""
+    cause = error.__cause__
+    return (
+        isinstance(cause, ModuleNotFoundError)
+        and missing_dependency_error(cause, "") is not None
+    )

@@ -135,3 +135,43 @@ def test_hub_names_are_the_same_objects_as_their_modules():
     assert prefix_module is sys.modules["keras_gr.hub.prefix_lm"]
     assert SoftSRV is softsrv.SoftSRV
     assert set(keras_gr.hub.__all__) <= set(dir(keras_gr.hub))
+
+
+_REGISTERED_AFTER_IMPORT = """
+import inspect
+import keras
+import keras_gr.hub
+import keras_gr.models
+
+missing = []
+for area in (keras_gr.hub, keras_gr.models):
+    for name in area.__all__:
+        value = area.__dict__.get(name)
+        if value is None:
+            missing.append(f"{area.__name__}.{name} not imported")
+        elif inspect.isclass(value) and issubclass(value, keras.Layer):
+            key = keras.saving.get_registered_name(value)
+            if keras.saving.get_registered_object(key) is not value:
+                missing.append(key)
+print("MISSING", missing)
+"""
+
+
+def test_keras_classes_are_registered_by_importing_the_namespace(tmp_path):
+    """With keras-hub installed, a bare `import keras_gr.hub` /
+    `import keras_gr.models` in a fresh process registers every exported
+    Keras class, so `keras.models.load_model` and keras-hub's `from_preset`
+    find them (the lazy namespaces left them unregistered until a name was
+    touched)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["KERAS_GR_CACHE"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_REGISTERED_AFTER_IMPORT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(tmp_path),
+    )
+    assert "MISSING []" in proc.stdout, proc.stdout + proc.stderr[-4000:]
