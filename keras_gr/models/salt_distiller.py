@@ -521,6 +521,9 @@ class SaltDistiller(keras.Model):
         return self._preprocess(*keras.utils.unpack_x_y_sample_weight(data))
 
     def fit(self, x=None, y=None, sample_weight=None, **kwargs):
+        """`keras.Model.fit`, with raw strings (or a `tf.data` dataset
+        of strings) first run through the student's preprocessor, as
+        a keras-hub `CausalLM` does; token inputs pass unchanged."""
         x, y, sample_weight = self._preprocess(x, y, sample_weight)
         if kwargs.get("validation_data") is not None:
             kwargs["validation_data"] = self._preprocess_validation(
@@ -529,10 +532,16 @@ class SaltDistiller(keras.Model):
         return super().fit(x, y, sample_weight=sample_weight, **kwargs)
 
     def evaluate(self, x=None, y=None, sample_weight=None, **kwargs):
+        """`keras.Model.evaluate`, with raw strings (or a `tf.data` dataset
+        of strings) first run through the student's preprocessor, as
+        a keras-hub `CausalLM` does; token inputs pass unchanged."""
         x, y, sample_weight = self._preprocess(x, y, sample_weight)
         return super().evaluate(x, y, sample_weight=sample_weight, **kwargs)
 
     def predict(self, x, **kwargs):
+        """`keras.Model.predict`, with raw strings (or a `tf.data` dataset
+        of strings) first run through the student's preprocessor, as
+        a keras-hub `CausalLM` does; token inputs pass unchanged."""
         x = self._preprocess(x)[0]
         return super().predict(x, **kwargs)
 

@@ -1243,9 +1243,9 @@ class OneSidedShampoo(Shampoo):
     and documented in `keras_gr.optimizers.Shampoo`; the arguments are the
     same. In short, per step it adds about
     `b (1 + 1 / statistics_frequency) / (3 B)` of Adam's step for blocks of
-    `b` and `B` rows (tokens) per step, plus the roots, `c b^2 / (6 n B
-    precondition_frequency)` on average over a period (`c` ~120 for
-    Newton's ~20 iterations): ~2x Adam's step for 512 x 512 kernels at
+    `b` and `B` rows (tokens) per step, plus the roots,
+    `c b^2 / (6 n B precondition_frequency)` on average over a period (`c`
+    ~120 for Newton's ~20 iterations): ~2x Adam's step for 512 x 512 kernels at
     `precondition_frequency=10`, so long periods pay most.
 
     Example:
