@@ -97,21 +97,29 @@ print("JAX_ONLY_OK")
 """
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() != "jax",
-    reason="the subprocess always runs JAX: once, in the JAX pass",
-)
-def test_every_namespace_works_without_keras_hub_and_tensorflow(tmp_path):
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+def _run_snippet(code, tmp_path, **env_vars):
+    """Runs `code` in a fresh Python process importing this checkout's
+    keras_gr, with a temporary cache and `env_vars` set."""
+    env = dict(os.environ, **env_vars)
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env["KERAS_GR_CACHE"] = str(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_JAX_ONLY)],
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
         cwd=str(tmp_path),
+    )
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="the subprocess always runs JAX: once, in the JAX pass",
+)
+def test_every_namespace_works_without_keras_hub_and_tensorflow(tmp_path):
+    proc = _run_snippet(
+        _JAX_ONLY, tmp_path, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu"
     )
     assert "JAX_ONLY_OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
     # A library prints nothing on its ordinary path.
@@ -163,15 +171,5 @@ def test_keras_classes_are_registered_by_importing_the_namespace(tmp_path):
     Keras class, so `keras.models.load_model` and keras-hub's `from_preset`
     find them (the lazy namespaces left them unregistered until a name was
     touched)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env["KERAS_GR_CACHE"] = str(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_REGISTERED_AFTER_IMPORT)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(tmp_path),
-    )
+    proc = _run_snippet(_REGISTERED_AFTER_IMPORT, tmp_path)
     assert "MISSING []" in proc.stdout, proc.stdout + proc.stderr[-4000:]
