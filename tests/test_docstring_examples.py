@@ -28,8 +28,8 @@ SLOW_EXAMPLES = {
     "keras_gr.presets.llm_pool.build_llm_pool",  # (144 s)
     "keras_gr.data.corpora.multi_source_corpus",  # (91 s)
     "keras_gr.hub.prefix_lm.PrefixCausalLM",  # (38 s)
-    "keras_gr.models.softsrv.HardPromptGenerator",  # (33 s)
-    "keras_gr.models.softsrv.SoftSRV",  # (30 s)
+    "keras_gr.models.softsrv.softsrv.HardPromptGenerator",  # (33 s)
+    "keras_gr.models.softsrv.softsrv.SoftSRV",  # (30 s)
 }
 
 

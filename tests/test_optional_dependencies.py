@@ -134,7 +134,7 @@ def test_hub_names_are_the_same_objects_as_their_modules():
     from keras_gr.hub import laurel_retrofit
     from keras_gr.hub import prefix_lm as prefix_module
     from keras_gr.models import SoftSRV
-    from keras_gr.models import softsrv
+    from keras_gr.models.softsrv import softsrv
 
     module = sys.modules["keras_gr.hub.laurel_retrofit"]
     assert laurel_retrofit is module.laurel_retrofit

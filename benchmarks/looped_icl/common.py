@@ -11,7 +11,7 @@ import numpy as np
 
 from benchmarks import harness
 from keras_gr.data.icl_regression import icl_regression_problems
-from keras_gr.models.looped_icl import LoopedICLRegressor
+from keras_gr.models.looped_icl.looped_icl_regressor import LoopedICLRegressor
 
 FORMS = (
     ("looped_restricted", True, True),

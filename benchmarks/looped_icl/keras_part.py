@@ -19,7 +19,7 @@ from benchmarks.looped_icl.common import KERAS_LRS
 from benchmarks.looped_icl.common import add_to_json
 from benchmarks.looped_icl.common import full_problems
 from benchmarks.looped_icl.common import normalised
-from keras_gr.models.looped_icl import LoopedICLRegressor
+from keras_gr.models.looped_icl.looped_icl_regressor import LoopedICLRegressor
 
 
 def keras_predict(model, prompts, depth=None, all_depths=False, chunk=2048):

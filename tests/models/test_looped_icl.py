@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from keras_gr.data.icl_regression import icl_regression_problems
-from keras_gr.models.looped_icl import LoopedICLRegressor
-from keras_gr.models.looped_icl import query_prediction
+from keras_gr.models.looped_icl.looped_icl_regressor import LoopedICLRegressor
+from keras_gr.models.looped_icl.looped_icl_regressor import query_prediction
 
 
 def reference_restricted_step(z, a, u):

@@ -14,7 +14,7 @@ from keras_gr.hub import PrefixCausalLM
 from keras_gr.hub import prefix_lm_logits
 from keras_gr.models import HardPromptGenerator
 from keras_gr.models import SoftSRV
-from keras_gr.models.softsrv import detokenize_generated
+from keras_gr.models.softsrv.softsrv import detokenize_generated
 from tests.hub.tiny_gpt2 import VOCAB
 from tests.hub.tiny_gpt2 import tiny_gpt2
 

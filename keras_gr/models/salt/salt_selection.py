@@ -27,10 +27,10 @@ from keras_gr._validation import check_fraction
 from keras_gr._validation import check_integer
 from keras_gr._validation import check_positive
 from keras_gr.losses.distillation import teacher_topk
-from keras_gr.models.salt_distiller import TOPK_IDS
-from keras_gr.models.salt_distiller import TOPK_LOG_PROBS
-from keras_gr.models.salt_distiller import _vocabulary_size
-from keras_gr.models.salt_distiller import label_mask_from_padding
+from keras_gr.models.salt.salt_distiller import TOPK_IDS
+from keras_gr.models.salt.salt_distiller import TOPK_LOG_PROBS
+from keras_gr.models.salt.salt_distiller import _vocabulary_size
+from keras_gr.models.salt.salt_distiller import label_mask_from_padding
 
 
 def salt_scores_from_logits(
@@ -194,7 +194,7 @@ def salt_selection_scores(
         label_mask: `(N, T)` label mask (keras-hub's `sample_weight`).
             Defaults to the label mask keras-hub's `CausalLMPreprocessor`
             makes from `x["padding_mask"]` (shifted by one position, see
-            `keras_gr.models.salt_distiller.label_mask_from_padding`), so a
+            `keras_gr.models.salt.salt_distiller.label_mask_from_padding`), so a
             row's last real token, whose label is padding, is not scored.
         k: top-k size, `1 <= k <= V`. Defaults to `10` (the paper).
         batch_size: sequences per predict batch. Defaults to `32`.

@@ -7,7 +7,7 @@ from keras import ops
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr.curation import KMeans
-from keras_gr.models.base_router import Router
+from keras_gr.models.routing.base_router import Router
 
 
 def cluster_errors(clusters, errors, num_clusters):

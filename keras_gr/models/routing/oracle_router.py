@@ -5,8 +5,8 @@ import numpy as np
 from keras import ops
 
 from keras_gr._validation import check_array
-from keras_gr.models.base_router import Router
-from keras_gr.models.base_router import check_correctness
+from keras_gr.models.routing.base_router import Router
+from keras_gr.models.routing.base_router import check_correctness
 
 
 @keras.saving.register_keras_serializable(package="keras_gr")

@@ -6,7 +6,7 @@ from keras import ops
 
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
-from keras_gr.models.base_router import Router
+from keras_gr.models.routing.base_router import Router
 
 
 def knn_errors(embeddings, reference, reference_errors, k, metric):

@@ -6,7 +6,7 @@ import numpy as np
 
 from keras_gr._validation import check_integer
 from keras_gr._validation import check_number
-from keras_gr.models.base_router import Router
+from keras_gr.models.routing.base_router import Router
 
 
 class RoutedGenerator:

@@ -8,7 +8,7 @@ from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr._validation import check_positive
 from keras_gr.curation import KMeans
-from keras_gr.models.base_router import Router
+from keras_gr.models.routing.base_router import Router
 
 
 def soft_cluster_errors(assignment, errors, epsilon=1e-6):

@@ -41,9 +41,9 @@ from keras_gr._validation import check_number
 from keras_gr.data.digits import array_dataset
 from keras_gr.data.digits import noised_latent_dataset
 from keras_gr.layers.latent_crf import LatentCRF
-from keras_gr.models.diffusion_sampler import DiffusionSampler
-from keras_gr.models.diffusion_sampler import NoiseSchedule
-from keras_gr.models.diffusion_sampler import ddim_sigma
+from keras_gr.models.diffusion.diffusion_sampler import DiffusionSampler
+from keras_gr.models.diffusion.diffusion_sampler import NoiseSchedule
+from keras_gr.models.diffusion.diffusion_sampler import ddim_sigma
 
 # --------------------------------------------------------------------------
 # Noise schedule and DDIM maths.

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gr.models.base_router import Router
+from keras_gr.models.routing.base_router import Router
 
 
 @keras.saving.register_keras_serializable(package="keras_gr")
