@@ -21,7 +21,9 @@ The verdict words are defined here once; every script uses `verdict`:
 - **partly reproduced**: the paper's direction but the interval contains
   zero, or significant but smaller than half the paper's size;
 - **not reproduced**: otherwise: a zero mean difference or the opposite
-  direction (significant or not);
+  direction (significant or not); a claim tested by several comparisons
+  (`combine`) is not reproduced as soon as one of them is significant in
+  the opposite direction;
 - **not testable**: fewer than `MIN_SEEDS` (5) paired seeds, or both arms
   sit at the measure's floor (MAUVE of disjoint sets, chance accuracy),
   where no difference can show, or a non-finite value (a diverged seed
@@ -54,7 +56,8 @@ RULE = (
     "direction, interval excluding 0, and at least half the paper's size "
     "where it is compared; 'partly reproduced' = the direction but not "
     "significant, or significant but under half the paper's size; 'not "
-    "reproduced' = zero or the opposite direction; 'not testable' = fewer "
+    "reproduced' = zero or the opposite direction (and a claim with any "
+    "comparison significantly opposite); 'not testable' = fewer "
     f"than {MIN_SEEDS} seeds or both arms at the measure's floor."
 )
 
@@ -268,7 +271,8 @@ def verdict(
     Returns:
         dict: `verdict` (one of `WORDS`), `reason` (one sentence),
         the `paired_difference` fields, `size_ratio` (ours over the
-        paper's, or `None`).
+        paper's, or `None`), `opposite_significant` (the difference is
+        against the paper's direction and its 95% interval excludes 0).
     """
     if direction not in (1, -1):
         raise ValueError(
@@ -276,7 +280,7 @@ def verdict(
         )
     method, baseline = _pair(method, baseline)
     diff = paired_difference(method, baseline, interval=interval)
-    out = {**diff, "size_ratio": None}
+    out = {**diff, "size_ratio": None, "opposite_significant": False}
     if diff["n"] < MIN_SEEDS:
         return {
             **out,
@@ -300,13 +304,22 @@ def verdict(
             "verdict": NOT_TESTABLE,
             "reason": "non-finite value (a diverged seed, not capped)",
         }
+    low, high = diff["low"], diff["high"]
     if signed <= 0:
+        # Significant against the paper: the interval excludes zero on the
+        # other side. `combine` lets no other comparison outvote it.
+        opposite = bool(high < 0 if direction > 0 else low > 0)
+        reason = "no difference"
+        if signed < 0:
+            reason = "opposite direction"
+            if opposite:
+                reason += ", significant"
         return {
             **out,
+            "opposite_significant": opposite,
             "verdict": NOT_REPRODUCED,
-            "reason": "opposite direction" if signed < 0 else "no difference",
+            "reason": reason,
         }
-    low, high = diff["low"], diff["high"]
     significant = low > 0 if direction > 0 else high < 0
     if not significant:
         return {
@@ -348,16 +361,27 @@ def summary(result, digits=3):
     )
 
 
-def combine(words):
+def combine(results):
     """One verdict for a claim tested by several comparisons.
 
-    The not-testable comparisons are left out; of the rest, all
-    reproduced -> reproduced, all not reproduced -> not reproduced,
-    anything else -> partly reproduced; none left -> not testable.
+    `results` are `verdict` dicts (or bare verdict words, which carry no
+    significance and so count as not significantly opposite). The
+    not-testable comparisons are left out; of the rest:
+
+    - any comparison significant in the opposite direction of the paper
+      (`opposite_significant`) -> not reproduced: the data contradict the
+      claim, whatever the other comparisons say;
+    - all reproduced -> reproduced; all not reproduced -> not reproduced;
+    - anything else -> partly reproduced;
+    - none left -> not testable.
     """
-    words = [w for w in words if w != NOT_TESTABLE]
-    if not words:
+    results = [r if isinstance(r, dict) else {"verdict": r} for r in results]
+    results = [r for r in results if r["verdict"] != NOT_TESTABLE]
+    if not results:
         return NOT_TESTABLE
+    words = [r["verdict"] for r in results]
+    if any(r.get("opposite_significant") for r in results):
+        return NOT_REPRODUCED
     if all(w == REPRODUCED for w in words):
         return REPRODUCED
     if all(w == NOT_REPRODUCED for w in words):

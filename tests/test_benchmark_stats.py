@@ -72,7 +72,7 @@ def test_verdict_words():
     # Opposite direction, even if not significant.
     out = stats.verdict(base + 0.01, base, direction=-1)
     assert out["verdict"] == stats.NOT_REPRODUCED
-    assert out["reason"] == "opposite direction"
+    assert out["reason"] == "opposite direction, significant"
     # Significant but far smaller than the paper's: partly.
     out = stats.verdict(better, base, direction=-1, paper_effect=-1.0)
     assert out["verdict"] == stats.PARTLY
@@ -128,3 +128,28 @@ def test_combine_leaves_out_untestable_comparisons():
     assert stats.combine([r, n]) == p
     assert stats.combine([u, u]) == u
     assert stats.combine([]) == u
+
+
+def test_combine_significant_opposite_direction_is_not_reproduced():
+    # SALT's weak teacher: worse than SALT (the paper's direction,
+    # significant) but significantly worse than no teacher at all (the
+    # opposite direction of "it still helps"). Mixed words would read
+    # "partly"; a significant opposite comparison makes it not reproduced.
+    base = np.array([4.64, 4.65, 4.63, 4.645, 4.64])
+    wobble = np.array([0.0, 0.01, -0.01, 0.005, -0.005])
+    weak = base + 0.075 + wobble
+    salt = base - 0.06 - wobble
+    helps = stats.verdict(weak, base, direction=-1)
+    less = stats.verdict(weak, salt, direction=1)
+    assert helps["verdict"] == stats.NOT_REPRODUCED
+    assert helps["opposite_significant"]
+    assert helps["reason"] == "opposite direction, significant"
+    assert less["verdict"] == stats.REPRODUCED
+    assert not less["opposite_significant"]
+    assert stats.combine([helps, less]) == stats.NOT_REPRODUCED
+    # Opposite but not significant: still only mixed, partly.
+    noisy = base + np.array([0.3, -0.25, 0.2, -0.2, 0.06])
+    out = stats.verdict(noisy, base, direction=-1)
+    assert out["verdict"] == stats.NOT_REPRODUCED
+    assert not out["opposite_significant"]
+    assert stats.combine([out, less]) == stats.PARTLY
