@@ -14,25 +14,25 @@ JAX-only install.
 """
 
 from keras_gr import _imports
-from keras_gr.models.routing.base_router import Router
-from keras_gr.models.routing.cluster_router import ClusterRouter
 from keras_gr.models.diffusion.diffusion_sampler import DiffusionSampler
 from keras_gr.models.diffusion.diffusion_sampler import NoiseSchedule
-from keras_gr.models.routing.knn_router import KNNRouter
 from keras_gr.models.diffusion.latent_diffusion import ClassConditionalUNet
 from keras_gr.models.diffusion.latent_diffusion import DDIMSampler
 from keras_gr.models.diffusion.latent_diffusion import DigitsLatentDiffusion
-from keras_gr.models.routing.learned_map_router import LearnedMapRouter
 from keras_gr.models.looped_icl.looped_icl_regressor import LoopedICLRegressor
 from keras_gr.models.looped_icl.looped_icl_regressor import query_prediction
+from keras_gr.models.routing.base_router import Router
+from keras_gr.models.routing.cluster_router import ClusterRouter
+from keras_gr.models.routing.knn_router import KNNRouter
+from keras_gr.models.routing.learned_map_router import LearnedMapRouter
 from keras_gr.models.routing.oracle_router import OracleRouter
 from keras_gr.models.routing.routed_generator import RoutedGenerator
+from keras_gr.models.routing.zero_router import ZeroRouter
 from keras_gr.models.salt.salt_distiller import SaltDistiller
 from keras_gr.models.salt.salt_selection import salt_scores_from_logits
 from keras_gr.models.salt.salt_selection import salt_selection_scores
 from keras_gr.models.salt.salt_selection import select_top_fraction
 from keras_gr.models.salt.salt_selection import teacher_topk_targets
-from keras_gr.models.routing.zero_router import ZeroRouter
 
 # keras-hub models: imported on first use (see the module docstring).
 _LAZY = {
