@@ -6,8 +6,8 @@
 package `keras_gr`. See ARCHITECTURE.md for where this sits.
 """
 
+from keras_gr.layers.column_orthogonal import ColumnOrthogonal
 from keras_gr.layers.latent_crf import LatentCRF
-from keras_gr.layers.laurel import ColumnOrthogonal
 from keras_gr.layers.laurel import Laurel
 from keras_gr.layers.laurel_stack import LaurelStack
 from keras_gr.layers.linear_attention import LinearAttention

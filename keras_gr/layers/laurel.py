@@ -1,6 +1,5 @@
 """LAuReL: the learned augmented residual join as a Keras layer."""
 
-import math
 from typing import Any
 
 import keras
@@ -10,23 +9,10 @@ from keras_gr._validation import check_bool
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr._validation import check_positive
+from keras_gr.layers.column_orthogonal import ColumnOrthogonal
 
 VARIANTS = ("rw", "lr", "pa", "rw_lr", "rw_lr_pa")
 RW_PARAMETRIZATIONS = ("additive", "softmax", "scaled_softmax", "sigmoid")
-
-
-def column_orthogonal_matrix(rows, rank):
-    """The paper's column-orthogonal init of the LR factor `A` (rows x rank).
-
-    `A[i, j] = 1 / sqrt(rank * rows)` if `i mod rank == j`, else 0, so the
-    columns of `A` have disjoint supports (they are mutually orthogonal).
-    Returns a nested list of Python floats (backend free).
-    """
-    value = 1.0 / math.sqrt(rank * rows)
-    return [
-        [value if i % rank == j else 0.0 for j in range(rank)]
-        for i in range(rows)
-    ]
 
 
 def rw_weights(a, b, parametrization):
@@ -56,33 +42,6 @@ def rw_weights(a, b, parametrization):
         return alpha, beta
     alpha = ops.sigmoid(a)
     return alpha, 1.0 - alpha
-
-
-@keras.saving.register_keras_serializable(package="keras_gr")
-class ColumnOrthogonal(keras.initializers.Initializer):
-    """Initializer of the LAuReL low-rank factor `A` (last two axes D x r).
-
-    `A[..., i, j] = 1 / sqrt(r D)` if `i mod r == j`, else 0
-    (Menghani et al., arXiv 2411.07501, the init used for LLMs). Leading
-    axes (one matrix per previous activation in PA) repeat the same matrix.
-
-    Example:
-
-    >>> import numpy as np
-    >>> a = np.asarray(ColumnOrthogonal()((4, 2)))
-    >>> np.round(a * np.sqrt(2 * 4), 4).tolist()  # 1 / sqrt(r D) entries
-    [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
-    """
-
-    def __call__(self, shape, dtype=None):
-        rows, rank = shape[-2], shape[-1]
-        matrix = ops.convert_to_tensor(
-            column_orthogonal_matrix(rows, rank), dtype=dtype or "float32"
-        )
-        return ops.broadcast_to(matrix, shape)
-
-    def get_config(self):
-        return {}
 
 
 @keras.saving.register_keras_serializable(package="keras_gr")

@@ -6,7 +6,7 @@ import pytest
 
 from keras_gr.layers import Laurel
 from keras_gr.layers import LaurelStack
-from keras_gr.layers.laurel import column_orthogonal_matrix
+from keras_gr.layers.column_orthogonal import column_orthogonal_matrix
 from keras_gr.layers.laurel import rw_weights
 from tests.conformance import check_layer
 
