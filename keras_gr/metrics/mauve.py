@@ -10,8 +10,10 @@ reports. Given features of samples from `P` (e.g. generated text) and `Q`
 1. stack `[Q; P]`, normalise each row to unit L2 norm, project with PCA on
    the fewest leading components that explain `explained_variance` of the
    variance (no whitening);
-2. quantise with k-means into `num_buckets` clusters (the curation
-   `keras_gr.curation.KMeans`, best of `num_redo` seeded runs), giving the
+2. quantise with k-means into `num_buckets` clusters (the library's one
+   k-means, `keras_gr.curation.KMeans`'s in-memory fit from the private
+   `keras_gr._kmeans`: full Lloyd, tolerance 1e-4, best of `num_redo`
+   seeded runs), giving the
    histograms `p`, `q`;
 3. the divergence frontier: for `lambda` on a grid of `discretization_size`
    points in `(0, 1)`, `R_l = l p + (1 - l) q` and the point
@@ -35,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_gr._kmeans import fit_arrays
 from keras_gr._validation import check_array
 from keras_gr._validation import check_fraction
 from keras_gr._validation import check_integer
@@ -156,17 +159,19 @@ def quantize(
     keep = int(np.argmax(np.cumsum(ratio) >= explained_variance - 1e-12)) + 1
     reduced = (centred @ components[:keep].T).astype("float32")
 
-    # Imported here: metrics sits below curation in the dependency order
-    # (ARCHITECTURE.md); the quantiser is the library's one k-means.
-    from keras_gr.curation import KMeans
-
-    kmeans = KMeans(
+    # The library's one k-means (`keras_gr.curation.KMeans`'s in-memory
+    # fit), from the private core below the metrics in the dependency
+    # order (ARCHITECTURE.md).
+    _, labels, _, _ = fit_arrays(
+        reduced,
         num_clusters=num_buckets,
         max_iter=check_integer("kmeans_max_iter", kmeans_max_iter),
+        tolerance=1e-4,
         num_init=check_integer("num_redo", num_redo),
+        batch_size=None,
         seed=check_integer("seed", seed, minimum=0),
-    ).fit(reduced)
-    labels = kmeans.labels
+        spherical=False,
+    )
     q_counts = np.bincount(labels[: len(q)], minlength=num_buckets)
     p_counts = np.bincount(labels[len(q) :], minlength=num_buckets)
     return p_counts / p_counts.sum(), q_counts / q_counts.sum()

@@ -191,7 +191,7 @@ def test_fresh_data_of_the_same_shape_compiles_nothing_new(
     """Issue 26.11: a fit on new data of the same shape must reuse the
     compiled program (data-dependent scalars are arguments, not constants).
     Python runs the seeding function only when a program is traced."""
-    import keras_gr.curation.kmeans as kmeans_module
+    import keras_gr._kmeans as kmeans_module
 
     traces = []
     original = kmeans_module.kmeans_plusplus
