@@ -151,3 +151,28 @@ def check_bool(name, value):
     if not isinstance(value, (bool, np.bool_)):
         _fail(name, value, "a bool")
     return bool(value)
+
+
+def check_integer_choices(name, value, minimum=1):
+    """Returns `value` as a non-empty list of `int`s.
+
+    `value` is one integer (Python or NumPy) or a non-empty sequence of
+    them (list, tuple, 1-D array), each `>= minimum`: the "an int or a list
+    to draw from" arguments of the task generators.
+    """
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
+        value, (bool, np.bool_)
+    ):
+        return [check_integer(name, value, minimum)]
+    allowed = f"an integer >= {minimum} or a non-empty list of such integers"
+    if isinstance(value, (str, bytes, dict, set)):
+        _fail(name, value, allowed)
+    try:
+        choices = list(value)
+    except TypeError:
+        _fail(name, value, allowed)
+    if not choices:
+        _fail(name, value, allowed)
+    for choice in choices:
+        check_integer(name, choice, minimum)
+    return [int(c) for c in choices]

@@ -12,18 +12,21 @@ from typing import Any
 import numpy as np
 
 from keras_gr._validation import check_integer
+from keras_gr._validation import check_integer_choices
+from keras_gr.data._lm_tasks import DIGIT_SYMBOLS
+from keras_gr.data._lm_tasks import decode_symbols
+from keras_gr.data._lm_tasks import digit_tokens
 from keras_gr.data._lm_tasks import lm_arrays
-from keras_gr.data._lm_tasks import to_tf_dataset
+from keras_gr.data._lm_tasks import pack_rows
+from keras_gr.data._lm_tasks import task_dataset
 
-PAD = 0
 PLUS = 11
 EQUALS = 12
 ADDITION_VOCAB_SIZE = 13
 """Token ids: 0 padding, 1..10 the digits 0..9, 11 `+`, 12 `=`."""
 
-
-def digit_token(digit):
-    return int(digit) + 1
+ADDITION_SYMBOLS = {**DIGIT_SYMBOLS, PLUS: "+", EQUALS: "="}
+"""`{token: character}` of the addition vocabulary (padding excluded)."""
 
 
 def answer_width(num_operands, digits=3):
@@ -46,22 +49,20 @@ def encode_addition(operands, digits=3, reverse_answer=False):
     for i, value in enumerate(operands):
         if i:
             tokens.append(PLUS)
-        tokens.extend(digit_token(c) for c in f"{int(value):0{digits}d}")
+        tokens.extend(digit_tokens(f"{int(value):0{digits}d}"))
     tokens.append(EQUALS)
     start = len(tokens)
     width = answer_width(len(operands), digits)
     answer = f"{sum(int(v) for v in operands):0{width}d}"
     if reverse_answer:
         answer = answer[::-1]
-    tokens.extend(digit_token(c) for c in answer)
+    tokens.extend(digit_tokens(answer))
     return tokens, start
 
 
 def decode_tokens(tokens):
     """Inverse of the token mapping (padding dropped), for printing."""
-    chars = {PLUS: "+", EQUALS: "="}
-    chars.update({digit_token(d): str(d) for d in range(10)})
-    return "".join(chars[int(t)] for t in tokens if int(t) != PAD)
+    return decode_symbols(tokens, ADDITION_SYMBOLS)
 
 
 def addition_examples(
@@ -105,35 +106,22 @@ def addition_examples(
     """
     num_examples = check_integer("num_examples", num_examples)
     digits = check_integer("digits", digits)
-    choices = (
-        [num_operands]
-        if isinstance(num_operands, (int, np.integer))
-        else list(num_operands)
-    )
-    if not choices:
-        raise ValueError(
-            "`num_operands` must be a positive integer or a non-empty list of "
-            f"them. Received: num_operands={num_operands!r}"
-        )
-    for n in choices:
-        check_integer("num_operands", n)
+    choices = check_integer_choices("num_operands", num_operands)
     rng = np.random.default_rng(seed)
     ns = rng.choice(np.asarray(choices), size=num_examples)
-    max_n = int(max(choices))
-    length = max_n * (digits + 1) + answer_width(max_n, digits)
-    tokens = np.zeros((num_examples, length), dtype="int32")
-    mask = np.zeros((num_examples, length), dtype=bool)
+    max_n = max(choices)
     operands = np.full((num_examples, max_n), -1, dtype="int64")
     answers = np.zeros((num_examples,), dtype="int64")
+    rows = []
     for row, n in enumerate(ns):
         values = rng.integers(0, 10**digits, size=int(n))
-        seq, start = encode_addition(
-            [int(v) for v in values], digits, reverse_answer
+        rows.append(
+            encode_addition([int(v) for v in values], digits, reverse_answer)
         )
-        tokens[row, : len(seq)] = seq
-        mask[row, start : len(seq)] = True
         operands[row, :n] = values
         answers[row] = sum(int(v) for v in values)
+    length = max_n * (digits + 1) + answer_width(max_n, digits)
+    tokens, mask = pack_rows(rows, length)
     return {
         "tokens": tokens,
         "answer_mask": mask,
@@ -165,16 +153,11 @@ def addition_dataset(
     data = addition_examples(
         num_examples, num_operands, digits, seed, reverse_answer
     )
-    return to_tf_dataset(
-        data["tokens"],
-        data["answer_mask"],
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-    )
+    return task_dataset(data, batch_size, shuffle, seed)
 
 
 __all__ = [
+    "ADDITION_SYMBOLS",
     "ADDITION_VOCAB_SIZE",
     "addition_dataset",
     "addition_examples",

@@ -17,6 +17,7 @@ import numpy as np
 from keras import ops
 
 from keras_gr._imports import require
+from keras_gr.data._tf_data import batched_dataset
 
 
 def load_digit_images(image_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -70,12 +71,15 @@ def split_digits(
 
 def array_dataset(inputs, targets, batch_size, seed=0, shuffle=True):
     """Shuffled, batched, repeated `tf.data.Dataset` of `(inputs, targets)`."""
-    tf = require("tensorflow", "the digits `tf.data` streams")
-
-    ds = tf.data.Dataset.from_tensor_slices((inputs, targets))
-    if shuffle:
-        ds = ds.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True)
-    return ds.repeat().batch(batch_size, drop_remainder=True).prefetch(2)
+    return batched_dataset(
+        (inputs, targets),
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        repeat=True,
+        drop_remainder=True,
+        prefetch=2,
+    )
 
 
 def noised_latent_dataset(latents, labels, alpha_bars, batch_size, seed=0):
@@ -103,10 +107,14 @@ def noised_latent_dataset(latents, labels, alpha_bars, batch_size, seed=0):
         t = tf.cast(t, tf.float32)[:, None]
         return (zt, t, y), eps
 
-    ds = tf.data.Dataset.from_tensor_slices((latents, labels))
-    ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().batch(batch_size, drop_remainder=True).enumerate()
-    return ds.map(add_noise).prefetch(2)
+    ds = batched_dataset(
+        (latents, labels),
+        batch_size,
+        seed=seed,
+        repeat=True,
+        drop_remainder=True,
+    )
+    return ds.enumerate().map(add_noise).prefetch(2)
 
 
 def build_digit_classifier(

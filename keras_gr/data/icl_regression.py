@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from keras_gr._validation import check_integer
+from keras_gr.data._tf_data import batched_dataset
 
 _SPECTRA = ("log_uniform", "uniform")
 _TASK_PRIORS = ("inverse_covariance", "identity")
@@ -237,11 +238,11 @@ def icl_regression_dataset(
     >>> tuple(prompts.shape), tuple(targets.shape)
     ((4, 6, 4), (4,))
     """
-    import tensorflow as tf
-
     batch_size = check_integer("batch_size", batch_size)
     data = icl_regression_problems(num_prompts, **problem_kwargs)
-    ds = tf.data.Dataset.from_tensor_slices((data["prompts"], data["targets"]))
-    if shuffle:
-        ds = ds.shuffle(num_prompts, seed=problem_kwargs.get("seed", 0))
-    return ds.batch(batch_size)
+    return batched_dataset(
+        (data["prompts"], data["targets"]),
+        batch_size,
+        shuffle=shuffle,
+        seed=problem_kwargs.get("seed", 0),
+    )

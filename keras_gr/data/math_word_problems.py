@@ -65,8 +65,6 @@ def math_word_problems(
     """
     num_examples = check_integer("num_examples", num_examples)
     digits = check_integer("digits", digits)
-    if not isinstance(num_operands, (int, np.integer)):
-        num_operands = list(num_operands)
     raw = addition_examples(num_examples, num_operands, digits, seed=seed)
     rng = np.random.default_rng(seed + 1)
     questions, texts, operands = [], [], []

@@ -14,13 +14,21 @@ from typing import Any
 import numpy as np
 
 from keras_gr._validation import check_integer
-from keras_gr.data._lm_tasks import to_tf_dataset
+from keras_gr._validation import check_integer_choices
+from keras_gr.data._lm_tasks import DIGIT_SYMBOLS
+from keras_gr.data._lm_tasks import decode_symbols
+from keras_gr.data._lm_tasks import digit_tokens
+from keras_gr.data._lm_tasks import pack_rows
+from keras_gr.data._lm_tasks import task_dataset
 
-PAD = 0
 TIMES = 11
 EQUALS = 12
 MULTIPLICATION_VOCAB_SIZE = 13
 """Token ids: 0 padding, 1..10 the digits 0..9, 11 `*`, 12 `=`."""
+
+MULTIPLICATION_SYMBOLS = {**DIGIT_SYMBOLS, TIMES: "*", EQUALS: "="}
+"""`{token: character}` of the multiplication vocabulary (padding
+excluded)."""
 
 
 def multiplication_answer_width(digits: int) -> int:
@@ -35,19 +43,17 @@ def encode_multiplication(
     """Token ids of `number * multiplier` and the index where its answer
     starts. `number` is zero-padded to `digits`, the product to
     `digits + 1` digits (most significant first)."""
-    tokens = [int(c) + 1 for c in f"{int(number):0{digits}d}"]
-    tokens += [TIMES, int(multiplier) + 1, EQUALS]
+    tokens = digit_tokens(f"{int(number):0{digits}d}")
+    tokens += [TIMES, *digit_tokens(str(int(multiplier))), EQUALS]
     start = len(tokens)
     width = multiplication_answer_width(digits)
-    tokens += [int(c) + 1 for c in f"{int(number) * int(multiplier):0{width}d}"]
+    tokens += digit_tokens(f"{int(number) * int(multiplier):0{width}d}")
     return tokens, start
 
 
 def decode_multiplication(tokens) -> str:
     """Inverse of the token mapping (padding dropped), for printing."""
-    chars = {TIMES: "*", EQUALS: "="}
-    chars.update({d + 1: str(d) for d in range(10)})
-    return "".join(chars[int(t)] for t in tokens if int(t) != PAD)
+    return decode_symbols(tokens, MULTIPLICATION_SYMBOLS)
 
 
 def multiplication_examples(
@@ -83,30 +89,20 @@ def multiplication_examples(
     True
     """
     num_examples = check_integer("num_examples", num_examples)
-    choices = [digits] if isinstance(digits, (int, np.integer)) else digits
-    choices = list(choices)
-    if not choices:
-        raise ValueError(
-            "`digits` must be a positive integer or a non-empty list of "
-            f"them. Received: digits={digits!r}"
-        )
-    for d in choices:
-        check_integer("digits", d)
+    choices = check_integer_choices("digits", digits)
     rng = np.random.default_rng(seed)
     ds = rng.choice(np.asarray(choices), size=num_examples)
-    max_d = int(max(choices))
-    length = max_d + 3 + multiplication_answer_width(max_d)
-    tokens = np.zeros((num_examples, length), dtype="int32")
-    mask = np.zeros((num_examples, length), dtype=bool)
     numbers = np.zeros((num_examples,), dtype="int64")
     multipliers = rng.integers(0, 10, size=num_examples)
+    rows = []
     for row, d in enumerate(ds):
         numbers[row] = rng.integers(0, 10 ** int(d))
-        seq, start = encode_multiplication(
-            numbers[row], multipliers[row], int(d)
+        rows.append(
+            encode_multiplication(numbers[row], multipliers[row], int(d))
         )
-        tokens[row, : len(seq)] = seq
-        mask[row, start : len(seq)] = True
+    max_d = max(choices)
+    length = max_d + 3 + multiplication_answer_width(max_d)
+    tokens, mask = pack_rows(rows, length)
     return {
         "tokens": tokens,
         "answer_mask": mask,
@@ -135,16 +131,11 @@ def multiplication_dataset(
     ((4, 7), (4, 7), (4, 7))
     """
     data = multiplication_examples(num_examples, digits, seed)
-    return to_tf_dataset(
-        data["tokens"],
-        data["answer_mask"],
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-    )
+    return task_dataset(data, batch_size, shuffle, seed)
 
 
 __all__ = [
+    "MULTIPLICATION_SYMBOLS",
     "MULTIPLICATION_VOCAB_SIZE",
     "decode_multiplication",
     "encode_multiplication",

@@ -21,9 +21,7 @@ import numpy as np
 
 from keras_gr._validation import check_integer
 from keras_gr.data._lm_tasks import lm_arrays
-from keras_gr.data._lm_tasks import to_tf_dataset
-
-PAD = 0
+from keras_gr.data._lm_tasks import task_dataset
 
 
 def p_hop_vocab_size(alphabet_size: int = 4) -> int:
@@ -251,13 +249,7 @@ def p_hop_dataset(
     ((4, 9), (4, 9), (4, 9))
     """
     data = p_hop_examples(num_examples, p, seq_len, alphabet_size, seed)
-    return to_tf_dataset(
-        data["tokens"],
-        data["answer_mask"],
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-    )
+    return task_dataset(data, batch_size, shuffle, seed)
 
 
 __all__ = [

@@ -29,35 +29,49 @@ projections) plus `2 d f` (feed-forward, `f` its width) plus the causal
 attention scores and values (`2 d t` at position `t`), plus the output
 head `d V`. Embedding lookups, norms and softmaxes are not counted.
 
-Built folders are cached by configuration under `$KERAS_GR_CACHE/llm_pool`
-(or `~/.cache/keras_gr/llm_pool`), like the local presets.
+Built folders live in the cache of the local presets (`keras_gr.presets.
+_cache`: keyed by the configuration, the build recipe and the keras /
+keras-hub versions; locked while built; written to a temporary folder and
+renamed; returned only when its manifest checks out) under
+`$KERAS_GR_CACHE/llm_pool` (or `~/.cache/keras_gr/llm_pool`).
 """
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 
 import keras
 import numpy as np
 
 from keras_gr._imports import require
+from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
+from keras_gr.data._lm_tasks import decode_symbols
+from keras_gr.data._lm_tasks import encode_symbols
+from keras_gr.data._lm_tasks import lm_arrays
+from keras_gr.data.addition import ADDITION_SYMBOLS
 from keras_gr.data.addition import addition_examples
 from keras_gr.data.multiplication import multiplication_examples
 from keras_gr.data.p_hop import p_hop_examples
 from keras_gr.layers.looped_block import LoopedBlock
+from keras_gr.presets import _cache
 
 POOL_SEQUENCE_LENGTH = 16
 """Every prompt + answer is right-padded to this many tokens."""
 POOL_VOCAB_SIZE = 18
 """0 padding, 1..10 digits, 11 `+`, 12 `=`, 13 `*`, 14..17 letters a..d."""
 
-_CHARS = {11: "+", 12: "=", 13: "*"}
-_CHARS.update({d + 1: str(d) for d in range(10)})
-_CHARS.update({14 + i: "abcd"[i] for i in range(4)})
+POOL_SYMBOLS = {
+    **ADDITION_SYMBOLS,
+    13: "*",
+    **{14 + i: letter for i, letter in enumerate("abcd")},
+}
+"""`{token: character}` of the pool vocabulary: addition's digits, `+`
+and `=`, then `*` and the p-hop letters."""
+
+POOL_FORMAT = 2
+"""Bumped by hand when the pool folder's layout or recipe changes in a way
+the recipe's source hash misses (part of the cache key)."""
 
 ADDITION_LEVELS = ((2, 1), (2, 2), (3, 2), (2, 3), (3, 3))
 MULTIPLICATION_LEVELS = (1, 2, 3, 4)
@@ -119,37 +133,19 @@ TINY_POOL_CONFIG = {
 
 def default_pool_cache_dir() -> str:
     """`$KERAS_GR_CACHE` or `~/.cache/keras_gr`, plus `/llm_pool`."""
-    root = os.environ.get("KERAS_GR_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "keras_gr"
-    )
-    return os.path.join(root, "llm_pool")
+    return os.path.join(_cache.cache_root(), "llm_pool")
 
 
 def decode_pool_tokens(tokens) -> str:
-    """The text of a pool token sequence (padding dropped)."""
-    return "".join(_CHARS[int(t)] for t in tokens if int(t) != 0)
+    """The text of a pool token sequence (padding dropped); `ValueError`
+    on an id outside `POOL_SYMBOLS`."""
+    return decode_symbols(tokens, POOL_SYMBOLS)
 
 
 def encode_pool_text(text: str) -> list[int]:
     """Token ids of a pool prompt's text (inverse of
     `decode_pool_tokens`); raises `ValueError` on a foreign character."""
-    vocab = {c: t for t, c in _CHARS.items()}
-    bad = sorted(set(text) - set(vocab))
-    if bad:
-        raise ValueError(
-            "`text` must use only the pool's characters "
-            f"{''.join(sorted(vocab))!r}. Received: text={text!r}"
-        )
-    return [vocab[c] for c in text]
-
-
-def _place(tokens, mask):
-    out = np.zeros((len(tokens), POOL_SEQUENCE_LENGTH), dtype="int32")
-    out_mask = np.zeros_like(out, dtype=bool)
-    width = tokens.shape[1]
-    out[:, :width] = tokens
-    out_mask[:, :width] = mask
-    return out, out_mask
+    return encode_symbols(text, POOL_SYMBOLS)
 
 
 def pool_prompts(num_examples: int, seed: int = 0) -> dict:
@@ -215,8 +211,7 @@ def pool_prompts(num_examples: int, seed: int = 0) -> dict:
             t[letters] += 13  # letters a..d -> 14..17
             t[t == 5] = 12  # the separator is `=`
             names[rows] = f"hop-{level}"
-        t, m = _place(t, m)
-        tokens[rows], mask[rows] = t, m
+        tokens[rows, : t.shape[1]], mask[rows, : m.shape[1]] = t, m
     texts = []
     for row in range(num_examples):
         start = int(np.argmax(mask[row]))
@@ -281,13 +276,9 @@ def pool_model(
     return keras.Model(inputs, keras.layers.Dense(POOL_VOCAB_SIZE)(h))
 
 
-def _lm_arrays(tokens, mask):
-    return tokens[:, :-1], tokens[:, 1:], mask[:, 1:].astype("float32")
-
-
 def correctness_of(model: keras.Model, tokens, answer_mask) -> np.ndarray:
     """Per-row exact match (1.0 / 0.0) of `model`'s greedy answers."""
-    x, y, w = _lm_arrays(np.asarray(tokens), np.asarray(answer_mask))
+    x, y, w = lm_arrays(np.asarray(tokens), np.asarray(answer_mask))
     pred = np.argmax(model.predict(x, batch_size=256, verbose=0), axis=-1)
     wrong = (pred != y) & (w > 0)
     return (~np.any(wrong, axis=1)).astype("float32")
@@ -318,7 +309,7 @@ def build_llm_pool(
     config: dict | None = None,
     cache_dir: str | None = None,
     overwrite: bool = False,
-    verbose: int = 1,
+    verbose: int = 0,
 ) -> str:
     """Trains the pool, scores it on the prompts and returns the cached
     folder.
@@ -327,7 +318,16 @@ def build_llm_pool(
     the `(num_prompts, num_models)` correctness matrix, costs) and
     `pool.json` (model names, widths, loops, steps, parameter counts,
     FLOPs, which models are unseen, training seconds), plus every model as
-    `models/<name>.keras`. Read it with `load_llm_pool`.
+    `models/<name>.keras`, and the cache manifest `keras_gr_preset.json`
+    (`cache_key`: the configuration, `POOL_FORMAT`, the recipe digest and
+    the keras / keras-hub versions the folder name hashes; `files`: every
+    file with its size). Read it with `load_llm_pool`.
+
+    The cache is the local presets' (see `keras_gr.presets.local_preset`):
+    a folder is returned only when its manifest checks out (a damaged one
+    is rebuilt), a second process asking for the same pool waits for the
+    first one's build and reuses it, and a build is renamed into place only
+    when complete.
 
     Args:
         config: a dict like `POOL_CONFIG` (the default): `models` (a list of
@@ -338,19 +338,26 @@ def build_llm_pool(
             warm-up then cosine decay), `seed`.
         cache_dir: parent folder of pool folders. Defaults to
             `default_pool_cache_dir()`.
-        overwrite: rebuild even when the folder exists. Defaults to
+        overwrite: rebuild even when a complete folder exists. Defaults to
             `False`.
-        verbose: print one line per trained model when `>= 1`. Defaults
-            to `1`.
+        verbose: `1` prints one line per trained model (and one when
+            waiting for another process's build); `0` prints nothing.
+            Defaults to `0`.
 
     Returns:
         The pool folder.
+
+    Raises:
+        ValueError: an invalid `config`, `cache_dir`, `overwrite` or
+            `verbose`, or a non-writable `cache_dir`.
+        ImportError: keras-hub is not installed (the message names the
+            extra: `pip install "keras-gr[hub]"`).
 
     Example:
 
     >>> import tempfile
     >>> folder = build_llm_pool(TINY_POOL_CONFIG,
-    ...                         cache_dir=tempfile.mkdtemp(), verbose=0)
+    ...                         cache_dir=tempfile.mkdtemp())
     >>> pool = load_llm_pool(folder)
     >>> pool["correctness"].shape, pool["names"]
     ((64, 2), ['tiny-a', 'tiny-b'])
@@ -360,42 +367,35 @@ def build_llm_pool(
     """
     config = dict(POOL_CONFIG if config is None else config)
     _validate_config(config)
-    key = hashlib.sha256(
-        json.dumps({**config, "format": 1}, sort_keys=True).encode("utf-8")
-    ).hexdigest()[:16]
-    cache_dir = os.path.abspath(cache_dir or default_pool_cache_dir())
-    folder = os.path.join(cache_dir, f"pool-{key}")
-    if not overwrite and os.path.isfile(os.path.join(folder, "pool.json")):
-        return folder
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".pool-{key}-", dir=cache_dir)
-    except OSError as err:
-        raise ValueError(
-            "`cache_dir` is not a writable folder "
-            f"({err.strerror or err}). Received: cache_dir={cache_dir!r}"
-        ) from err
-    try:
-        _build_into(tmp, config, verbose)
-        if overwrite and os.path.isdir(folder):
-            shutil.rmtree(folder)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not os.path.isfile(os.path.join(folder, "pool.json")):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    cache_dir = _cache.check_path("cache_dir", cache_dir)
+    overwrite = bool(check_choice("overwrite", overwrite, (False, True)))
+    verbose = int(check_choice("verbose", verbose, (0, 1)))
+    require("keras_hub", "`keras_gr.presets.build_llm_pool`")
+    inputs = {
+        "config": config,
+        "format": POOL_FORMAT,
+        "recipe": _cache.source_digest(
+            f"pool-{POOL_FORMAT}", _RECIPE_FUNCTIONS
+        ),
+        "keras": _cache.package_version("keras"),
+        "keras_hub": _cache.package_version("keras-hub"),
+    }
+    return _cache.cached_build(
+        cache_dir or default_pool_cache_dir(),
+        "pool",
+        inputs,
+        lambda folder: _build_into(folder, config, verbose),
+        required="pool.json",
+        overwrite=overwrite,
+        verbose=verbose,
+    )
 
 
 def _build_into(folder, config, verbose):
     seed = int(config["seed"])
     train = pool_prompts(config["num_train_examples"], seed=seed + 1)
     prompts = pool_prompts(config["num_prompts"], seed=seed + 2)
-    x, y, w = _lm_arrays(train["tokens"], train["answer_mask"])
+    x, y, w = lm_arrays(train["tokens"], train["answer_mask"])
     os.makedirs(os.path.join(folder, "models"))
     correctness = []
     records = []
@@ -470,6 +470,7 @@ def _build_into(folder, config, verbose):
             f,
             indent=2,
         )
+    return {"config": config, "backend": keras.backend.backend()}
 
 
 def load_llm_pool(folder: str) -> dict:
@@ -482,6 +483,13 @@ def load_llm_pool(folder: str) -> dict:
         model), `names`, `unseen` (bool per model), `models` (the
         per-model records of `pool.json`) and `folder`.
     """
+    if not _cache.is_complete(folder, "pool.json"):
+        raise ValueError(
+            "`folder` must be a complete pool folder written by "
+            "`build_llm_pool` (its manifest lists every file with its size; "
+            "a damaged folder is rebuilt by calling `build_llm_pool` "
+            f"again). Received: folder={folder!r}"
+        )
     with open(os.path.join(folder, "pool.json")) as f:
         meta = json.load(f)
     data = np.load(os.path.join(folder, "pool.npz"), allow_pickle=False)
@@ -511,3 +519,15 @@ def load_pool_model(folder: str, name: str) -> keras.Model:
             f"Received: name={name!r}"
         )
     return keras.saving.load_model(path)
+
+
+_RECIPE_FUNCTIONS = (
+    pool_prompts,
+    pool_model,
+    correctness_of,
+    _build_into,
+    addition_examples,
+    multiplication_examples,
+    p_hop_examples,
+)
+"""The functions whose source the pool's cache key hashes."""

@@ -2,11 +2,13 @@
 
 `build_local_preset` trains a SentencePiece tokenizer on an offline corpus,
 builds a small `keras_hub.models.GemmaCausalLM`, pretrains it with `fit`
-(progress bar), measures its validation loss next to a unigram baseline,
-and writes a standard preset folder that
+(silently unless `verbose` asks for Keras's progress bar), measures its
+validation loss next to a unigram baseline, and writes a standard preset
+folder that
 `keras_hub.models.CausalLM.from_preset(folder)` loads on any backend.
 
-The cache, and why it can be trusted:
+The cache, and why it can be trusted (the same cache, written once in
+`keras_gr.presets._cache`, holds the LLM pool of `build_llm_pool`):
 
 - **Key.** A folder is named after a hash of every argument that changes
   the result, the corpus content, the build recipe (a hash of the source of
@@ -29,14 +31,10 @@ The cache, and why it can be trusted:
 """
 
 import hashlib
-import importlib.metadata
-import inspect
 import io
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -46,14 +44,9 @@ from keras_gr._imports import require
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr._validation import check_positive
-
-try:  # POSIX
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
-    import msvcrt
-
-METADATA_FILE = "keras_gr_preset.json"
+from keras_gr.presets import _cache
+from keras_gr.presets._cache import METADATA_FILE
+from keras_gr.presets._cache import package_version as _package_version
 
 RECIPE_VERSION = 2
 """Bumped by hand when the recipe changes in a way its source hash misses
@@ -142,24 +135,7 @@ def default_cache_dir() -> str:
     >>> os.path.basename(default_cache_dir())
     'presets'
     """
-    root = os.environ.get("KERAS_GR_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "keras_gr"
-    )
-    return os.path.join(root, "presets")
-
-
-def _check_path(name, value, allow_none=True):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, (str, os.PathLike)):
-        path = os.fspath(value)
-        if isinstance(path, str) and path:
-            return path
-    allowed = "a non-empty path (str or os.PathLike)"
-    raise ValueError(
-        f"`{name}` must be {allowed + ' or None' if allow_none else allowed}."
-        f" Received: {name}={value!r}"
-    )
+    return os.path.join(_cache.cache_root(), "presets")
 
 
 def _validate(args):
@@ -216,13 +192,6 @@ def _corpus_digest(train_docs, val_docs):
     return h.hexdigest()
 
 
-def _package_version(name):
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def recipe_digest() -> str:
     """A hash of the preset build recipe, part of every cache key.
 
@@ -240,19 +209,14 @@ def recipe_digest() -> str:
     >>> len(recipe_digest())
     64
     """
-    h = hashlib.sha256(f"recipe-{RECIPE_VERSION}".encode())
-    h.update(json.dumps(_SPECIAL, sort_keys=True).encode())
-    for fn in _RECIPE_FUNCTIONS:
-        try:
-            h.update(inspect.getsource(fn).encode("utf-8"))
-        except (OSError, TypeError):
-            h.update(fn.__qualname__.encode())
-    return h.hexdigest()
+    return _cache.source_digest(
+        f"recipe-{RECIPE_VERSION}", _RECIPE_FUNCTIONS, _SPECIAL
+    )
 
 
-def _cache_key(args, digest):
-    """The folder key and the (JSON) inputs it hashes."""
-    inputs = {
+def _cache_inputs(args, digest):
+    """What the folder key hashes (stored as `cache_key`)."""
+    return {
         **args,
         "corpus": digest,
         "recipe": recipe_digest(),
@@ -260,92 +224,6 @@ def _cache_key(args, digest):
         "keras_hub": _package_version("keras-hub"),
         "sentencepiece": _package_version("sentencepiece"),
     }
-    key = hashlib.sha256(
-        json.dumps(inputs, sort_keys=True).encode("utf-8")
-    ).hexdigest()[:16]
-    return key, inputs
-
-
-class _FileLock:
-    """An exclusive advisory lock on a file, released when the process
-    dies (`fcntl.flock` on POSIX, `msvcrt.locking` on Windows)."""
-
-    def __init__(self, path):
-        self.path = path
-        self._fd = None
-
-    def acquire(self, blocking=True):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if fcntl is not None:
-                flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
-                fcntl.flock(fd, flags)
-            else:  # pragma: no cover - Windows
-                while True:
-                    try:
-                        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-                        break
-                    except OSError:
-                        if not blocking:
-                            raise
-                        time.sleep(0.5)
-        except OSError:
-            os.close(fd)
-            if blocking:
-                raise
-            return False
-        self._fd = fd
-        return True
-
-    def release(self):
-        if self._fd is None:
-            return
-        try:
-            if fcntl is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            else:  # pragma: no cover - Windows
-                msvcrt.locking(self._fd, msvcrt.LK_UNLCK, 1)
-        finally:
-            os.close(self._fd)
-            self._fd = None
-
-
-def _lock_path(cache_dir, key):
-    return os.path.join(cache_dir, f".gemma-{key}.lock")
-
-
-def _remove_stale_temporaries(cache_dir, key):
-    """Removes `.gemma-<k>-*` build folders no process is writing.
-
-    Called while holding the lock of `key`, so that key's temporaries are
-    stale by definition; another key's are stale when its lock is free.
-    """
-    for name in sorted(os.listdir(cache_dir)):
-        path = os.path.join(cache_dir, name)
-        if not (name.startswith(".gemma-") and os.path.isdir(path)):
-            continue
-        other = name[len(".gemma-") :].split("-", 1)[0]
-        if other == key:
-            shutil.rmtree(path, ignore_errors=True)
-            continue
-        lock = _FileLock(_lock_path(cache_dir, other))
-        if lock.acquire(blocking=False):
-            try:
-                shutil.rmtree(path, ignore_errors=True)
-            finally:
-                lock.release()
-
-
-def _file_manifest(folder):
-    """`{relative path: size in bytes}` of every file under `folder`."""
-    manifest = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, folder).replace(os.sep, "/")
-            if rel != METADATA_FILE:
-                manifest[rel] = os.path.getsize(path)
-    return dict(sorted(manifest.items()))
 
 
 def is_complete_preset(folder: str | os.PathLike) -> bool:
@@ -366,17 +244,7 @@ def is_complete_preset(folder: str | os.PathLike) -> bool:
     >>> is_complete_preset("/no/such/folder")
     False
     """
-    try:
-        with open(os.path.join(folder, METADATA_FILE), encoding="utf-8") as f:
-            files = json.load(f)["files"]
-        if "config.json" not in files:
-            return False
-        return all(
-            os.path.getsize(os.path.join(folder, rel)) == size
-            for rel, size in files.items()
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+    return _cache.is_complete(folder, "config.json")
 
 
 def _train_tokenizer(train_docs, vocabulary_size):
@@ -548,7 +416,7 @@ def build_local_preset(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
-    verbose: int = 1,
+    verbose: int = 0,
 ) -> str:
     """Builds (or returns the cached) local Gemma preset folder.
 
@@ -594,8 +462,10 @@ def build_local_preset(
             `default_cache_dir()`.
         overwrite: rebuild even when a complete cached folder exists.
             Defaults to `False`.
-        verbose: 0 (silent), 1 or 2 (Keras progress bar and a summary
-            line). Defaults to 1.
+        verbose: 0 (silent: nothing is printed), 1 or 2 (Keras's `fit`
+            progress bar in its verbose mode 1 or 2, a summary line, and a
+            line when waiting for another process's build of the same
+            preset). Defaults to 0: a library prints nothing unless asked.
 
     Returns:
         The absolute path of the preset folder.
@@ -636,8 +506,8 @@ def build_local_preset(
             seed=seed,
         )
     )
-    text_file = _check_path("text_file", text_file)
-    cache_dir = _check_path("cache_dir", cache_dir)
+    text_file = _cache.check_path("text_file", text_file)
+    cache_dir = _cache.check_path("cache_dir", cache_dir)
     overwrite = bool(check_choice("overwrite", overwrite, (False, True)))
     verbose = int(check_choice("verbose", verbose, (0, 1, 2)))
     # Checked first, so that a JAX-only install gets the extra's name
@@ -650,51 +520,17 @@ def build_local_preset(
         raise ValueError(
             f"The corpus is empty. Received: text_file={text_file!r}"
         )
-    key, key_inputs = _cache_key(args, _corpus_digest(train_docs, val_docs))
-    cache_dir = os.path.abspath(cache_dir or default_cache_dir())
-    folder = os.path.join(cache_dir, f"gemma-{key}")
-    if not overwrite and is_complete_preset(folder):
-        return folder
-
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        lock = _FileLock(_lock_path(cache_dir, key))
-        if not lock.acquire(blocking=False):
-            if verbose:
-                print(
-                    f"keras_gr preset: waiting for another process building "
-                    f"{folder}"
-                )
-            lock.acquire()
-    except OSError as err:
-        raise ValueError(
-            "`cache_dir` is not a writable folder "
-            f"({err.strerror or err}). Received: cache_dir={cache_dir!r}"
-        ) from err
-    try:
-        if not overwrite and is_complete_preset(folder):
-            return folder  # Built by the process we waited for.
-        _remove_stale_temporaries(cache_dir, key)
-        tmp = tempfile.mkdtemp(prefix=f".gemma-{key}-", dir=cache_dir)
-        try:
-            metadata = _build_into(
-                tmp, args, train_docs, val_docs, source, verbose
-            )
-            metadata["cache_key"] = key_inputs
-            metadata["files"] = _file_manifest(tmp)
-            with open(
-                os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8"
-            ) as f:
-                json.dump(metadata, f, indent=2)
-            if os.path.lexists(folder):
-                shutil.rmtree(folder)  # Incomplete, or `overwrite`.
-            os.rename(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    finally:
-        lock.release()
-    return folder
+    return _cache.cached_build(
+        cache_dir or default_cache_dir(),
+        "gemma",
+        _cache_inputs(args, _corpus_digest(train_docs, val_docs)),
+        lambda folder: _build_into(
+            folder, args, train_docs, val_docs, source, verbose
+        ),
+        required="config.json",
+        overwrite=overwrite,
+        verbose=verbose,
+    )
 
 
 def read_preset_metadata(folder: str | os.PathLike) -> dict[str, Any]:

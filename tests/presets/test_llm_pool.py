@@ -1,11 +1,24 @@
 """The locally built LLM pool: prompts, FLOPs count, build / cache / load
-(in temporary folders only)."""
+(in temporary folders only).
 
+The cache tests replace the expensive builder (`llm_pool._build_into`) by a
+fake that writes a small folder and counts its calls, so they check that
+the pool goes through the presets' cache (manifest, verification, lock,
+temporary folder) in milliseconds; `test_build_cache_and_load` builds a
+real one-model pool.
+"""
+
+import importlib.metadata
+import json
 import os
+import threading
+import time
 
+import keras
 import numpy as np
 import pytest
 
+from keras_gr.presets import _cache
 from keras_gr.presets import llm_pool
 
 
@@ -53,12 +66,17 @@ def test_flops_count_matches_a_loop():
     assert llm_pool.looped_lm_flops(16, 4) > llm_pool.looped_lm_flops(16, 2)
 
 
-def test_build_cache_and_load(tmp_path):
+def test_build_cache_and_load(tmp_path, capfd):
     config = dict(llm_pool.TINY_POOL_CONFIG)
     config["models"] = config["models"][:1]
     config["unseen"] = []
-    folder = llm_pool.build_llm_pool(config, cache_dir=str(tmp_path), verbose=0)
+    keras.ops.convert_to_numpy(keras.ops.ones(1))  # backend start-up logs
+    capfd.readouterr()
+    folder = llm_pool.build_llm_pool(config, cache_dir=str(tmp_path))
+    # Quiet by default: no progress bar, log or warning on the way.
+    assert capfd.readouterr() == ("", "")
     assert folder.startswith(str(tmp_path))
+    assert _cache.is_complete(folder, "pool.json")
     stamp = os.path.getmtime(os.path.join(folder, "pool.json"))
     assert llm_pool.build_llm_pool(config, cache_dir=str(tmp_path)) == folder
     assert os.path.getmtime(os.path.join(folder, "pool.json")) == stamp
@@ -80,3 +98,109 @@ def test_bad_config(tmp_path):
     config = dict(llm_pool.TINY_POOL_CONFIG, unseen=["missing"])
     with pytest.raises(ValueError, match="unseen"):
         llm_pool.build_llm_pool(config, cache_dir=str(tmp_path))
+
+
+# --- The cache (shared with the local presets) -----------------------------
+
+SMALL = dict(llm_pool.TINY_POOL_CONFIG, unseen=[])
+
+
+@pytest.fixture
+def fake_build(monkeypatch):
+    """Replaces the builder; returns the list of configs it got."""
+    calls = []
+
+    def fake(folder, config, verbose):
+        calls.append(config)
+        time.sleep(0.5)  # long enough for a second builder to collide
+        os.makedirs(os.path.join(folder, "models"))
+        with open(os.path.join(folder, "models", "tiny-a.keras"), "wb") as f:
+            f.write(b"\x01" * 100)
+        with open(os.path.join(folder, "pool.json"), "w") as f:
+            json.dump({"config": config}, f)
+        return {"config": config}
+
+    monkeypatch.setattr(llm_pool, "_build_into", fake)
+    return calls
+
+
+def test_pool_entry_is_verified_and_reused(tmp_path, fake_build):
+    folder = llm_pool.build_llm_pool(SMALL, cache_dir=str(tmp_path))
+    assert len(fake_build) == 1
+    assert os.path.basename(folder).startswith("pool-")
+    with open(os.path.join(folder, _cache.METADATA_FILE)) as f:
+        manifest = json.load(f)
+    assert manifest["cache_key"]["config"] == SMALL
+    assert manifest["cache_key"]["format"] == llm_pool.POOL_FORMAT
+    assert manifest["cache_key"]["keras"] == importlib.metadata.version("keras")
+    assert set(manifest["files"]) == {"pool.json", "models/tiny-a.keras"}
+    # Reused as is.
+    assert llm_pool.build_llm_pool(SMALL, cache_dir=str(tmp_path)) == folder
+    assert len(fake_build) == 1
+    # A truncated model file is caught by its recorded size: rebuilt.
+    model = os.path.join(folder, "models", "tiny-a.keras")
+    with open(model, "wb") as f:
+        f.write(b"\x01" * 10)
+    with pytest.raises(ValueError, match="complete pool folder"):
+        llm_pool.load_llm_pool(folder)
+    assert llm_pool.build_llm_pool(SMALL, cache_dir=str(tmp_path)) == folder
+    assert len(fake_build) == 2 and os.path.getsize(model) == 100
+    # A missing `pool.json` (an old, manifest-less folder too): rebuilt.
+    os.remove(os.path.join(folder, "pool.json"))
+    llm_pool.build_llm_pool(SMALL, cache_dir=str(tmp_path))
+    assert len(fake_build) == 3
+    # A killed build's temporary folder is removed by the next build.
+    key = os.path.basename(folder)[len("pool-") :]
+    (tmp_path / f".pool-{key}-killed").mkdir()
+    llm_pool.build_llm_pool(
+        SMALL, cache_dir=str(tmp_path), overwrite=True, verbose=0
+    )
+    assert len(fake_build) == 4
+    assert sorted(os.listdir(tmp_path)) == [
+        f".pool-{key}.lock",
+        os.path.basename(folder),
+    ]
+    # Another configuration is another folder.
+    other = llm_pool.build_llm_pool(
+        dict(SMALL, seed=1), cache_dir=str(tmp_path)
+    )
+    assert other != folder and len(fake_build) == 5
+
+
+def test_two_pool_builders_do_not_race(tmp_path, fake_build):
+    """Two builders of one pool at once: one builds, the other waits on the
+    lock and reuses the folder (`flock` locks of two open files conflict
+    within one process too, so threads stand for processes here)."""
+    folders = []
+
+    def build():
+        folders.append(llm_pool.build_llm_pool(SMALL, cache_dir=str(tmp_path)))
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(folders) == 2 and folders[0] == folders[1]
+    assert len(fake_build) == 1
+    assert _cache.is_complete(folders[0], "pool.json")
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("cache_dir", 3),
+        ("cache_dir", ""),
+        ("overwrite", "yes"),
+        ("verbose", 2),
+    ],
+)
+def test_bad_build_arguments_fail_before_any_work(
+    tmp_path, fake_build, name, value
+):
+    kwargs = dict(cache_dir=str(tmp_path))
+    kwargs[name] = value
+    with pytest.raises(ValueError, match=f"`{name}`") as info:
+        llm_pool.build_llm_pool(SMALL, **kwargs)
+    assert f"Received: {name}=" in str(info.value)
+    assert fake_build == [] and os.listdir(tmp_path) == []

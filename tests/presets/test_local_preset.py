@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import keras_hub
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ import pytest
 from keras_gr.presets import DEFAULT_CONFIG
 from keras_gr.presets import SMALL_CONFIG
 from keras_gr.presets import TINY_CONFIG
+from keras_gr.presets import _cache
 from keras_gr.presets import build_local_preset
 from keras_gr.presets import default_cache_dir
 from keras_gr.presets import is_complete_preset
@@ -100,6 +102,21 @@ def test_user_text_file(text_file, tmp_path):
     lm = keras_hub.models.CausalLM.from_preset(folder)
     assert lm.backbone.vocabulary_size == 52
     assert read_preset_metadata(folder)["corpus"] == text_file
+
+
+def test_build_prints_nothing_by_default(text_file, tmp_path, capfd):
+    """A library is quiet on its ordinary path: no `fit` progress bar, no
+    summary line, no log or warning on stdout / stderr (the build trains,
+    evaluates and saves a real preset)."""
+    keras.ops.convert_to_numpy(keras.ops.ones(1))  # backend start-up logs
+    capfd.readouterr()
+    folder = build_local_preset(
+        text_file,
+        **dict(TINY_CONFIG, vocabulary_size=52, train_steps=2),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert capfd.readouterr() == ("", "")
+    assert is_complete_preset(folder)
 
 
 # --- The cache --------------------------------------------------------------
@@ -225,8 +242,8 @@ def test_stale_temporary_folders_are_removed(text_file, tmp_path, fake_build):
         path.mkdir()
         (path / "config.json").write_text("{}")
     # A build of `fedcba...` in progress: its lock is held.
-    lock = local_preset._FileLock(
-        local_preset._lock_path(str(tmp_path), "fedcba9876543210")
+    lock = _cache.FileLock(
+        _cache.lock_path(str(tmp_path), "gemma", "fedcba9876543210")
     )
     assert lock.acquire(blocking=False)
     try:
@@ -255,26 +272,24 @@ def test_interrupted_build_leaves_no_loadable_folder(tmp_path, monkeypatch):
 
 _RACER = """
 import importlib.util, os, sys, time
-sys.path.insert(0, {root!r})
-# Load local_preset.py alone: the lock is under test, not the (heavier)
-# imports of the rest of keras_gr.presets.
+# Load _cache.py alone (it imports only the standard library): the lock is
+# under test, not the (heavier) imports of keras_gr.presets.
 spec = importlib.util.spec_from_file_location(
-    "local_preset_under_test",
-    os.path.join({root!r}, "keras_gr", "presets", "local_preset.py"),
+    "cache_under_test",
+    os.path.join({root!r}, "keras_gr", "presets", "_cache.py"),
 )
-local_preset = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(local_preset)
-TINY_CONFIG = local_preset.TINY_CONFIG
+_cache = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(_cache)
 
-me, other, cache, text, log = sys.argv[1:]
+me, other, cache, log = sys.argv[1:]
 
-acquire = local_preset._FileLock.acquire
+acquire = _cache.FileLock.acquire
 
 def announced_acquire(self, blocking=True):
     open(os.path.join(cache, me + ".at_lock"), "w").close()
     return acquire(self, blocking)
 
-def slow_build(folder, args, *rest):
+def slow_build(folder):
     with open(log, "a") as f:
         f.write(me + "\\n")
     # Hold the lock until the other process is blocked on it.
@@ -286,22 +301,19 @@ def slow_build(folder, args, *rest):
     time.sleep(1.0)
     with open(os.path.join(folder, "config.json"), "w") as f:
         f.write("{{}}")
-    return {{"config": args}}
+    return {{}}
 
-local_preset._FileLock.acquire = announced_acquire
-local_preset._build_into = slow_build
-# Skip the corpus package (it imports keras): only the lock is under test.
-local_preset._load_corpus = lambda path: (
-    (["some training text"], ["some validation text"]), path
-)
-folder = local_preset.build_local_preset(
-    text, **TINY_CONFIG, cache_dir=cache, verbose=1
+_cache.FileLock.acquire = announced_acquire
+folder = _cache.cached_build(
+    cache, "gemma", {{"a": 1}}, slow_build, required="config.json",
+    overwrite=False, verbose=1,
 )
 print("FOLDER=" + folder)
 """
 
 
-def test_two_processes_build_once(text_file, tmp_path):
+def test_two_processes_build_once(tmp_path):
+    """The cache's lock across processes (both builders use it)."""
     script = tmp_path / "racer.py"
     script.write_text(textwrap.dedent(_RACER.format(root=REPO_ROOT)))
     cache = tmp_path / "cache"
@@ -309,8 +321,7 @@ def test_two_processes_build_once(text_file, tmp_path):
     log = tmp_path / "builds.log"
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), me, other, str(cache), text_file]
-            + [str(log)],
+            [sys.executable, str(script), me, other, str(cache), str(log)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -325,7 +336,7 @@ def test_two_processes_build_once(text_file, tmp_path):
     assert len(folders) == 1, outs
     assert len(log.read_text().split()) == 1  # one build, one reuse
     assert sum("waiting for another process" in out for out in outs) == 1
-    assert is_complete_preset(folders.pop()[len("FOLDER=") :])
+    assert _cache.is_complete(folders.pop()[len("FOLDER=") :], "config.json")
 
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
