@@ -4,6 +4,7 @@ cluster-wise accuracies: exact recovery, add_model == refit, lambda
 extremes, oracle dominance, save / load, bad input."""
 
 import functools
+import warnings
 
 import keras
 import numpy as np
@@ -78,14 +79,18 @@ def _matrix(seed=0):
 
 
 def _fit(router, data, models=slice(None)):
-    return router.fit(
-        data["train"],
-        data["train_correct"][:, models],
-        data["val"],
-        data["val_correct"][:, models],
-        costs=COSTS[models],
-        model_names=NAMES[models],
-    )
+    """`router.fit_pool` with what this kind of router takes."""
+    args = {
+        "validation_embeddings": data["val"],
+        "validation_correctness": data["val_correct"][:, models],
+        "costs": COSTS[models],
+        "model_names": NAMES[models],
+    }
+    if isinstance(router, (ClusterRouter, LearnedMapRouter)):
+        args["train_embeddings"] = data["train"]
+    if isinstance(router, LearnedMapRouter):
+        args["train_correctness"] = data["train_correct"][:, models]
+    return router.fit_pool(**args)
 
 
 def _optimal(clusters, cost_weight):
@@ -204,11 +209,17 @@ def test_learned_map_training_improves_log_loss():
         y = y_test[:, 0]
         return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
 
-    args = (train, y_train, val, y_val, [1.0, 2.0])
-    untrained = LearnedMapRouter(num_clusters=2, epochs=0).fit(*args)
+    args = dict(
+        train_embeddings=train,
+        train_correctness=y_train,
+        validation_embeddings=val,
+        validation_correctness=y_val,
+        costs=[1.0, 2.0],
+    )
+    untrained = LearnedMapRouter(num_clusters=2, epochs=0).fit_pool(**args)
     trained = LearnedMapRouter(
         num_clusters=2, epochs=20, learning_rate=0.05
-    ).fit(*args)
+    ).fit_pool(**args)
     assert log_loss(trained) < 0.8 * log_loss(untrained)
 
 
@@ -239,7 +250,7 @@ def test_lambda_zero_is_most_accurate_per_cluster(data):
 
 
 def test_oracle_curve_dominates_every_router(data):
-    oracle = OracleRouter().fit(costs=COSTS, model_names=NAMES)
+    oracle = OracleRouter().fit_pool(costs=COSTS, model_names=NAMES)
     curve = oracle.deferral_curve(None, data["test_correct"])
     # Oracle = the cheapest correct model (or the cheapest if none).
     chosen = oracle.route(data["test_correct"], 1e-3)
@@ -306,14 +317,34 @@ def test_save_load_after_add_model(data, kind, tmp_path):
     assert type(loaded) is type(router)
     assert loaded.model_names == NAMES
     np.testing.assert_allclose(loaded.costs, COSTS)
-    np.testing.assert_allclose(
+    # Bit for bit: the stored errors, features and routes.
+    np.testing.assert_array_equal(
         loaded.predict_errors(data["test"]),
         router.predict_errors(data["test"]),
-        atol=1e-6,
     )
+    np.testing.assert_array_equal(
+        loaded.validation_errors, router.validation_errors
+    )
+    np.testing.assert_array_equal(loaded.model_features, router.model_features)
     # The loaded router still grows.
     loaded.add_model("copy", data["val_correct"][:, 0], cost=0.5)
     assert loaded.route(data["test"], 1e6).tolist() == [5] * 120
+
+
+def test_oracle_save_load_after_add_model(data, tmp_path):
+    router = OracleRouter().fit_pool(costs=COSTS, model_names=NAMES)
+    router.add_model("free", cost=0.0)
+    path = str(tmp_path / "oracle.keras")
+    router.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.model_names == NAMES + ["free"]
+    assert loaded.validation_errors.shape == (0, 6)
+    both = np.concatenate([data["test_correct"], np.zeros((120, 1))], 1)
+    np.testing.assert_array_equal(
+        loaded.route(both, 1e-3), router.route(both, 1e-3)
+    )
+    loaded.add_model("another", cost=1.0)
+    assert len(loaded.model_names) == 7
 
 
 @pytest.mark.parametrize("kind", ["cluster", "learned_map"])
@@ -344,16 +375,23 @@ def test_bad_input(data):
     with pytest.raises(ValueError, match=r"embeddings.*width 6"):
         router.route(np.zeros((3, 5)))
     with pytest.raises(ValueError, match="costs"):
-        ClusterRouter(num_clusters=4).fit(
-            data["train"], None, data["val"], data["val_correct"][:, :0], []
+        ClusterRouter(num_clusters=4).fit_pool(
+            train_embeddings=data["train"],
+            validation_embeddings=data["val"],
+            validation_correctness=data["val_correct"][:, :0],
+            costs=[],
         )
     with pytest.raises(ValueError, match="costs"):
-        _fit(KNNRouter(), data, models=slice(0, 5)).fit(
-            None, None, data["val"], data["val_correct"], -COSTS
+        _fit(KNNRouter(), data, models=slice(0, 5)).fit_pool(
+            validation_embeddings=data["val"],
+            validation_correctness=data["val_correct"],
+            costs=-COSTS,
         )
     with pytest.raises(ValueError, match="validation_correctness"):
-        ZeroRouter().fit(
-            None, None, data["val"], data["val_correct"][:5], COSTS
+        ZeroRouter().fit_pool(
+            validation_embeddings=data["val"],
+            validation_correctness=data["val_correct"][:5],
+            costs=COSTS,
         )
     with pytest.raises(ValueError, match="empty pool"):
         KNNRouter().route(data["test"])
@@ -361,6 +399,219 @@ def test_bad_input(data):
         ClusterRouter(num_clusters=0)
     with pytest.raises(ValueError, match="metric"):
         KNNRouter(metric="manhattan")
+
+
+# === fit_pool, the stored validation errors, golden values ===
+
+
+def _nearest(x, reference, metric):
+    """NumPy: the index of the nearest `reference` row (squared distance or
+    cosine similarity), and the distances / negated similarities."""
+    x, reference = np.asarray(x, "float64"), np.asarray(reference, "float64")
+    if metric == "cosine":
+        unit = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        far = -(x @ unit.T)
+    else:
+        far = ((x[:, None, :] - reference[None, :, :]) ** 2).sum(-1)
+    return np.argmin(far, axis=1), far
+
+
+def _softmax(logits):
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _numpy_errors(kind, router, data, x):
+    """`gamma(x, h)` recomputed in NumPy, from the router's learned prompt
+    side (centroids, the map's weights) and the validation correctness."""
+    errors = 1.0 - data["val_correct"].astype("float64")
+    metric = getattr(router, "metric", "euclidean")
+    if kind.startswith("cluster"):
+        kv = _nearest(data["val"], router.centroids, metric)[0]
+        psi = np.stack(
+            [
+                errors[kv == k].mean(0) if np.any(kv == k) else errors.mean(0)
+                for k in range(router.num_clusters)
+            ]
+        )
+        return psi[_nearest(x, router.centroids, metric)[0]], psi
+    if kind.startswith("knn"):
+        far = _nearest(x, data["val"], metric)[1]
+        index = np.argsort(far, axis=1, kind="stable")[:, :VAL_PER_CLUSTER]
+        return errors[index].mean(1), errors
+    if kind == "learned_map":
+        kernel, bias = router.get_weights()
+        phi_val = _softmax(data["val"] @ kernel + bias)
+        psi = phi_val.T @ errors / (phi_val.sum(0)[:, None] + 1e-6)
+        return _softmax(x @ kernel + bias) @ psi, psi
+    mean = errors.mean(0, keepdims=True)  # zero
+    return np.repeat(mean, len(x), axis=0), mean
+
+
+GOLDEN = {
+    **ROUTERS,
+    "cluster_cosine": lambda: ClusterRouter(num_clusters=4, metric="cosine"),
+    "knn_cosine": lambda: KNNRouter(
+        num_neighbors=VAL_PER_CLUSTER, metric="cosine"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GOLDEN))
+def test_predict_errors_match_numpy(data, kind):
+    router = _fitted(kind) if kind in ROUTERS else _fit(GOLDEN[kind](), data)
+    expected, features = _numpy_errors(kind, router, data, data["test"])
+    np.testing.assert_allclose(
+        router.predict_errors(data["test"]), expected, atol=1e-5
+    )
+    # The base stores the validation errors once; the router's column-wise
+    # function turns them into its model features.
+    np.testing.assert_array_equal(
+        router.validation_errors, 1.0 - data["val_correct"]
+    )
+    np.testing.assert_allclose(router.model_features, features, atol=1e-5)
+
+
+def test_oracle_predict_errors_are_the_true_errors(data):
+    router = OracleRouter().fit_pool(costs=COSTS, model_names=NAMES)
+    np.testing.assert_array_equal(
+        router.predict_errors(data["test_correct"]),
+        1.0 - data["test_correct"],
+    )
+    assert router.validation_errors.shape == (0, 5)
+    router.add_model("free", cost=0.0)
+    both = np.concatenate([data["test_correct"], np.ones((120, 1))], 1)
+    np.testing.assert_array_equal(router.route(both, 1.0), [5] * 120)
+    assert router.remove_model("free").model_names == NAMES
+
+
+@pytest.mark.parametrize("kind", ["cluster", "knn", "learned_map", "zero"])
+def test_validation_errors_follow_add_and_remove(data, kind):
+    grown = _grown(kind)[0]
+    np.testing.assert_array_equal(
+        grown.validation_errors, 1.0 - data["val_correct"]
+    )
+    shrunk = _fit(ROUTERS[kind](), data).remove_model("m4")
+    kept = [0, 1, 3, 4]
+    np.testing.assert_array_equal(
+        shrunk.validation_errors, 1.0 - data["val_correct"][:, kept]
+    )
+    np.testing.assert_array_equal(
+        shrunk.model_features, _fitted(kind).model_features[:, kept]
+    )
+
+
+@pytest.mark.parametrize("kind", ["cluster", "knn", "learned_map", "zero"])
+def test_old_fit_call_form_warns_and_equals_fit_pool(data, kind):
+    # Issue 30.9: `fit` is Keras's again; the old positional pool-fitting
+    # form still works for one release and names its replacement.
+    with pytest.warns(DeprecationWarning, match="fit_pool"):
+        old = ROUTERS[kind]().fit(
+            data["train"],
+            data["train_correct"],
+            data["val"],
+            data["val_correct"],
+            COSTS,
+            NAMES,
+        )
+    assert old.model_names == NAMES
+    np.testing.assert_allclose(
+        old.predict_errors(data["test"]),
+        _fitted(kind).predict_errors(data["test"]),
+        atol=1e-6,
+    )
+
+
+def test_old_fit_keyword_form_warns():
+    with pytest.warns(DeprecationWarning, match=r"OracleRouter\.fit_pool"):
+        oracle = OracleRouter().fit(costs=COSTS, model_names=NAMES)
+    assert oracle.model_names == NAMES
+    with pytest.warns(DeprecationWarning, match="fit_pool"):
+        zero = ZeroRouter().fit(
+            None,
+            validation_embeddings=np.zeros((2, 3)),
+            validation_correctness=[[1, 0], [0, 0]],
+            costs=[1.0, 2.0],
+        )
+    np.testing.assert_array_equal(zero.mean_errors, [0.5, 1.0])
+    assert zero.embedding_dim == 3
+
+
+def test_keras_fit_keeps_its_meaning(data):
+    router = _fit(LearnedMapRouter(num_clusters=4, epochs=0), data)
+    # A small map (the k-means start saturates the softmax: zero gradient).
+    kernel = np.random.default_rng(0).normal(size=(DIM, 4)) * 1e-2
+    router.assignment.set_weights([kernel, np.zeros(4)])
+    router.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    target = 1.0 - data["train_correct"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = router.fit(data["train"], target, epochs=2, verbose=0)
+        router.fit(data["train"], target, 32, 1, 0)  # positional Keras
+    assert not [w for w in caught if "fit_pool" in str(w.message)]
+    assert isinstance(history, keras.callbacks.History)
+    assert len(history.history["loss"]) == 2
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert not np.array_equal(router.assignment.kernel.numpy(), kernel)
+
+
+def _legacy_store(kind, router):
+    """What keras_gr saved for `router` before issue 30: each router's own
+    arrays (its old `_state`), without the base's validation errors."""
+    if kind == "cluster":
+        keys = ["centroids", "psi", "validation_clusters"]
+    elif kind == "learned_map":
+        keys = ["psi", "validation_embeddings"]
+    elif kind == "knn":
+        keys = ["validation_embeddings", "validation_errors"]
+    else:
+        keys = ["mean_errors", "num_validation"]
+    return {key: np.asarray(getattr(router, key)) for key in keys}
+
+
+@pytest.mark.parametrize("kind", ["cluster", "knn", "learned_map", "zero"])
+def test_router_files_saved_before_issue_30_still_load(data, kind):
+    router = _fit(ROUTERS[kind](), data, models=slice(0, 4))
+    loaded = type(router).from_config(router.get_config())
+    loaded.set_weights(router.get_weights())  # the learned map's Phi
+    loaded.load_own_variables(_legacy_store(kind, router))
+    # Routes bit for bit, then grows and shrinks as the saved router does.
+    np.testing.assert_array_equal(
+        loaded.predict_errors(data["test"]), router.predict_errors(data["test"])
+    )
+    for each in (router, loaded):
+        each.add_model("m16", data["val_correct"][:, 4], cost=16.0)
+        each.remove_model("m1")
+    np.testing.assert_array_equal(
+        loaded.predict_errors(data["test"]), router.predict_errors(data["test"])
+    )
+    # The old files did not keep the per-prompt errors but K-NN's: NaN.
+    known = np.isfinite(loaded.validation_errors)
+    assert np.all(known) if kind == "knn" else not np.any(known[:, :-1])
+    np.testing.assert_array_equal(
+        loaded.validation_errors[:, -1], 1.0 - data["val_correct"][:, 4]
+    )
+
+
+def test_oracle_file_saved_before_issue_30_still_loads(data):
+    # The old oracle saved no arrays: its pool is all in its config.
+    old = {"name": "oracle", "model_names": NAMES, "costs": list(COSTS)}
+    loaded = OracleRouter.from_config({**old, "embedding_dim": 5})
+    loaded.load_own_variables({})
+    loaded.add_model("free", cost=0.0)
+    both = np.concatenate([data["test_correct"], np.ones((120, 1))], 1)
+    np.testing.assert_array_equal(loaded.route(both, 1.0), [5] * 120)
+
+
+def test_loading_a_file_without_the_router_state_is_refused():
+    router = ClusterRouter(num_clusters=4)
+    with pytest.raises(ValueError, match=r"validation errors.*fit_pool"):
+        router.load_own_variables({"psi": np.zeros((4, 5))})
+    with pytest.raises(ValueError, match=r"centroids.*Received.*model_feat"):
+        router.load_own_variables(
+            {"model_features": np.zeros((4, 5)), "validation_errors": []}
+        )
 
 
 # === Routed generator ===
@@ -433,7 +684,7 @@ def test_routed_generator_with_keras_hub_models(tiny_preset):
     embedder = FunctionEmbedder(
         lambda t: np.array([[len(s.split()[0])] for s in t], "float32"), 1
     )
-    router = KNNRouter(num_neighbors=1).fit(
+    router = KNNRouter(num_neighbors=1).fit_pool(
         validation_embeddings=[[1.0], [2.0], [3.0]],
         validation_correctness=[[1, 1], [1, 1], [0, 1]],
         costs=[1.0, 2.0],
@@ -472,7 +723,7 @@ def test_routed_generator_names_a_model_added_later(data):
 
 def test_oracle_router_rejects_correctness_outside_unit_interval():
     # Issue 26 item 20.
-    router = OracleRouter().fit(costs=[1.0, 5.0])
+    router = OracleRouter().fit_pool(costs=[1.0, 5.0])
     for bad in ([[1.0, 2.0]], [[-0.5, 1.0]], [[np.nan, 1.0]]):
         with pytest.raises(ValueError, match=r"correctness.*\[0, 1\]|finite"):
             router.route(np.array(bad, "float32"))

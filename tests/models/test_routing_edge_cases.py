@@ -23,11 +23,35 @@ COSTS = [1.0, 2.0]
 
 @functools.cache
 def _zero():
-    return ZeroRouter().fit(None, None, VAL, CORRECT, COSTS, ["s", "l"])
+    return _fit_zero(names=["s", "l"])
 
 
 def _fit_zero(val=VAL, correct=CORRECT, costs=COSTS, names=None):
-    return ZeroRouter().fit(None, None, val, correct, costs, names)
+    return ZeroRouter().fit_pool(
+        validation_embeddings=val,
+        validation_correctness=correct,
+        costs=costs,
+        model_names=names,
+    )
+
+
+def _fit(router, **changes):
+    """`router.fit_pool` on `VAL` / `CORRECT` (as training and validation
+    set, as the router takes them), with `changes` to those arguments."""
+    args = {
+        "validation_embeddings": VAL,
+        "validation_correctness": CORRECT,
+        "costs": COSTS,
+    }
+    if isinstance(router, (ClusterRouter, LearnedMapRouter)):
+        args["train_embeddings"] = VAL
+    if isinstance(router, LearnedMapRouter):
+        args["train_correctness"] = CORRECT
+    return router.fit_pool(**{**args, **changes})
+
+
+def _map():
+    return LearnedMapRouter(num_clusters=2)
 
 
 class _Echo:
@@ -84,16 +108,32 @@ CASES = {
         "validation_embeddings",
     ),
     "cosine zero row": (
-        lambda: KNNRouter(metric="cosine").fit(
-            None, None, np.zeros((6, 3)), CORRECT, COSTS
+        lambda: _fit(
+            KNNRouter(metric="cosine"), validation_embeddings=np.zeros((6, 3))
         ),
         "validation_embeddings",
     ),
     "num_clusters > points": (
-        lambda: ClusterRouter(num_clusters=10).fit(
-            VAL, None, VAL, CORRECT, COSTS
-        ),
+        lambda: _fit(ClusterRouter(num_clusters=10)),
         "num_clusters",
+    ),
+    "validation_embeddings None": (
+        lambda: _fit(KNNRouter(), validation_embeddings=None),
+        "validation_embeddings",
+    ),
+    "train width": (
+        lambda: _fit(
+            ClusterRouter(num_clusters=2), train_embeddings=VAL[:, :2]
+        ),
+        "train_embeddings",
+    ),
+    "train_correctness columns": (
+        lambda: _fit(_map(), train_correctness=CORRECT[:, :1]),
+        "train_correctness",
+    ),
+    "train_correctness rows": (
+        lambda: _fit(_map(), train_correctness=CORRECT[:3]),
+        "train_correctness",
     ),
     # route / predict_errors.
     "embeddings rank 1": (lambda: _zero().route(VAL[0]), "embeddings"),
@@ -112,7 +152,7 @@ CASES = {
     "cost_weight < 0": (lambda: _zero().route(VAL, -1.0), "cost_weight"),
     "cost_weight str": (lambda: _zero().route(VAL, "1"), "cost_weight"),
     "oracle correctness > 1": (
-        lambda: OracleRouter().fit(costs=COSTS).route(CORRECT * 3),
+        lambda: OracleRouter().fit_pool(costs=COSTS).route(CORRECT * 3),
         "correctness",
     ),
     # add_model / remove_model.

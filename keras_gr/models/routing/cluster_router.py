@@ -7,7 +7,9 @@ from keras import ops
 from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr.curation import KMeans
+from keras_gr.models.routing.base_router import METRICS
 from keras_gr.models.routing.base_router import Router
+from keras_gr.models.routing.base_router import similarity
 
 
 def cluster_errors(clusters, errors, num_clusters):
@@ -27,15 +29,10 @@ def cluster_errors(clusters, errors, num_clusters):
 
 def nearest_centroid(embeddings, centroids, metric):
     """`(n,)` index of the nearest centroid, in `keras.ops` (cosine:
-    largest cosine similarity; euclidean: smallest squared distance)."""
-    x = ops.convert_to_tensor(embeddings, "float32")
-    c = ops.convert_to_tensor(centroids, "float32")
-    if metric == "cosine":
-        x = x / ops.maximum(ops.norm(x, axis=1, keepdims=True), 1e-12)
-        return ops.argmax(ops.matmul(x, ops.transpose(c)), axis=1)
-    cross = ops.matmul(x, ops.transpose(c))
-    dist = ops.sum(ops.square(c), axis=1)[None, :] - 2.0 * cross
-    return ops.argmin(dist, axis=1)
+    largest cosine similarity to the unit-norm centroids of spherical
+    k-means; euclidean: smallest squared distance)."""
+    closeness = similarity(embeddings, centroids, metric, unit_reference=True)
+    return ops.argmax(closeness, axis=1)
 
 
 @keras.saving.register_keras_serializable(package="keras_gr")
@@ -64,8 +61,11 @@ class ClusterRouter(Router):
     A new LLM only needs its answers on `S_val`: `add_model` computes its
     `Psi` column, with no training step (and gives exactly what refitting
     with the model in the pool gives, since the clusters do not depend on
-    the LLMs). `call(embeddings)` returns `Psi_{k(x)}(h)` for every pool
-    model, `(batch, num_models)`.
+    the LLMs): `model_features_of` is the column-wise `Psi`, and `psi` the
+    pool's `(K, num_models)` matrix. `call(embeddings)` returns
+    `Psi_{k(x)}(h)` for every pool model, `(batch, num_models)`. The
+    training LLMs' correctness is not used (the clusters come from the
+    training prompts alone).
 
     Args:
         num_clusters: `K`. Defaults to `8`.
@@ -87,10 +87,14 @@ class ClusterRouter(Router):
     >>> val = centers[val_cluster] + rng.normal(size=(20, 2))
     >>> # "small" is right on cluster 0 only, "large" on both.
     >>> correct = np.stack([val_cluster == 0, np.ones(20)], 1).astype(float)
-    >>> router = ClusterRouter(num_clusters=2).fit(
-    ...     train, validation_embeddings=val,
+    >>> router = ClusterRouter(num_clusters=2).fit_pool(
+    ...     train_embeddings=train, validation_embeddings=val,
     ...     validation_correctness=correct, costs=[1.0, 10.0],
     ...     model_names=["small", "large"])
+    >>> router.psi.shape  # Psi[k, h]: the error of model h on cluster k
+    (2, 2)
+    >>> router.predict_errors(centers).round(2).tolist()  # Psi_{k(x)}(h)
+    [[0.0, 0.0], [1.0, 0.0]]
     >>> router.route(centers, cost_weight=0.01).tolist()
     [0, 1]
     >>> router.route(centers, cost_weight=0.0).tolist()
@@ -98,6 +102,8 @@ class ClusterRouter(Router):
     >>> router.route(centers, cost_weight=1.0).tolist()
     [0, 0]
     """
+
+    _PROMPT_STATE = {"centroids": "float32", "validation_clusters": "int64"}
 
     def __init__(
         self,
@@ -110,29 +116,25 @@ class ClusterRouter(Router):
     ):
         super().__init__(**kwargs)
         self.num_clusters = check_integer("num_clusters", num_clusters)
-        self.metric = check_choice("metric", metric, ("euclidean", "cosine"))
+        self.metric = check_choice("metric", metric, METRICS)
         self.max_iter = check_integer("max_iter", max_iter)
         self.num_init = check_integer("num_init", num_init)
         self.seed = check_integer("seed", seed, minimum=0)
-        self.centroids = None
-        self.psi = None
-        self.validation_clusters = None
 
-    def fit(
+    def fit_pool(
         self,
+        *,
         train_embeddings,
-        train_correctness=None,
-        validation_embeddings=None,
-        validation_correctness=None,
-        costs=None,
+        validation_embeddings,
+        validation_correctness,
+        costs,
         model_names=None,
     ) -> "ClusterRouter":
         """Clusters the training prompts and builds every model's `Psi`.
 
         Args:
             train_embeddings: `(n_train, d)` training prompt embeddings
-                (clustered; the training LLMs' correctness is not needed).
-            train_correctness: unused (accepted for the common API).
+                (clustered by k-means).
             validation_embeddings: `(n_val, d)` embeddings of `S_val`.
             validation_correctness: `(n_val, m)` correctness in [0, 1] of
                 the pool's `m` models on `S_val`.
@@ -142,14 +144,10 @@ class ClusterRouter(Router):
         Returns:
             The router.
         """
-        train, _, val, correct = self._fit_inputs(
-            train_embeddings,
-            train_correctness,
-            validation_embeddings,
-            validation_correctness,
-            costs,
-            model_names,
+        costs, names, errors, val = self._check_validation(
+            costs, model_names, validation_correctness, validation_embeddings
         )
+        train, _ = self._check_train(train_embeddings, val.shape[1])
         kmeans = KMeans(
             self.num_clusters,
             metric=self.metric,
@@ -159,10 +157,19 @@ class ClusterRouter(Router):
         ).fit(train)
         self.centroids = np.asarray(kmeans.centroids, "float32")
         self.validation_clusters = self._assign(val)
-        self.psi = cluster_errors(
-            self.validation_clusters, 1.0 - correct, self.num_clusters
-        )
+        self._set_pool(costs, names, errors, int(val.shape[1]))
         return self
+
+    def model_features_of(self, errors):
+        """`Psi`: the per-cluster mean of each column of `errors`."""
+        return cluster_errors(
+            self.validation_clusters, errors, self.num_clusters
+        )
+
+    @property
+    def psi(self):
+        """`Psi[k, h]`, `(num_clusters, num_models)`: `model_features`."""
+        return self.model_features
 
     def _assign(self, embeddings):
         return np.asarray(
@@ -172,37 +179,10 @@ class ClusterRouter(Router):
             dtype="int64",
         )
 
-    def _num_validation(self):
-        return len(self.validation_clusters)
-
-    def _add_column(self, correctness):
-        column = cluster_errors(
-            self.validation_clusters,
-            1.0 - correctness[:, None],
-            self.num_clusters,
-        )
-        self.psi = np.concatenate([self.psi, column], axis=1)
-
-    def _remove_column(self, index):
-        self.psi = np.delete(self.psi, index, axis=1)
-
     def call(self, embeddings):
         clusters = nearest_centroid(embeddings, self.centroids, self.metric)
-        return ops.take(ops.convert_to_tensor(self.psi, "float32"), clusters, 0)
-
-    def _state(self):
-        if self.psi is None:
-            return {}
-        return {
-            "centroids": self.centroids,
-            "psi": self.psi,
-            "validation_clusters": self.validation_clusters,
-        }
-
-    def _set_state(self, state):
-        self.centroids = state["centroids"].astype("float32")
-        self.psi = state["psi"].astype("float64")
-        self.validation_clusters = state["validation_clusters"].astype("int64")
+        psi = ops.convert_to_tensor(self.model_features, "float32")
+        return ops.take(psi, clusters, 0)
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -8,7 +8,9 @@ from keras_gr._validation import check_choice
 from keras_gr._validation import check_integer
 from keras_gr._validation import check_positive
 from keras_gr.curation import KMeans
+from keras_gr.models.routing.base_router import METRICS
 from keras_gr.models.routing.base_router import Router
+from keras_gr.models.routing.base_router import unit_rows
 
 
 def soft_cluster_errors(assignment, errors, epsilon=1e-6):
@@ -63,7 +65,9 @@ class LearnedMapRouter(Router):
     `-[y log(1 - gamma) + (1 - y) log gamma]`, with `Psi` of the training
     LLMs computed on `S_val` through the same `Phi` (so the gradient flows
     through both). A new LLM is added from its validation answers only
-    (`add_model`: one `Psi` column with the trained `Phi`, no training).
+    (`add_model`: one `Psi` column with the trained `Phi`, no training):
+    `model_features_of` is the column-wise `Psi` through the trained `Phi`,
+    and `psi` the pool's `(K, num_models)` matrix.
 
     Choices the paper leaves open (made here): `theta` starts from k-means
     (`keras_gr.curation.KMeans`) on the training embeddings as a soft
@@ -94,11 +98,17 @@ class LearnedMapRouter(Router):
     >>> val = centers[c_val] + rng.normal(size=(40, 2))
     >>> def labels(c):  # "small" is right on cluster 0 only
     ...     return np.stack([c == 0, np.ones_like(c)], 1).astype("float32")
-    >>> router = LearnedMapRouter(num_clusters=2, epochs=5).fit(
-    ...     train, labels(c_train), val, labels(c_val), costs=[1.0, 10.0])
+    >>> router = LearnedMapRouter(num_clusters=2, epochs=5).fit_pool(
+    ...     train_embeddings=train, train_correctness=labels(c_train),
+    ...     validation_embeddings=val, validation_correctness=labels(c_val),
+    ...     costs=[1.0, 10.0])
+    >>> router.psi.shape
+    (2, 2)
     >>> router.route(centers, cost_weight=0.01).tolist()
     [0, 1]
     """
+
+    _PROMPT_STATE = {"validation_embeddings": "float32"}
 
     def __init__(
         self,
@@ -112,7 +122,7 @@ class LearnedMapRouter(Router):
     ):
         super().__init__(**kwargs)
         self.num_clusters = check_integer("num_clusters", num_clusters)
-        self.metric = check_choice("metric", metric, ("euclidean", "cosine"))
+        self.metric = check_choice("metric", metric, METRICS)
         self.epochs = check_integer("epochs", epochs, minimum=0)
         self.batch_size = check_integer("batch_size", batch_size)
         self.learning_rate = check_positive("learning_rate", learning_rate)
@@ -122,18 +132,17 @@ class LearnedMapRouter(Router):
         )
         if self.embedding_dim is not None:
             self.assignment.build((None, self.embedding_dim))
-        self.psi = None
-        self.validation_embeddings = None
 
     def soft_assignment(self, embeddings):
         """`Phi(x)`: `(batch, K)` soft cluster memberships (rows sum to 1)."""
         x = ops.convert_to_tensor(embeddings, "float32")
         if self.metric == "cosine":
-            x = x / ops.maximum(ops.norm(x, axis=1, keepdims=True), 1e-12)
+            x = unit_rows(x)
         return ops.softmax(self.assignment(x), axis=-1)
 
-    def fit(
+    def fit_pool(
         self,
+        *,
         train_embeddings,
         train_correctness,
         validation_embeddings,
@@ -152,19 +161,16 @@ class LearnedMapRouter(Router):
             validation_correctness: `(n_val, m)` correctness on `S_val`.
             costs: `(m,)` costs (>= 0).
             model_names: `m` unique names. Defaults to `model_0`, ...
-            verbose: `fit` verbosity. Defaults to `0`.
+            verbose: verbosity of the map's training. Defaults to `0`.
 
         Returns:
             The router.
         """
-        train, train_correct, val, correct = self._fit_inputs(
-            train_embeddings,
-            train_correctness,
-            validation_embeddings,
-            validation_correctness,
-            costs,
-            model_names,
-            need_train_correctness=True,
+        costs, names, errors, val = self._check_validation(
+            costs, model_names, validation_correctness, validation_embeddings
+        )
+        train, train_correct = self._check_train(
+            train_embeddings, val.shape[1], train_correctness, len(costs)
         )
         kmeans = KMeans(
             self.num_clusters, metric=self.metric, seed=self.seed
@@ -190,7 +196,7 @@ class LearnedMapRouter(Router):
         self.validation_embeddings = val
         if self.epochs > 0:
             keras.utils.set_random_seed(self.seed)
-            trainer = _MapTrainer(self, val, 1.0 - correct)
+            trainer = _MapTrainer(self, val, errors)
             trainer.compile(
                 keras.optimizers.Adam(self.learning_rate),
                 keras.losses.BinaryCrossentropy(),
@@ -203,42 +209,24 @@ class LearnedMapRouter(Router):
                 epochs=self.epochs,
                 verbose=verbose,
             )
-        self.psi = self._psi_of(1.0 - correct)
+        self._set_pool(costs, names, errors, int(val.shape[1]))
         return self
 
-    def _psi_of(self, errors):
+    def model_features_of(self, errors):
+        """`Psi`: each column of `errors` through the trained `Phi` of the
+        validation prompts (`soft_cluster_errors`, float32 `keras.ops`)."""
         phi = self.soft_assignment(self.validation_embeddings)
         psi = soft_cluster_errors(phi, ops.convert_to_tensor(errors, "float32"))
         return np.asarray(ops.convert_to_numpy(psi), "float64")
 
-    def _num_validation(self):
-        return len(self.validation_embeddings)
-
-    def _add_column(self, correctness):
-        # The new model's `Psi` through the trained `Phi`: no training.
-        column = self._psi_of(1.0 - correctness[:, None])
-        self.psi = np.concatenate([self.psi, column], axis=1)
-
-    def _remove_column(self, index):
-        self.psi = np.delete(self.psi, index, axis=1)
+    @property
+    def psi(self):
+        """`Psi[k, h]`, `(num_clusters, num_models)`: `model_features`."""
+        return self.model_features
 
     def call(self, embeddings):
-        psi = ops.convert_to_tensor(self.psi, "float32")
+        psi = ops.convert_to_tensor(self.model_features, "float32")
         return ops.matmul(self.soft_assignment(embeddings), psi)
-
-    def _state(self):
-        if self.psi is None:
-            return {}
-        return {
-            "psi": self.psi,
-            "validation_embeddings": self.validation_embeddings,
-        }
-
-    def _set_state(self, state):
-        self.psi = state["psi"].astype("float64")
-        self.validation_embeddings = state["validation_embeddings"].astype(
-            "float32"
-        )
 
     def get_config(self) -> dict:
         config = super().get_config()

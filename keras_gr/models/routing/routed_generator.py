@@ -61,7 +61,7 @@ class RoutedGenerator:
     ...         self.tag = tag
     ...     def generate(self, prompts, max_length=None):
     ...         return [f"{self.tag}: {p}" for p in prompts]
-    >>> router = ZeroRouter().fit(
+    >>> router = ZeroRouter().fit_pool(
     ...     validation_embeddings=np.zeros((2, 1)),
     ...     validation_correctness=[[1, 1], [0, 1]], costs=[1.0, 5.0],
     ...     model_names=["small", "large"])

@@ -25,6 +25,10 @@ class ZeroRouter(Router):
     lower convex hull of the (cost, validation error) points, so its
     deferral curve, interpolated linearly (a random mix of two models),
     is the convex hull of the single models: the bar a router must beat.
+    Its model features (`model_features_of`) are the column means of the
+    validation errors, `(1, num_models)`; `mean_errors` is that row. The
+    prompt embeddings are not needed: `validation_embeddings`, when given
+    to `fit_pool`, only fix the width `route` then checks.
 
     Args:
         **kwargs: `Router` arguments.
@@ -33,67 +37,58 @@ class ZeroRouter(Router):
 
     >>> import numpy as np
     >>> correct = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 1]], "float32")
-    >>> router = ZeroRouter().fit(
-    ...     None, validation_embeddings=np.zeros((3, 2)),
+    >>> router = ZeroRouter().fit_pool(
     ...     validation_correctness=correct, costs=[1.0, 2.0, 4.0])
+    >>> router.mean_errors.round(3).tolist()
+    [0.667, 0.333, 0.0]
     >>> router.route(np.zeros((2, 2)), cost_weight=0.0).tolist()
     [2, 2]
     >>> router.route(np.zeros((2, 2)), cost_weight=1.0).tolist()
     [0, 0]
     """
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.mean_errors = None
-        self.num_validation = None
-
-    def fit(
+    def fit_pool(
         self,
-        train_embeddings=None,
-        train_correctness=None,
-        validation_embeddings=None,
-        validation_correctness=None,
-        costs=None,
+        *,
+        validation_correctness,
+        costs,
         model_names=None,
+        validation_embeddings=None,
     ) -> "ZeroRouter":
-        """Stores each model's mean validation error (the embeddings only
-        fix the expected width). Arguments as `ClusterRouter.fit`; the
-        training arguments are unused. Returns the router."""
-        _, _, val, correct = self._fit_inputs(
-            train_embeddings,
-            train_correctness,
-            validation_embeddings,
-            validation_correctness,
+        """Stores each model's mean validation error.
+
+        Args:
+            validation_correctness: `(n_val, m)` correctness in [0, 1].
+            costs: `(m,)` costs (>= 0).
+            model_names: `m` unique names. Defaults to `model_0`, ...
+            validation_embeddings: `(n_val, d)` validation prompt
+                embeddings, only to fix the width `route` accepts. Defaults
+                to `None` (any width).
+
+        Returns:
+            The router.
+        """
+        costs, names, errors, val = self._check_validation(
             costs,
             model_names,
-            need_train=False,
+            validation_correctness,
+            validation_embeddings,
+            embeddings_optional=True,
         )
-        self.mean_errors = 1.0 - correct.mean(axis=0)
-        self.num_validation = int(len(val))
+        width = None if val is None else int(val.shape[1])
+        self._set_pool(costs, names, errors, width)
         return self
 
-    def _num_validation(self):
-        return self.num_validation
+    def model_features_of(self, errors):
+        """The mean of each column of `errors`, `(1, k)`."""
+        return np.mean(errors, axis=0, keepdims=True)
 
-    def _add_column(self, correctness):
-        self.mean_errors = np.append(self.mean_errors, 1.0 - correctness.mean())
-
-    def _remove_column(self, index):
-        self.mean_errors = np.delete(self.mean_errors, index)
+    @property
+    def mean_errors(self):
+        """Each pool model's mean validation error, `(num_models,)`."""
+        return self.model_features[0]
 
     def call(self, embeddings):
-        errors = ops.convert_to_tensor(self.mean_errors, "float32")
+        errors = ops.convert_to_tensor(self.model_features, "float32")
         ones = ops.ones_like(embeddings[:, :1], dtype="float32")
-        return ones * errors[None, :]
-
-    def _state(self):
-        if self.mean_errors is None:
-            return {}
-        return {
-            "mean_errors": self.mean_errors,
-            "num_validation": np.asarray(self.num_validation),
-        }
-
-    def _set_state(self, state):
-        self.mean_errors = state["mean_errors"].astype("float64")
-        self.num_validation = int(state["num_validation"])
+        return ones * errors
