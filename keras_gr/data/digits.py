@@ -197,5 +197,9 @@ def train_digit_classifier(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     ds = array_dataset(images, labels, batch_size, seed=seed)
-    classifier.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    # The stream is shuffled (seeded) already: `shuffle=False` says so, and
+    # keeps Keras from warning that its default `True` is ignored.
+    classifier.fit(
+        ds, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0
+    )
     return classifier, features
