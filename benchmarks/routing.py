@@ -30,6 +30,7 @@ a word-level hash or an LM trained on prose would see unrelated tokens.
 """
 
 import argparse
+import inspect
 import time
 
 import numpy as np
@@ -151,14 +152,17 @@ def main():
         test_correct = correct[te][:, unseen]
         for kind, router in make_routers(args, seed).items():
             start = time.perf_counter()
-            router.fit(
-                embeddings[tr],
-                correct[tr][:, ~unseen],
-                embeddings[va],
-                correct[va][:, ~unseen],
-                costs[~unseen],
-                list(names[~unseen]),
-            )
+            fit_args = {
+                "train_embeddings": embeddings[tr],
+                "train_correctness": correct[tr][:, ~unseen],
+                "validation_embeddings": embeddings[va],
+                "validation_correctness": correct[va][:, ~unseen],
+                "costs": costs[~unseen],
+                "model_names": list(names[~unseen]),
+            }
+            # Each router takes the part of the pool it uses.
+            used = inspect.signature(router.fit_pool).parameters
+            router.fit_pool(**{k: v for k, v in fit_args.items() if k in used})
             for j in np.flatnonzero(unseen):
                 router.add_model(names[j], correct[va][:, j], costs[j])
             for name in names[~unseen]:
@@ -177,7 +181,7 @@ def main():
             )
             if seed == 0:
                 curves0[kind] = (curve["costs"], curve["qualities"])
-        oracle = OracleRouter().fit(
+        oracle = OracleRouter().fit_pool(
             costs=costs[unseen], model_names=list(names[unseen])
         )
         curve = oracle.deferral_curve(None, test_correct)
@@ -211,13 +215,12 @@ def main():
     te = split(len(correct), 0)[2][:512]
     texts = [pool["texts"][i] for i in te]
     tr, va, _ = split(len(correct), 0)
-    router = make_routers(args, 0)["cluster"].fit(
-        embeddings[tr],
-        None,
-        embeddings[va],
-        correct[va][:, unseen],
-        costs[unseen],
-        list(names[unseen]),
+    router = make_routers(args, 0)["cluster"].fit_pool(
+        train_embeddings=embeddings[tr],
+        validation_embeddings=embeddings[va],
+        validation_correctness=correct[va][:, unseen],
+        costs=costs[unseen],
+        model_names=list(names[unseen]),
     )
     tokens, mask = pool["tokens"][te], pool["answer_mask"][te]
     exact = greedy_exact_match(model, tokens, mask)

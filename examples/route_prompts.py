@@ -82,8 +82,8 @@ test = order[n_train + n_val :]
 
 # 3. Fit on the training pool, then add the unseen models from their
 # validation answers only and drop the training ones.
-router = ClusterRouter(num_clusters=6 if args.quick else 12).fit(
-    x[train],
+router = ClusterRouter(num_clusters=6 if args.quick else 12).fit_pool(
+    train_embeddings=x[train],
     validation_embeddings=x[val],
     validation_correctness=correct[val][:, ~unseen],
     costs=costs[~unseen],
