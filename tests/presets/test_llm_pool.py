@@ -66,11 +66,22 @@ def test_flops_count_matches_a_loop():
     assert llm_pool.looped_lm_flops(16, 4) > llm_pool.looped_lm_flops(16, 2)
 
 
+def _start_up_logs_first():
+    """Runs what prints once per process outside keras_gr: the backend's
+    start-up, and TensorFlow's C++ runtime logs (oneDNN, CUDA probe),
+    which `import keras_hub` triggers on every backend (keras-hub imports
+    TensorFlow; the pool's layers come from keras-hub)."""
+    keras.ops.convert_to_numpy(keras.ops.ones(1))
+    pytest.importorskip("keras_hub")
+    tf = pytest.importorskip("tensorflow")
+    tf.constant(1.0) + 1.0
+
+
 def test_build_cache_and_load(tmp_path, capfd):
     config = dict(llm_pool.TINY_POOL_CONFIG)
     config["models"] = config["models"][:1]
     config["unseen"] = []
-    keras.ops.convert_to_numpy(keras.ops.ones(1))  # backend start-up logs
+    _start_up_logs_first()
     capfd.readouterr()
     folder = llm_pool.build_llm_pool(config, cache_dir=str(tmp_path))
     # Quiet by default: no progress bar, log or warning on the way.
@@ -88,6 +99,7 @@ def test_build_cache_and_load(tmp_path, capfd):
     model = llm_pool.load_pool_model(folder, "tiny-a")
     right = llm_pool.correctness_of(model, pool["tokens"], pool["answer_mask"])
     np.testing.assert_array_equal(right, pool["correctness"][:, 0])
+    assert capfd.readouterr() == ("", "")  # loading is quiet too
     with pytest.raises(ValueError, match="name"):
         llm_pool.load_pool_model(folder, "nope")
 
