@@ -54,71 +54,78 @@ def environment():
 
 
 def block(x):
-    """Waits for (possibly asynchronous) device work producing `x`."""
-    if hasattr(x, "block_until_ready"):
+    """Waits for (possibly asynchronous) device work producing `x`: a
+    tensor, or a dict / list / tuple of them (anything else, e.g. the
+    strings `generate` returns, is already on the host)."""
+    if isinstance(x, dict):
+        for v in x.values():
+            block(v)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            block(v)
+    elif hasattr(x, "block_until_ready"):
         x.block_until_ready()
-    else:
+    elif keras.ops.is_tensor(x):
         keras.ops.convert_to_numpy(x)
     return x
 
 
-def time_fn(fn, *, warmup=2, repeats=10):
-    """Median wall time (seconds) of `fn()` after `warmup` calls.
+class StepTimer(keras.callbacks.Callback):
+    """Appends the wall seconds of every `fit` step to `out` (the step's
+    loss is read at the step's end, which waits for the device)."""
 
-    `fn` must return something `block` can wait for (or None).
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+        self._start = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and "loss" in logs:
+            float(logs["loss"])
+        self.out.append(time.perf_counter() - self._start)
+
+
+def step_summary(step_seconds, *, wall_seconds=None, steps=None):
+    """`{"mean", "median", "worst"}` seconds per step: what a user pays.
+
+    `mean` is total wall time over steps (`wall_seconds / steps` when
+    given: the whole `fit` calls, every expensive step included; else the
+    mean of `step_seconds`); `median` and `worst` are the median and the
+    maximum of the per-step times, reported beside the mean (a median
+    alone hides periodic expensive steps such as matrix roots).
     """
-    for _ in range(warmup):
-        out = fn()
-        if out is not None:
-            block(out)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        if out is not None:
-            block(out)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    step_seconds = [float(t) for t in step_seconds]
+    if wall_seconds is None:
+        mean = statistics.mean(step_seconds)
+    else:
+        mean = float(wall_seconds) / steps
+    return {
+        "mean": mean,
+        "median": statistics.median(step_seconds),
+        "worst": max(step_seconds),
+    }
 
 
-def time_fit_steps(model, x, y, *, batch_size, steps=20, warmup_steps=3):
-    """Median seconds per `fit` step (compiled), measured with a callback."""
-    times = []
-
-    class _Timer(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self._t = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            times.append(time.perf_counter() - self._t)
-
-    n = batch_size * (steps + warmup_steps)
-    reps = int(np.ceil(n / len(np.asarray(_first(x)))))
-    xs = _tile(x, reps, n)
-    ys = _tile(y, reps, n)
-    model.fit(
-        xs,
-        ys,
-        batch_size=batch_size,
-        epochs=1,
-        verbose=0,
-        shuffle=False,
-        callbacks=[_Timer()],
-    )
-    return statistics.median(times[warmup_steps:])
-
-
-def time_fit_interleaved(entries, *, rounds=5, steps_per_round=10):
+def time_fit_interleaved(entries, *, rounds=5, steps_per_round=10, warmup=3):
     """Seconds per `fit` step of several compiled models, measured in turns.
 
     `entries` maps a name to `(model, x, y, batch_size)`. Every model is
-    warmed up (compilation) first; then each round fits every model for
-    `steps_per_round` steps, in an order rotated every round, so that slow
-    drifts of the machine (other processes, a noisy virtual machine) fall
-    on all entries alike instead of on whichever ran during the slow spell.
+    warmed up first (`warmup` steps, at most `steps_per_round`:
+    compilation and any all-at-once first step); then each round fits
+    every model for `steps_per_round` steps (one `fit`, data in order), in
+    an order rotated every round, so that slow drifts of the machine
+    (other processes, a noisy virtual machine) fall on all entries alike
+    instead of on whichever ran during the slow spell. Choose
+    `steps_per_round` as a whole number of any periodic expensive step's
+    periods.
 
-    Returns `{name: {"median": s, "min": s, "rounds": [s, ...]}}` with the
-    per-step time of each round (wall time of the round's `fit` / steps).
+    Returns `{name: {"mean", "median", "worst", "rounds"}}`: `mean` = total
+    wall time of the timed `fit` calls / timed steps, `median` / `worst`
+    of the per-step times (`StepTimer`), `rounds` the mean step of each
+    round (paired by round across names).
     """
     names = list(entries)
     data = {}
@@ -127,7 +134,7 @@ def time_fit_interleaved(entries, *, rounds=5, steps_per_round=10):
         n = batch * steps_per_round
         reps = int(np.ceil(n / len(np.asarray(_first(x)))))
         data[name] = (_tile(x, reps, n), _tile(y, reps, n))
-        warm = batch * min(3, steps_per_round)
+        warm = batch * min(warmup, steps_per_round)
         model.fit(
             _slice(data[name][0], warm),
             _slice(data[name][1], warm),
@@ -136,7 +143,8 @@ def time_fit_interleaved(entries, *, rounds=5, steps_per_round=10):
             verbose=0,
             shuffle=False,
         )
-    per_round = {name: [] for name in names}
+    steps = {name: [] for name in names}
+    walls = {name: [] for name in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
@@ -144,19 +152,51 @@ def time_fit_interleaved(entries, *, rounds=5, steps_per_round=10):
             xs, ys = data[name]
             start = time.perf_counter()
             model.fit(
-                xs, ys, batch_size=batch, epochs=1, verbose=0, shuffle=False
+                xs,
+                ys,
+                batch_size=batch,
+                epochs=1,
+                verbose=0,
+                shuffle=False,
+                callbacks=[StepTimer(steps[name])],
             )
-            per_round[name].append(
-                (time.perf_counter() - start) / steps_per_round
-            )
-    return {
-        name: {
-            "median": statistics.median(t),
-            "min": min(t),
-            "rounds": t,
-        }
-        for name, t in per_round.items()
-    }
+            walls[name].append(time.perf_counter() - start)
+    out = {}
+    for name in names:
+        out[name] = step_summary(
+            steps[name],
+            wall_seconds=sum(walls[name]),
+            steps=rounds * steps_per_round,
+        )
+        out[name]["rounds"] = [w / steps_per_round for w in walls[name]]
+    return out
+
+
+def time_calls_interleaved(fns, *, rounds=5, warmup=1):
+    """Seconds per call of several compiled functions, measured in turns.
+
+    `fns` maps a name to a function of no arguments (its result is waited
+    for with `block`). Every function is called `warmup` times first
+    (compilation; 0 when the caller already did); then each round calls
+    every function once, in an order rotated every round. Returns
+    `{name: {"mean", "median", "worst", "rounds"}}` of the per-call
+    seconds (`rounds`: the call of each round, in order).
+    """
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            block(fns[name]())
+    calls = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            block(fns[name]())
+            calls[name].append(time.perf_counter() - start)
+    out = {}
+    for name, seconds in calls.items():
+        out[name] = step_summary(seconds)
+        out[name]["rounds"] = seconds
+    return out
 
 
 def _slice(x, n):
@@ -293,18 +333,6 @@ def write_results(name, tables, *, meta=None, notes="", sources=None):
     return text
 
 
-def rewrite_results(name, payload, *, notes=""):
-    """Rewrites `results/<name>.{json,md}` from a loaded `payload` (a
-    recomputed verdict on recorded numbers): the environment and the
-    provenance stay the recorded run's (a missing provenance is first
-    taken from git history, see `freshness.backfill`)."""
-    path = result_path(name, ".json")
-    if not payload.get("provenance") and freshness.backfill(path):
-        with open(path) as f:
-            payload["provenance"] = json.load(f)["provenance"]
-    return _write(name, payload, notes)
-
-
 def _write(name, payload, notes):
     with open(result_path(name, ".json"), "w") as f:
         json.dump(payload, f, indent=2, default=float)
@@ -400,3 +428,53 @@ def at_grid_edge(grid, best):
     grid is always at its edge."""
     grid = sorted(grid)
     return best in (grid[0], grid[-1])
+
+
+def lr_grid(center, points=3):
+    """`points` learning rates on the 1-3-10 ladder (1e-3, 3e-3, 1e-2, ...)
+    centred on `center` (itself on the ladder): the same grid shape and
+    size for every method of a comparison, each around its own default
+    (fair tuning). `lr_grid(3e-3)` is `[1e-3, 3e-3, 1e-2]`."""
+    k = int(np.floor(np.log10(center) + 1e-9))
+    mantissa = center / 10.0**k
+    if not np.isclose(mantissa, 1.0) and not np.isclose(mantissa, 3.0):
+        raise ValueError(
+            "`center` must be on the 1-3-10 ladder (e.g. 1e-3, 3e-3). "
+            f"Received: center={center}"
+        )
+    index = 2 * k + int(np.isclose(mantissa, 3.0))
+    first = index - (points - 1) // 2
+    return [_ladder(i) for i in range(first, first + points)]
+
+
+def _ladder(index):
+    """The 1-3-10 ladder: index 2k is 10^k, index 2k + 1 is 3 * 10^k."""
+    return float(f"{(3.0 if index % 2 else 1.0) * 10.0 ** (index // 2):.1g}")
+
+
+def tune_then_seeds(grid, run, seeds, *, score, tune_seed=None):
+    """Tune on one seed, rerun the best on every seed, flag the grid edge.
+
+    Every value of `grid` runs once on `tune_seed` (default `seeds[0]`):
+    `run(value, seed)` returns a result, `score(result)` a number, lower
+    is better (a diverged run should score `inf`). The best value (the
+    first of equal scores) then runs on every seed of `seeds`; the tuning
+    run is reused for `tune_seed`. A best value at the grid's edge may lie
+    outside it: `at_edge` says so, to extend the grid or flag the verdict.
+
+    Returns a dict: `best` (the chosen value), `at_edge`, `tuning` (a list
+    of `(value, result)` on the tuning seed) and `results` (one result per
+    seed of `seeds`, in order).
+    """
+    tune_seed = seeds[0] if tune_seed is None else tune_seed
+    tuning = [(value, run(value, tune_seed)) for value in grid]
+    best, best_result = min(tuning, key=lambda vr: score(vr[1]))
+    results = [
+        best_result if seed == tune_seed else run(best, seed) for seed in seeds
+    ]
+    return {
+        "best": best,
+        "at_edge": at_grid_edge(grid, best),
+        "tuning": tuning,
+        "results": results,
+    }

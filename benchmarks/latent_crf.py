@@ -124,14 +124,14 @@ def range_curve(grid=32, channels=4, batch=8, rounds=5, max_dense=4):
                 ("dense", r, {"neighborhood_size": 2 * r + 1, "dilations": ()})
             )
         r *= 2
-    rows, models = [], []
+    rows, calls = [], {}
     for kind, r, kw in configs:
         kwargs = {"num_steps": 3, "num_experts": 0, **kw}
         model, x = _crf_forward(kwargs, shape, batch)
         t = time.perf_counter()
         harness.block(model.predict_on_batch(x))  # traces and compiles
         first = time.perf_counter() - t
-        models.append((model, x))
+        calls[len(rows)] = lambda m=model, x=x: m.predict_on_batch(x)
         layer = model.layers[-1]
         rows.append(
             {
@@ -142,14 +142,12 @@ def range_curve(grid=32, channels=4, batch=8, rounds=5, max_dense=4):
                 "first_call_s": first,
             }
         )
-    times = [[] for _ in rows]
-    for _ in range(rounds):  # interleaved: load hits every config alike
-        for i, (model, x) in enumerate(models):
-            t = time.perf_counter()
-            harness.block(model.predict_on_batch(x))
-            times[i].append(time.perf_counter() - t)
-    for row, ts in zip(rows, times, strict=True):
-        row["run_s"] = float(np.median(ts))
+    # Interleaved (load hits every config alike); already compiled.
+    times = harness.time_calls_interleaved(calls, rounds=rounds, warmup=0)
+    for i, row in enumerate(rows):
+        row["run_s"] = times[i]["mean"]
+        row["run_s_median"] = times[i]["median"]
+        row["run_s_worst"] = times[i]["worst"]
         row["compile_s"] = row["first_call_s"] - row["run_s"]
     # Peer: the first "dilated" row, range 1 (the plain 3x3 window).
     harness.ratio_table(rows, key="links", value="run_s", peer="dilated")
@@ -165,8 +163,9 @@ def main_range_curve(args):
         "One LatentCRF forward pass (3 inference steps, pairwise term only, "
         "no experts) on a batch of 8 latents of 32 x 32 x 4, compiled with "
         "`jit_compile=True` (`predict_on_batch`). `first_call_s`: the first "
-        "call (trace + compile + run); `run_s`: median of 5 interleaved "
-        "calls afterwards; `compile_s` = first - run. Ratios are to the "
+        "call (trace + compile + run); `run_s`: mean of 5 interleaved "
+        "calls afterwards (median and worst beside it); `compile_s` = "
+        "first - run (one first call each). Ratios are to the "
         "3x3 window (range 1). Dense windows above range 4 are left out "
         "(their compile time is the problem being solved). Measured on a "
         "shared, loaded 2-core machine: read the trend, not the digits."
@@ -420,8 +419,8 @@ def main(argv=None):
     start = time.perf_counter()
     backend = keras.backend.backend()
     log = {}
-    name = f"latent_crf_{backend}" + ("_quick" if args.quick else "")
-    name += f"_{args.tag}" if args.tag else ""
+    name = f"latent_crf_{backend}" + (f"_{args.tag}" if args.tag else "")
+    name += "_quick" if args.quick else ""  # (a temporary folder)
 
     images, labels = digits.load_digit_images(16)
     x_train, y_train, x_test, y_test = digits.split_digits(
@@ -541,19 +540,18 @@ def main(argv=None):
     fns = {m: pipe.sampler_for(m) for m in timed if m != tuned}
     if tuned in timed:
         fns[tuned] = _plain_sampler(pipe, keep, best_spacing, best_eta, 0)
-    for m in timed:  # compile the batch shape
-        harness.block(fns[m].predict_on_batch(batch))
-    times = {m: [] for m in timed}
-    for _ in range(7):
-        for m in timed:
-            t = time.perf_counter()
-            harness.block(fns[m].predict_on_batch(batch))
-            times[m].append(time.perf_counter() - t)
+    # The first call compiles the batch shape; then 7 rounds.
+    times = harness.time_calls_interleaved(
+        {m: (lambda f=fns[m]: f.predict_on_batch(batch)) for m in timed},
+        rounds=7,
+    )
     time_rows = [
         {
             "sampler": m,
             "denoiser_calls": fns[m].denoiser_calls,
-            "s_per_batch": float(np.median(times[m])),
+            "s_per_batch": times[m]["mean"],
+            "median_s": times[m]["median"],
+            "worst_s": times[m]["worst"],
         }
         for m in timed
     ]
@@ -731,8 +729,9 @@ def main(argv=None):
         "target) or s changes; `vs_full` / `vs_plain` give the FID-style / "
         "accuracy / Vendi comparison words (s = 2 and s = 6 are compared "
         "with the tuned spacing at their own call count). Wall time: "
-        f"compiled samplers (one jitted function each, batch {tb}), median "
-        "of 7 interleaved rounds. Sample grid (first seed): "
+        f"compiled samplers (one jitted function each, batch {tb}), "
+        "`s_per_batch` the mean of 7 interleaved rounds (median and worst "
+        "beside it). Sample grid (first seed): "
         f"`benchmarks/results/{name}.png`.",
     ]
     tables = {

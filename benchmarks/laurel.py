@@ -10,9 +10,10 @@ trained with the same data, token budget and recipe; >= 3 seeds):
     token budget where baseline-(N+1) *clearly* beats baseline-N.
 (b) at a tiny parameter cost (RW ~0.003%, LR ~+0.1% in LLMs): parameters
     added vs baseline-N, beside the cost of the extra layer.
-(c) step time +0% to +9%: median compiled `fit` step measured in
-    *interleaved* rounds (every model compiled first, then rounds of steps
-    per model in turn, order rotated), ratio to baseline-N.
+(c) step time +0% to +9%: mean compiled `fit` step (wall time / steps;
+    median and worst step beside it) measured in *interleaved* rounds
+    (every model compiled first, then rounds of steps per model in turn,
+    order rotated), ratio to baseline-N.
 
 Two experiments:
 
@@ -183,14 +184,7 @@ def schedule(lr, steps):
     """Linear warmup (10% of the steps) then cosine decay to 5% of `lr`:
     the same recipe for every row; the decay removes most of the
     final-iterate noise that a constant rate leaves between seeds."""
-    warmup = max(1, steps // 10)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0,
-        steps - warmup,
-        alpha=0.05,
-        warmup_target=lr,
-        warmup_steps=warmup,
-    )
+    return harness.warmup_cosine(lr, steps, warmup_fraction=0.1, floor=0.05)
 
 
 def run_rows(rows, build, data, seeds, *, steps, batch, lr, metric=None):
@@ -253,16 +247,19 @@ def run_rows(rows, build, data, seeds, *, steps, batch, lr, metric=None):
 
 
 def interleaved_step_times(rows, x, y, batch, rounds, steps_per_round):
-    """Adds `step_ms`, `step_ms_min` and `step_ms_ratio` (to baseline-N) to
-    every row: `harness.time_fit_interleaved` on the rows' already compiled
-    models (rounds of `steps_per_round` steps per model in turn)."""
+    """Adds `step_ms` (the mean step: wall time / steps), `step_ms_median`,
+    `step_ms_worst`, `step_ms_rounds` (each round's mean step) and
+    `step_ms_ratio` (mean to baseline-N's) to every row:
+    `harness.time_fit_interleaved` on the rows' already compiled models
+    (rounds of `steps_per_round` steps per model in turn)."""
     entries = {r["row"]: (r["model"], x, y, batch) for r in rows}
     times = harness.time_fit_interleaved(
         entries, rounds=rounds, steps_per_round=steps_per_round
     )
     for r in rows:
-        r["step_ms"] = 1e3 * times[r["row"]]["median"]
-        r["step_ms_min"] = 1e3 * times[r["row"]]["min"]
+        r["step_ms"] = 1e3 * times[r["row"]]["mean"]
+        r["step_ms_median"] = 1e3 * times[r["row"]]["median"]
+        r["step_ms_worst"] = 1e3 * times[r["row"]]["worst"]
         r["step_ms_rounds"] = [1e3 * t for t in times[r["row"]]["rounds"]]
     harness.ratio_table(rows, key="row", value="step_ms", peer=BASE)
 
@@ -345,6 +342,8 @@ def lm_experiment(args):
                 "params": r["params"],
                 "params added %": f"{r['params_added_pct']:.4f}",
                 "step ms": f"{r['step_ms']:.1f}",
+                "median ms": f"{r['step_ms_median']:.1f}",
+                "worst ms": f"{r['step_ms_worst']:.1f}",
                 "step time ratio": f"{r['step_ms_ratio']:.3f}",
                 "train state MiB": f"{r['train_state_mib']:.2f}",
             }
@@ -403,6 +402,8 @@ def digits_experiment(args):
                 "params": r["params"],
                 "params added %": f"{r['params_added_pct']:.4f}",
                 "step ms": f"{r['step_ms']:.2f}",
+                "median ms": f"{r['step_ms_median']:.2f}",
+                "worst ms": f"{r['step_ms_worst']:.2f}",
                 "step time ratio": f"{r['step_ms_ratio']:.3f}",
             }
         )
@@ -536,7 +537,7 @@ def claim_c(rows, what):
     else:
         word = "not reproduced"
     return (
-        f"{word} on {what} (interleaved medians, +1 layer "
+        f"{word} on {what} (interleaved mean steps, +1 layer "
         f"{deeper:.2f}x): {text}; within +9%: "
         f"{', '.join(inside) or 'none'}."
     )
@@ -548,11 +549,7 @@ def claim_c(rows, what):
 
 
 def plot(lm_rows, digit_rows, path, digit_metric="test error %"):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     panels = [p for p in (lm_rows, digit_rows) if p]
     fig, axes = plt.subplots(
         1, 2 * len(panels), figsize=(6 * len(panels) * 2, 4.5)
@@ -709,7 +706,7 @@ def main(argv=None):
         "'reproduced' = at least 2/3 of the LAuReL rows count, 'partly' = "
         f"at least one ({SCALED}, the init ablation, is not counted). (b) "
         "'reproduced' = RW < 0.05% and LR < 1/10 of the extra layer's cost."
-        " (c) 'reproduced' = every LAuReL row's interleaved median <= 1.09x "
+        " (c) 'reproduced' = every LAuReL row's interleaved mean step <= 1.09x "
         "baseline-N. (ablation) testable only if the softmax RW is worse "
         "than the additive RW by more than 2x their pooled seed std; "
         "'removed' = the scaled softmax is clearly better than the softmax "
@@ -734,8 +731,10 @@ def main(argv=None):
         "",
         "Step time: `harness.time_fit_interleaved` on the trained, compiled "
         f"models: {args.timing_rounds} rounds of {args.timing_steps} `fit` "
-        "steps per model in turn (order rotated each round), median per "
-        "model, ratio to baseline-N, same process. Each round includes one "
+        "steps per model in turn (order rotated each round); step ms = "
+        "total wall time / steps (mean step), median and worst of the "
+        "per-step times beside it; ratio of the means to baseline-N, same "
+        "process. Each round includes one "
         "`fit` call's fixed overhead, which pulls ratios towards 1.",
         "",
         f"Total wall time {time.time() - start:.0f} s.",

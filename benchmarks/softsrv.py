@@ -203,21 +203,19 @@ def throughput(lm, generator, prompts, max_length, rounds):
             [""] * batch, max_length=max_length, stop_token_ids=None
         )
 
-    soft(), bare()  # compile both first
-    times = {"softsrv_mc": [], "bare_lm": []}
-    for _ in range(rounds):
-        for name, fn in (("softsrv_mc", soft), ("bare_lm", bare)):
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times = harness.time_calls_interleaved(
+        {"softsrv_mc": soft, "bare_lm": bare}, rounds=rounds
+    )
     tokens = batch * (max_length - 1)
     rows = [
         {
             "generator": k,
-            "median_s": float(np.median(v)),
-            "tokens_per_s": tokens / float(np.median(v)),
+            "mean_s": t["mean"],
+            "median_s": t["median"],
+            "worst_s": t["worst"],
+            "tokens_per_s": tokens / t["mean"],
         }
-        for k, v in times.items()
+        for k, t in times.items()
     ]
     return harness.ratio_table(
         rows, key="generator", value="tokens_per_s", peer="bare_lm"

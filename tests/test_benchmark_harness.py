@@ -65,3 +65,112 @@ def test_grid_edge():
     assert harness.at_grid_edge([1e-3, 1e-2, 1e-1], 1e-1)
     assert not harness.at_grid_edge([1e-3, 1e-2, 1e-1], 1e-2)
     assert harness.at_grid_edge([1e-2], 1e-2)
+
+
+def test_step_summary_mean_is_wall_over_steps():
+    import numpy as np
+
+    # Nine cheap steps and one root step: the median hides the root step,
+    # the mean (what a user pays) and the worst show it.
+    steps = [0.01] * 9 + [0.11]
+    out = harness.step_summary(steps)
+    np.testing.assert_allclose(out["mean"], 0.02)
+    np.testing.assert_allclose(out["median"], 0.01)
+    np.testing.assert_allclose(out["worst"], 0.11)
+    # With the `fit` calls' wall time, the mean is wall / steps (the
+    # per-step callback misses the time between steps).
+    out = harness.step_summary(steps, wall_seconds=0.5, steps=10)
+    np.testing.assert_allclose(out["mean"], 0.05)
+
+
+def test_time_fit_interleaved_reports_mean_median_worst():
+    import keras
+    import numpy as np
+
+    entries = {}
+    for name, width in (("small", 4), ("large", 64)):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(width)])
+        model.compile(optimizer="sgd", loss="mse")
+        x = np.zeros((6, 8), "float32")
+        entries[name] = (model, x, np.zeros((6, width), "float32"), 2)
+    times = harness.time_fit_interleaved(entries, rounds=2, steps_per_round=3)
+    assert set(times) == {"small", "large"}
+    for t in times.values():
+        assert set(t) == {"mean", "median", "worst", "rounds"}
+        assert len(t["rounds"]) == 2
+        # The mean is the rounds' total wall time over their steps.
+        np.testing.assert_allclose(t["mean"], np.mean(t["rounds"]))
+        assert 0 < t["median"] <= t["worst"]
+
+
+def test_lr_grid_same_shape_around_each_default():
+    assert harness.lr_grid(3e-3) == [1e-3, 3e-3, 1e-2]
+    assert harness.lr_grid(1e-2) == [3e-3, 1e-2, 3e-2]
+    assert harness.lr_grid(1e-2, points=4) == [3e-3, 1e-2, 3e-2, 1e-1]
+    assert harness.lr_grid(1.0, points=5) == [0.1, 0.3, 1.0, 3.0, 10.0]
+    import pytest
+
+    with pytest.raises(ValueError, match="center=0.005"):
+        harness.lr_grid(5e-3)
+
+
+def test_tune_then_seeds_tunes_on_one_seed_and_flags_the_edge():
+    calls = []
+
+    def run(lr, seed):
+        calls.append((lr, seed))
+        return {"loss": (lr - 2.0) ** 2 + seed}
+
+    out = harness.tune_then_seeds(
+        [1.0, 2.0, 3.0], run, [5, 6, 7], score=lambda r: r["loss"]
+    )
+    assert out["best"] == 2.0 and not out["at_edge"]
+    # Tuned on the first seed; the tuning run of the best is reused.
+    assert calls == [(1.0, 5), (2.0, 5), (3.0, 5), (2.0, 6), (2.0, 7)]
+    assert [r["loss"] for r in out["results"]] == [5.0, 6.0, 7.0]
+    assert [v for v, _ in out["tuning"]] == [1.0, 2.0, 3.0]
+    # Ties go to the first value; a best at the edge is flagged; an
+    # explicit tuning seed outside `seeds` is tuned on but not reported.
+    calls.clear()
+    out = harness.tune_then_seeds(
+        [4.0, 5.0], run, [1], score=lambda r: 0.0, tune_seed=0
+    )
+    assert out["best"] == 4.0 and out["at_edge"]
+    assert calls == [(4.0, 0), (5.0, 0), (4.0, 1)]
+    assert len(out["results"]) == 1
+
+
+def test_pyplot_is_file_only():
+    plt = harness.pyplot()
+    import matplotlib
+
+    assert matplotlib.get_backend().lower() == "agg"
+    fig, _ = plt.subplots()
+    plt.close(fig)
+
+
+def test_time_calls_interleaved_rotates_and_summarises():
+    import numpy as np
+
+    order = []
+
+    def make(name):
+        def call():
+            order.append(name)
+            return np.zeros(2)
+
+        return call
+
+    times = harness.time_calls_interleaved(
+        {"a": make("a"), "b": make("b"), "c": make("c")}, rounds=3
+    )
+    # One warm-up call each, then rounds in an order rotated every round.
+    assert order == list("abc" + "abc" + "bca" + "cab")
+    for t in times.values():
+        assert len(t["rounds"]) == 3
+        np.testing.assert_allclose(t["mean"], np.mean(t["rounds"]))
+        assert t["worst"] == max(t["rounds"])
+    order.clear()
+    harness.time_calls_interleaved({"a": make("a")}, rounds=2, warmup=0)
+    assert order == ["a", "a"]

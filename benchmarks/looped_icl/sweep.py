@@ -412,11 +412,7 @@ def sweep_part(args):
 
 
 def _plot(args, sweep_rows, least, curves, shift_rows, forms):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(22, 4.8))
     colors = {f[0]: f"C{i}" for i, f in enumerate(FORMS)}
     ax = axes[0]

@@ -1,0 +1,5 @@
+"""`python -m benchmarks.shampoo`: see the package docstring."""
+
+from benchmarks.shampoo import main
+
+main()

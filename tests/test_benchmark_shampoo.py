@@ -1,0 +1,50 @@
+"""The Shampoo benchmark package's pure pieces (`benchmarks/shampoo/`)."""
+
+import numpy as np
+import pytest
+
+from benchmarks.shampoo import parse_args
+from benchmarks.shampoo.common import round_steps
+from benchmarks.shampoo.common import speed_row
+from benchmarks.shampoo.regression import final_loss
+from benchmarks.shampoo.regression import regression_problem
+
+
+def test_seeds_are_a_list_like_every_script():
+    assert parse_args([]).seeds == [0, 1, 2, 3, 4]
+    assert parse_args(["--seeds", "3"]).seeds == [3]
+    assert parse_args(["--seeds", "1", "2"]).seeds == [1, 2]
+    assert parse_args(["--quick", "--seeds", "7"]).seeds == [0, 1]
+
+
+def test_rounds_cover_whole_root_periods():
+    class Opt:
+        def __init__(self, f):
+            self.precondition_frequency = f
+
+    opts = {"adam": object(), "f10": Opt(10), "f100": Opt(100)}
+    assert round_steps(20, opts) == 100
+    assert round_steps(20, {"adam": object(), "f10": Opt(10)}) == 20
+    assert round_steps(3, {"f10": Opt(10)}) == 30
+
+
+def test_speed_row_ratios():
+    adam = {"mean": 1.0, "median": 0.9, "worst": 2.0, "rounds": [1.0, 1.0]}
+    root = {"mean": 3.0, "median": 1.8, "worst": 12.0, "rounds": [2.0, 4.0]}
+    row = speed_row("shampoo", root, {"Adam": adam})
+    assert row["mean_s"] == 3.0 and row["worst_s"] == 12.0
+    assert row["mean_vs_Adam"] == pytest.approx(3.0)
+    assert row["median_vs_Adam"] == pytest.approx(2.0)
+    assert row["worst_vs_Adam_mean"] == pytest.approx(12.0)
+    assert row["round_means_vs_Adam"] == pytest.approx([2.0, 4.0])
+
+
+def test_regression_problem_and_divergence():
+    h, x_star = regression_problem(5)
+    np.testing.assert_allclose(h, h.T, atol=1e-6)
+    eig = np.sort(np.linalg.eigvalsh(h.astype("float64")))[::-1]
+    np.testing.assert_allclose(eig, np.arange(1, 6) ** -2.0, rtol=1e-4)
+    assert x_star.shape == (5, 5)
+    assert final_loss([1.0, 0.5, 0.25]) == 0.25
+    assert final_loss([1.0, np.nan, 0.25]) == np.inf
+    assert final_loss([1.0, 2e3, 0.25]) == np.inf
