@@ -48,3 +48,16 @@ def test_regression_problem_and_divergence():
     assert final_loss([1.0, 0.5, 0.25]) == 0.25
     assert final_loss([1.0, np.nan, 0.25]) == np.inf
     assert final_loss([1.0, 2e3, 0.25]) == np.inf
+
+
+def test_regression_methods_use_the_current_argument_names():
+    import warnings
+
+    from benchmarks.shampoo.regression import REGRESSION_METHODS
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for make in REGRESSION_METHODS.values():
+            make(0.1)
+    renamed = [w for w in caught if "keras_gr" in str(w.message)]
+    assert not renamed, [str(w.message) for w in renamed]

@@ -1,6 +1,7 @@
 """Part 1, regression: the paper's quadratic, every method through its
 Keras optimizer, the learning rate tuned on a shared log grid (JAX)."""
 
+import inspect
 import time
 
 import keras
@@ -14,7 +15,18 @@ from keras_gr.optimizers import FullMatrixAdagrad
 from keras_gr.optimizers import OneSidedShampoo
 from keras_gr.optimizers import Shampoo
 
-THEORY = dict(beta1=0.0, beta2=1.0, grafting="none", precondition_frequency=1)
+
+def theory_settings():
+    """The paper's analysis setting for the Shampoo family: no momentum,
+    statistics summed (beta 2 = 1), no grafting, roots every step. Under
+    the optimizers' argument names: `beta_1` / `beta_2` since issue 30
+    (`beta1` / `beta2` before, still accepted with a warning)."""
+    params = inspect.signature(OneSidedShampoo.__init__).parameters
+    b1, b2 = ("beta_1", "beta_2") if "beta_1" in params else ("beta1", "beta2")
+    return {b1: 0.0, b2: 1.0, "grafting": "none", "precondition_frequency": 1}
+
+
+THEORY = theory_settings()
 
 REGRESSION_METHODS = {
     "one-sided Shampoo": lambda lr: OneSidedShampoo(lr, **THEORY),
@@ -127,7 +139,7 @@ def part_regression(args):
         meta=meta,
         notes=(
             "Every method is the Keras optimizer itself (theory settings "
-            "for the Shampoo family: no momentum, no grafting, beta2=1, "
+            "for the Shampoo family: no momentum, no grafting, beta_2=1, "
             "roots every step), its learning rate the best of the shared "
             "grid (`lr_at_grid_edge`: the best is the grid's smallest or "
             "largest value, so the method's best may lie outside it). Loss "
