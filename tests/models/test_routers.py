@@ -440,11 +440,18 @@ def _numpy_errors(kind, router, data, x):
         far = _nearest(x, data["val"], metric)[1]
         index = np.argsort(far, axis=1, kind="stable")[:, :VAL_PER_CLUSTER]
         return errors[index].mean(1), errors
-    if kind == "learned_map":
+    if kind.startswith("learned_map"):
         kernel, bias = router.get_weights()
-        phi_val = _softmax(data["val"] @ kernel + bias)
+
+        def phi(z):
+            z = np.asarray(z, "float64")
+            if metric == "cosine":
+                z = z / np.linalg.norm(z, axis=1, keepdims=True)
+            return _softmax(z @ kernel + bias)
+
+        phi_val = phi(data["val"])
         psi = phi_val.T @ errors / (phi_val.sum(0)[:, None] + 1e-6)
-        return _softmax(x @ kernel + bias) @ psi, psi
+        return phi(x) @ psi, psi
     mean = errors.mean(0, keepdims=True)  # zero
     return np.repeat(mean, len(x), axis=0), mean
 
@@ -454,6 +461,9 @@ GOLDEN = {
     "cluster_cosine": lambda: ClusterRouter(num_clusters=4, metric="cosine"),
     "knn_cosine": lambda: KNNRouter(
         num_neighbors=VAL_PER_CLUSTER, metric="cosine"
+    ),
+    "learned_map_cosine": lambda: LearnedMapRouter(
+        num_clusters=4, epochs=3, metric="cosine"
     ),
 }
 
@@ -536,6 +546,13 @@ def test_old_fit_keyword_form_warns():
         )
     np.testing.assert_array_equal(zero.mean_errors, [0.5, 1.0])
     assert zero.embedding_dim == 3
+    # Unused old arguments are dropped; unknown ones are still refused.
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError):
+        ZeroRouter().fit(
+            costs=[1.0],
+            validation_correctness=[[1.0]],
+            validation_embedings=[[0.0]],  # sic
+        )
 
 
 def test_keras_fit_keeps_its_meaning(data):

@@ -309,8 +309,9 @@ class Router(keras.Model):
         costs, model_names)` (recognised by those argument names, or by
         arrays among the third to fifth positional arguments) still fits
         the pool for one release: it warns (`DeprecationWarning`) and calls
-        `fit_pool` with the arguments this router uses (the others are
-        dropped, as the old form ignored them).
+        `fit_pool` with the old arguments this router uses (the others
+        are dropped, as the old form ignored them; an argument the old
+        form did not have is passed on, so `fit_pool` refuses it).
         """
         if not _is_pool_fit_call(args, kwargs):
             return super().fit(*args, **kwargs)
@@ -325,7 +326,13 @@ class Router(keras.Model):
         named = dict(zip(_POOL_FIT_ARGS, args))
         named.update(kwargs)
         used = inspect.signature(self.fit_pool).parameters
-        return self.fit_pool(**{k: v for k, v in named.items() if k in used})
+        return self.fit_pool(
+            **{
+                k: v
+                for k, v in named.items()
+                if k in used or k not in _POOL_FIT_ARGS
+            }
+        )
 
     def model_features_of(self, errors) -> np.ndarray:
         """The model features of validation errors, column by column.
