@@ -28,7 +28,8 @@ contexts of the training targets with perturbation 0.1 for SoftSRV).
   held-out questions (greedy answer after "Answer:"). "real" = fine-tuned
   on `n` real training samples; "none" = not fine-tuned.
 - Throughput: tokens/s of prompt-conditioned cached generation vs the bare
-  LM's `generate` (same batch, same length, no stop token), interleaved.
+  LM's `generate` (same batch, same length, no stop token), interleaved:
+  tokens over the mean call (median and worst call beside it).
 
 Run: `KERAS_BACKEND=jax python -m benchmarks.softsrv [--quick]
 [--frozen small|default] [--seeds 0 1 2 3 4] [--n N] [--train-steps T]`.
