@@ -6,8 +6,14 @@ Qwen, GPT-2: `laurel_retrofit`), a looped Gemma decoder
 (`PrefixCausalLM` with per-architecture adapters). Needs the `hub`
 extra (`pip install "keras-gr[hub]"`): `import keras_gr.hub` works without
 it, and using any name below then raises an ImportError naming the extra.
-Names are imported on first use (so `import keras_gr.hub` imports neither
-keras-hub nor TensorFlow). See ARCHITECTURE.md for where this sits.
+Where keras-hub is installed, `import keras_gr.hub` imports every name at
+once, so that its Keras-serializable classes are registered before a
+`.keras` file or preset that holds them is loaded. keras-hub in turn
+imports TensorFlow whenever TensorFlow is installed (its own
+`keras_hub.src.utils.tensor_utils`, whatever the Keras backend; the `hub`
+extra pulls TensorFlow in through keras-hub's `tensorflow-text`), so on
+JAX this namespace imports TensorFlow too: keras-hub allows no way
+around it. See ARCHITECTURE.md for where this sits.
 """
 
 from keras_gr import _imports

@@ -70,7 +70,8 @@ class PrefixLMAdapter:
     slot). `layer_schedule` (every layer once, in order, by default) says
     which decoder layers run, in which order: a looped backbone repeats
     indices, and the cache keeps one slot per application. The forward
-    pass itself (`forward`, through `run_decoder_layers`) is shared.
+    pass itself (`embed_sequence`, then `forward` through
+    `run_decoder_layers`) is shared.
     `max_sequence_length` bounds `t + L` for families with learned
     positions (`None`: no bound). Register one for a new family with
     `register_prefix_adapter`.
@@ -116,6 +117,13 @@ class PrefixLMAdapter:
         """Most positions (prefix included) the backbone can take, or
         `None` without a bound. Defaults to `None`."""
         return None
+
+    def embed_sequence(self, backbone, prefix, token_ids):
+        """`[prefix, embed_tokens(token_ids)]` (b, t + L, d): the prefix
+        (b, t, d), cast to the token embeddings' dtype, in front."""
+        tokens = self.embed_tokens(backbone, token_ids)
+        prefix = ops.cast(prefix, tokens.dtype)
+        return ops.concatenate([prefix, tokens], axis=1)
 
     def forward(
         self,
@@ -417,9 +425,7 @@ def prefix_lm_logits(
     check_prefix_positions(
         adapter, backbone, ops.shape(prefix)[1], ops.shape(token_ids)[1]
     )
-    tokens = adapter.embed_tokens(backbone, token_ids)
-    prefix = ops.cast(prefix, tokens.dtype)
-    x = ops.concatenate([prefix, tokens], axis=1)
+    x = adapter.embed_sequence(backbone, prefix, token_ids)
     mask = None
     if padding_mask is not None:
         batch = ops.shape(prefix)[0]
@@ -633,8 +639,7 @@ class PrefixCausalLM(keras.Model):
         padding_mask = inputs["padding_mask"]
         batch_size = ops.shape(token_ids)[0]
         t = ops.shape(prefix)[1]
-        tokens = self.adapter.embed_tokens(self.backbone, token_ids)
-        x = ops.concatenate([ops.cast(prefix, tokens.dtype), tokens], axis=1)
+        x = self.adapter.embed_sequence(self.backbone, prefix, token_ids)
         cache = ops.zeros(
             self.adapter.cache_shape(
                 self.backbone, batch_size, ops.shape(x)[1]
