@@ -5,6 +5,9 @@ keras-hub Gemma on offline text and caches the preset folder (locked,
 checked for completeness, keyed by arguments, corpus, recipe and library
 versions). `TINY_CONFIG` (tests), `SMALL_CONFIG` (the quickstart) and
 `DEFAULT_CONFIG` (examples, benchmarks) are ready-made argument sets.
+`build_llm_pool` trains the routing benchmark's pool of small looped LMs
+(`POOL_CONFIG`, `TINY_POOL_CONFIG`) into the same cache. Both builders
+print nothing unless `verbose` asks.
 See ARCHITECTURE.md at the repository root for where this sits.
 """
 
