@@ -57,8 +57,8 @@ from keras_gr.data import icl_regression_problems
 assert keras.backend.backend() == "jax"
 val = np.array([[0.0], [0.1], [5.0], [5.1]])
 correct = np.array([[1, 1], [1, 1], [0, 1], [0, 1]], "float32")
-router = KNNRouter(num_neighbors=2).fit(
-    None, validation_embeddings=val, validation_correctness=correct,
+router = KNNRouter(num_neighbors=2).fit_pool(
+    validation_embeddings=val, validation_correctness=correct,
     costs=[1.0, 3.0])
 routes = router.route(np.array([[0.05], [4.0]]), cost_weight=0.1)
 assert np.asarray(routes).tolist() == [0, 1], routes
