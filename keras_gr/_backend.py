@@ -135,3 +135,56 @@ def cond(pred, true_fn, false_fn):
     if concrete is None:
         return keras.ops.cond(pred, true_fn, false_fn)
     return true_fn() if concrete else false_fn()
+
+
+def process_count():
+    """Processes of a multi-process JAX run (`jax.process_count()`, after
+    `keras.distribution.initialize`); 1 on other backends."""
+    if keras.backend.backend() != "jax":
+        return 1
+    import jax
+
+    return jax.process_count()
+
+
+def process_index():
+    """This process's index in a multi-process JAX run (0 elsewhere)."""
+    if keras.backend.backend() != "jax":
+        return 0
+    import jax
+
+    return jax.process_index()
+
+
+def global_batch(local, layout, global_rows):
+    """The global array of a multi-process JAX run whose rows along the
+    batch dimension are every process's `local` NumPy rows, in process
+    order (`jax.make_array_from_process_local_data`): each process passes
+    only the rows it read, and `layout` (a `keras.distribution.TensorLayout`
+    of the global shape, `global_rows` rows) places them on its own
+    devices."""
+    import jax
+
+    shape = (global_rows,) + tuple(local.shape[1:])
+    return jax.make_array_from_process_local_data(
+        layout.backend_layout, local, shape
+    )
+
+
+def allgather(value):
+    """Every process's NumPy `value` (the same shape and dtype on every
+    process), stacked along a new leading axis of length
+    `process_count()`, on every process
+    (`jax.experimental.multihost_utils.process_allgather`); `value[None]`
+    in a single process. The bytes travel as `uint8`, so float64 and
+    64-bit integers arrive exactly (JAX without x64 would narrow them)."""
+    import numpy as np
+
+    value = np.ascontiguousarray(value)
+    if process_count() == 1:
+        return value[None]
+    from jax.experimental import multihost_utils
+
+    raw = value.reshape(-1).view(np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(raw, tiled=False))
+    return gathered.view(value.dtype).reshape((-1,) + value.shape)

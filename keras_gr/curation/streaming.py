@@ -12,14 +12,16 @@ seeding, and `O(k d)` statistics, whatever the stream's length.
 
 Fitting a stream (every choice stated):
 
-1. **Seeding pass.** One pass draws a uniform reservoir sample (Vitter's
-   Algorithm R; its own generator seeded with `[seed, 1]`) of at most
-   `sample_size` rows, counts the rows and accumulates the per-feature
-   mean and variance in float64 (for the variance-scaled tolerance, as the
-   in-memory fit). k-means++ (`kmeans_plusplus`, the same uniforms as the
-   in-memory fit) then seeds from the reservoir. While the stream has at
-   most `sample_size` rows the reservoir is the data itself, in order, so
-   the seeding is exactly the in-memory one.
+1. **Seeding pass.** One pass draws a uniform sample of at most
+   `sample_size` rows (a bottom-`s` sample: the rows of smallest
+   `row_keys`, a seeded hash of each row's bytes, so the sample does not
+   depend on how the stream is cut into batches or shards), counts the
+   rows and accumulates the per-feature mean and variance in float64
+   (for the variance-scaled tolerance, as the in-memory fit). k-means++
+   (`kmeans_plusplus`, the same uniforms as the in-memory fit) then seeds
+   from the sample. While the stream has at most `sample_size` rows the
+   sample is the data itself, in order, so the seeding is exactly the
+   in-memory one.
 2. **Full Lloyd** (`batch_size=None`): each pass assigns every batch with
    one compiled program (`lloyd_statistics`) and accumulates per-centroid
    sums and counts (float64 on the host) and the `k` points farthest from
@@ -51,6 +53,25 @@ replicated. The batch row count is rounded up to a multiple of the number
 of devices. The result equals the one-device result up to float summation
 order. The sharded path is JAX-only: on TensorFlow a set distribution is
 refused with a clear error (the streamed path itself runs on both).
+
+**Several processes** (JAX, after `keras.distribution.initialize`, e.g.
+one process per host of a TPU slice, or CPU processes with gloo
+collectives): every process runs the same script with the distribution
+over all devices (`DataParallel(devices=keras.distribution.list_devices())`)
+and passes `fit` only ITS OWN shard of the stream (e.g. file `i` of `N`
+by `jax.process_index()`). Each compiled step takes the global batch made
+of every process's padded batch (`keras_gr._backend.global_batch`:
+`jax.make_array_from_process_local_data`), so the statistics are reduced
+over all processes by XLA and every process takes the same decisions.
+The seeding pass all-gathers the row counts, float64 sums and local
+samples (the bottom-`s` samples merge exactly), so the fit equals the
+one-process fit on the shards read one after the other (process order)
+up to float summation order; processes whose shard has fewer batches run
+empty (masked) steps so that all run the same program as often. Every
+shard must be non-empty. Mini-batch steps then take `batch_size` rows
+from every process (a global batch of `processes * batch_size` rows, so
+not the one-process steps). `predict` and `transform` run on each
+process's own devices, without collectives, on its own shard.
 """
 
 import functools
@@ -227,8 +248,8 @@ def compiled(kind, backend, **static):
 
 
 def num_devices():
-    """Devices of the set distribution (1 without one). Refuses a set
-    distribution on a backend other than JAX."""
+    """Devices of the set distribution (1 without one), over all
+    processes. Refuses a set distribution on a backend other than JAX."""
     distribution = keras.distribution.distribution()
     if distribution is None:
         return 1
@@ -243,16 +264,22 @@ def num_devices():
 
 
 def padded_rows(batch_size, k):
-    """The fixed row count of every compiled batch: at least `k` (for the
-    farthest-point search), rounded up to a multiple of the devices."""
-    devices = num_devices()
+    """The fixed row count of every compiled batch of this process: at
+    least `k` (for the farthest-point search), rounded up to a multiple of
+    this process's devices."""
+    devices = num_devices() // _backend.process_count()
     rows = max(batch_size, k)
     return int(math.ceil(rows / devices) * devices)
 
 
-def to_device(batch, rows):
+def to_device(batch, rows, local=False):
     """`(x, mask)` tensors of `rows` rows (zero-padded), laid out along the
-    distribution's batch dimension when one is set."""
+    distribution's batch dimension when one is set. In a multi-process
+    run each process passes its own rows and the tensors are the global
+    batch of every process's `rows` rows, in process order; with
+    `local=True` they stay on this process (no distribution, no
+    collective: for `predict` / `transform`, where every process labels
+    its own shard)."""
     n = len(batch)
     if n < rows:
         batch = np.concatenate(
@@ -260,8 +287,17 @@ def to_device(batch, rows):
         )
     mask = np.arange(rows) < n
     distribution = keras.distribution.distribution()
-    if distribution is None:
+    processes = _backend.process_count()
+    if distribution is None or (local and processes > 1):
         return ops.convert_to_tensor(batch), ops.convert_to_tensor(mask)
+    if processes > 1:
+        total = rows * processes
+        return tuple(
+            _backend.global_batch(
+                a, distribution.get_data_layout((total,) + a.shape[1:]), total
+            )
+            for a in (batch, mask)
+        )
     x = keras.distribution.distribute_tensor(
         batch, distribution.get_data_layout(batch.shape)
     )
@@ -271,39 +307,110 @@ def to_device(batch, rows):
     return x, m
 
 
-def seeding_pass(stream, sample_size, seed):
-    """One pass: `(reservoir (s, d), rows, mean per-feature variance)`.
+def row_keys(batch, seed):
+    """A pseudo-random uint64 key per row, a function of the row's bytes
+    and `seed` only (not of its position): the row's float32 values read
+    as 64-bit words (a zero column appended to an odd width), a seeded
+    linear hash of the words modulo 2^64 (odd multipliers), mixed by the
+    SplitMix64 finaliser. Integer arithmetic, so exact on every process.
+    Identical rows share a key."""
+    batch = np.ascontiguousarray(batch, "float32")
+    if batch.shape[1] % 2:
+        batch = np.pad(batch, ((0, 0), (0, 1)))
+    words = batch.view(np.uint64)
+    multipliers = np.random.default_rng([seed, 2]).integers(
+        1, 2**63, size=words.shape[1], dtype=np.uint64
+    ) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        h = words @ multipliers
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h
 
-    Algorithm R, vectorised per batch: row `i >= s` (0-based, global)
-    replaces slot `j ~ U{0..i}` when `j < s`; within a batch, a later row
-    drawing the same slot wins, as in the sequential algorithm.
+
+def _smallest(keys, rows, size):
+    """The `size` entries of smallest key (all, in order, when there are
+    fewer)."""
+    if len(keys) <= size:
+        return keys, rows
+    keep = np.argpartition(keys, size - 1)[:size]
+    return keys[keep], rows[keep]
+
+
+def seeding_pass(stream, sample_size, seed):
+    """One pass: `(sample (s, d), rows, mean per-feature variance,
+    batches)`, over every process of a multi-process run.
+
+    The sample is a bottom-`s` sample: the `s` rows of smallest
+    `row_keys` (a uniform sample without replacement of the distinct
+    rows; copies of one row share a key, so they enter together), in key
+    order. Because a key depends on the row only, the processes' local
+    samples merge into exactly the sample one process reading all the
+    shards would draw, which is what makes a multi-process fit equal the
+    one-process fit: the keys are all-gathered (8 bytes per sampled row
+    and process), every process picks the same `s` smallest, and only
+    those rows are all-gathered.
+    A stream of at most `s` rows in all is its own sample, in stream order
+    (processes in order), so the seeding is then the in-memory one.
+    `rows`, the variance (float64 sums) and `batches` (the most batches
+    any process read: every process then runs that many compiled steps
+    per pass, padding with empty batches) are all-reduced too.
     """
-    rng = np.random.default_rng([seed, 1])
-    reservoir = None
-    filled = 0
-    total = None
-    total_sq = None
-    rows = 0
+    d = None
+    keys = np.zeros(0, np.uint64)
+    sample = None
+    rows = batches = 0
     for offset, batch in stream:
-        if reservoir is None:
-            reservoir = np.empty((sample_size, batch.shape[1]), "float32")
-            total = np.zeros(batch.shape[1], "float64")
-            total_sq = np.zeros(batch.shape[1], "float64")
-        total += batch.sum(axis=0, dtype="float64")
-        total_sq += np.square(batch, dtype="float64").sum(axis=0)
+        if sample is None:
+            d = batch.shape[1]
+            sample = np.zeros((0, d), "float32")
+            totals = np.zeros((2, d), "float64")
+        totals[0] += batch.sum(axis=0, dtype="float64")
+        totals[1] += np.square(batch, dtype="float64").sum(axis=0)
         rows = offset + len(batch)
-        take = min(sample_size - filled, len(batch))
-        reservoir[filled : filled + take] = batch[:take]
-        filled += take
-        rest = batch[take:]
-        if len(rest):
-            index = offset + take + np.arange(len(rest))
-            slots = rng.integers(0, index + 1)
-            keep = slots < sample_size
-            reservoir[slots[keep]] = rest[keep]
-    mean = total / rows
-    variance = np.maximum(total_sq / rows - np.square(mean), 0.0)
-    return reservoir[:filled], rows, float(np.mean(variance))
+        batches += 1
+        keys, sample = _smallest(
+            np.concatenate([keys, row_keys(batch, seed)]),
+            np.concatenate([sample, batch]),
+            sample_size,
+        )
+    # Every process: its counts, totals and sample keys, all-gathered;
+    # then only the rows of the merged sample travel.
+    mine = _backend.process_index()
+    counts = _backend.allgather(
+        np.array([rows, batches, len(keys), d], "int64")
+    )
+    if len(set(counts[:, 3].tolist())) > 1:
+        raise ValueError(
+            "Every process must stream rows of the same width. Received "
+            f"widths {counts[:, 3].tolist()} (process order)"
+        )
+    totals = _backend.allgather(totals).sum(axis=0)
+    sizes = counts[:, 2].astype(int)
+    gathered = _backend.allgather(np.pad(keys, (0, sample_size - len(keys))))
+    all_keys = np.concatenate([g[:n] for g, n in zip(gathered, sizes)])
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    local_index = np.concatenate([np.arange(n) for n in sizes])
+    rows = int(counts[:, 0].sum())
+    # Stream order (process, then local order) while everything fits;
+    # else the smallest keys, in key order.
+    chosen = np.arange(len(all_keys))
+    if rows > sample_size:
+        chosen = np.argpartition(all_keys, sample_size - 1)[:sample_size]
+        chosen = chosen[np.argsort(all_keys[chosen], kind="stable")]
+    per_process = np.bincount(owner[chosen], minlength=len(sizes))
+    send = sample[local_index[chosen[owner[chosen] == mine]]]
+    send = np.pad(send, ((0, per_process.max() - len(send)), (0, 0)))
+    received = _backend.allgather(send)
+    merged = np.empty((len(chosen), d), "float32")
+    for process, count in enumerate(per_process):
+        merged[owner[chosen] == process] = received[process][:count]
+    mean = totals[0] / rows
+    variance = np.maximum(totals[1] / rows - np.square(mean), 0.0)
+    return merged, rows, float(np.mean(variance)), int(counts[:, 1].max())
 
 
 def _farthest(far_dist, far_points, new_dist, new_points, k):
@@ -314,9 +421,11 @@ def _farthest(far_dist, far_points, new_dist, new_points, k):
     return dist[order], points[order]
 
 
-def lloyd_pass(stream, centroids, rows):
+def lloyd_pass(stream, centroids, rows, batches=0):
     """One full pass: float64 `(sums, counts, inertia)` and the `k`
-    farthest points."""
+    farthest points; at least `batches` compiled steps (empty, masked
+    batches after the stream's own: every process of a multi-process run
+    must run as many)."""
     k, d = centroids.shape
     fn = compiled("statistics", keras.backend.backend())
     c = ops.convert_to_tensor(centroids)
@@ -325,7 +434,8 @@ def lloyd_pass(stream, centroids, rows):
     inertia = 0.0
     far_dist = np.full(0, -1.0, "float32")
     far_points = np.zeros((0, d), "float32")
-    for _, batch in stream:
+    empty = np.zeros((0, d), "float32")
+    for batch in _then_empty(stream, batches, empty):
         out = fn(*to_device(batch, rows), c)
         s, n, e, fd, fp = (ops.convert_to_numpy(v) for v in out)
         sums += s
@@ -333,6 +443,16 @@ def lloyd_pass(stream, centroids, rows):
         inertia += float(e)
         far_dist, far_points = _farthest(far_dist, far_points, fd, fp, k)
     return sums, counts, inertia, far_points
+
+
+def _then_empty(stream, batches, empty):
+    """The stream's batches, then `empty` until `batches` in all."""
+    count = 0
+    for _, batch in stream:
+        count += 1
+        yield batch
+    for _ in range(batches - count):
+        yield empty
 
 
 def lloyd_update(centroids, sums, counts, far_points, spherical):
@@ -362,7 +482,9 @@ def fit_stream(kmeans, data):
             "callable returning a fresh iterable."
         )
     sample_size = kmeans.sample_size or max(40 * k, 10_000)
-    reservoir, rows, variance = seeding_pass(stream, sample_size, kmeans.seed)
+    reservoir, rows, variance, batches = seeding_pass(
+        stream, sample_size, kmeans.seed
+    )
     if k > rows:
         raise ValueError(
             "`num_clusters` must be at most the number of points. "
@@ -385,7 +507,9 @@ def fit_stream(kmeans, data):
             iterations = 0
             shift = np.inf
             while iterations < kmeans.max_iter and shift > tolerance:
-                sums, counts, _, far = lloyd_pass(stream, centroids, lloyd_rows)
+                sums, counts, _, far = lloyd_pass(
+                    stream, centroids, lloyd_rows, batches
+                )
                 new = lloyd_update(centroids, sums, counts, far, spherical)
                 shift = float(np.sum(np.square(new - centroids)))
                 centroids = new
@@ -404,7 +528,7 @@ def fit_stream(kmeans, data):
                     if iterations == kmeans.max_iter:
                         break
             centroids = ops.convert_to_numpy(c).astype("float32")
-        _, _, inertia, _ = lloyd_pass(stream, centroids, lloyd_rows)
+        _, _, inertia, _ = lloyd_pass(stream, centroids, lloyd_rows, batches)
         if best is None or inertia < best[1]:
             best = (centroids, inertia, iterations)
     kmeans.centroids, kmeans.inertia, kmeans.iterations = best
@@ -459,7 +583,7 @@ def predict_stream(kmeans, data, labels_path=None, distances_path=None):
     dists = NpyWriter(distances_path, "float32") if distances_path else None
     stream = Stream(data, kmeans.stream_batch_size, "x", spherical)
     for _, batch in _checked_width(stream, kmeans):
-        lab, dist = fn(to_device(batch, rows)[0], c)
+        lab, dist = fn(to_device(batch, rows, local=True)[0], c)
         lab = ops.convert_to_numpy(lab)[: len(batch)]
         if labels_path:
             labels.write(lab)
@@ -486,7 +610,7 @@ def transform_stream(kmeans, data, path=None):
         data, kmeans.stream_batch_size, "x", kmeans.metric == "cosine"
     )
     for _, batch in _checked_width(stream, kmeans):
-        d = ops.convert_to_numpy(fn(to_device(batch, rows)[0], c))
+        d = ops.convert_to_numpy(fn(to_device(batch, rows, local=True)[0], c))
         d = d[: len(batch)]
         if path:
             out.write(d)
