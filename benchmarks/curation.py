@@ -18,13 +18,9 @@ docstrings), and the k-means against scikit-learn:
   at 20k x 64, k = 64 (n_init = 1 each), wall time in interleaved rounds
   after one warm-up fit on other data, fresh data of the same shape for
   every round (a warm refit of one array would hide compile costs).
-- `--part stream`: the streamed k-means (issue 27): peak resident memory
-  of a streamed fit at 200k / 1M / 2M rows x 64 (k = 256, batches of
-  65,536; each size in a fresh process, rows generated batch by batch so
-  nothing but the fit holds them); wall time and objective against
-  scikit-learn `MiniBatchKMeans.partial_fit` over the same stream and
-  `faiss.Kmeans` at the same number of passes, fresh data per round,
-  interleaved; 8 virtual JAX devices against 1 (equality, time ratio).
+- `--part stream`: the streamed k-means at corpus scale, in
+  `benchmarks.curation_stream` (peak memory, against scikit-learn and faiss
+  at the same number of passes, 8 devices against 1).
 
 Run: `KERAS_BACKEND=jax python -m benchmarks.curation [--part ...]`.
 """
@@ -36,6 +32,7 @@ import time
 
 import numpy as np
 
+from benchmarks import curation_stream
 from benchmarks import harness
 
 
@@ -325,7 +322,9 @@ def run_measures(args):
         tables["Curation quality (validation loss, mean over seeds)"] = quality
     notes = _verdicts(rows, quality, len(args.seeds))
     name = f"curation_{harness.environment()['backend']}"
-    text = harness.write_results(name, tables, meta=meta, notes=notes)
+    text = harness.write_results(
+        name, tables, meta=meta, notes=notes, sources=curation_stream.sources()
+    )
     _plot(rows, quality, harness.result_path(name, ".png"))
     print(text)
 
@@ -433,333 +432,13 @@ def run_kmeans(args):
     }
     print(
         harness.write_results(
-            name, {"k-means, 20k x 64, k = 64": rows}, meta=meta, notes=notes
+            name,
+            {"k-means, 20k x 64, k = 64": rows},
+            meta=meta,
+            notes=notes,
+            sources=curation_stream.sources(),
         )
     )
-
-
-STREAM_DIM = 64
-STREAM_K = 256
-STREAM_BATCH = 65536
-
-
-def stream_batches(rows, seed, batch=STREAM_BATCH, dim=STREAM_DIM):
-    """A callable giving a fresh iterator over `rows` rows of a mixture of
-    `STREAM_K` Gaussians in `dim` dimensions, generated batch by batch
-    (the same rows on every pass; nothing holds the whole set)."""
-    centres = np.random.default_rng([seed, 0]).normal(
-        scale=3.0, size=(STREAM_K, dim)
-    )
-
-    def batches():
-        for i, start in enumerate(range(0, rows, batch)):
-            rng = np.random.default_rng([seed, 1, i])
-            n = min(batch, rows - start)
-            which = rng.integers(0, STREAM_K, n)
-            x = centres[which] + rng.normal(size=(n, dim))
-            yield x.astype("float32")
-
-    return batches
-
-
-def inertia_of(centroids, batches):
-    """Sum of squared distances to the nearest centroid (NumPy, float64
-    accumulation), the one objective every method is scored by."""
-    c = np.asarray(centroids, "float32")
-    c2 = (c * c).sum(1)
-    total = 0.0
-    for x in batches():
-        d = (x * x).sum(1)[:, None] - 2 * x @ c.T + c2[None]
-        total += float(np.maximum(d.min(1), 0).sum(dtype="float64"))
-    return total
-
-
-def _child(spec):
-    """Runs in a fresh process: `rss:<rows>` or `devices:<rows>`."""
-    import json
-
-    from keras_gr.curation import KMeans
-
-    kind, rows = spec.split(":")
-    rows = int(rows)
-    if kind == "rss":
-        base = harness.peak_rss_mib()
-        km = KMeans(
-            STREAM_K, max_iter=2, tolerance=0.0, stream_batch_size=STREAM_BATCH
-        )
-        t0 = time.perf_counter()
-        km.fit(stream_batches(rows, seed=7))
-        result = {
-            "rows": rows,
-            "peak_rss_mib": harness.peak_rss_mib(),
-            "rss_before_fit_mib": base,
-            "fit_s": time.perf_counter() - t0,
-            "array_mib": rows * STREAM_DIM * 4 / 2**20,
-        }
-    else:
-        import keras
-
-        def fit(seed):
-            km = KMeans(
-                STREAM_K,
-                max_iter=3,
-                tolerance=0.0,
-                stream_batch_size=STREAM_BATCH // 4,
-                seed=0,
-            )
-            t0 = time.perf_counter()
-            km.fit(stream_batches(rows, seed, batch=STREAM_BATCH // 4))
-            return km, time.perf_counter() - t0
-
-        fit(100)  # compile (one device)
-        devices = keras.distribution.list_devices()
-        dp = keras.distribution.DataParallel(devices=devices)
-        keras.distribution.set_distribution(dp)
-        fit(100)  # compile (eight devices)
-        keras.distribution.set_distribution(None)
-        times = {"1 device": [], f"{len(devices)} devices": []}
-        diffs = []
-        for r in range(3):
-            keras.distribution.set_distribution(None)
-            one, t_one = fit(r)
-            keras.distribution.set_distribution(dp)
-            many, t_many = fit(r)
-            keras.distribution.set_distribution(None)
-            times["1 device"].append(t_one)
-            times[f"{len(devices)} devices"].append(t_many)
-            diffs.append(float(np.abs(one.centroids - many.centroids).max()))
-        result = {
-            "rows": rows,
-            "devices": len(devices),
-            "max_centroid_diff": max(diffs),
-            "median_s": {k: float(np.median(v)) for k, v in times.items()},
-        }
-    print("RESULT " + json.dumps(result))
-
-
-def _run_child(spec, devices=1):
-    import json
-    import subprocess
-    import sys
-
-    env = dict(os.environ)
-    if devices > 1:
-        env["KERAS_BACKEND"] = "jax"
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.curation", "--child", spec],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT ") :])
-
-
-def _time_stream_methods(args):
-    import faiss
-    from sklearn.cluster import MiniBatchKMeans
-
-    from keras_gr.curation import KMeans
-
-    rows, passes = args.stream_rows, args.passes
-
-    def ours(batches, seed):
-        km = KMeans(
-            STREAM_K,
-            max_iter=passes,
-            tolerance=0.0,
-            stream_batch_size=STREAM_BATCH,
-            seed=seed,
-        ).fit(batches)
-        return km.centroids
-
-    def sklearn(batches, seed):
-        mb = MiniBatchKMeans(STREAM_K, random_state=seed, n_init=1)
-        for _ in range(passes):
-            for x in batches():
-                mb.partial_fit(x)
-        return mb.cluster_centers_
-
-    def faiss_kmeans(batches, seed):
-        x = np.concatenate(list(batches()))  # faiss needs the array
-        km = faiss.Kmeans(
-            STREAM_DIM,
-            STREAM_K,
-            niter=passes,
-            seed=seed + 1,
-            max_points_per_centroid=rows,
-        )
-        km.train(x)
-        return km.centroids
-
-    methods = {
-        "keras_gr KMeans (streamed full Lloyd)": ours,
-        "sklearn MiniBatchKMeans.partial_fit": sklearn,
-        "faiss.Kmeans (in memory)": faiss_kmeans,
-    }
-    ours(stream_batches(rows, seed=999), 0)  # compile once per shape
-    times = {k: [] for k in methods}
-    objective = {k: [] for k in methods}
-    for r in range(args.stream_rounds):
-        batches = stream_batches(rows, seed=r)  # fresh data every round
-        names = list(methods) if r % 2 == 0 else list(methods)[::-1]
-        for name in names:
-            t0 = time.perf_counter()
-            centroids = methods[name](batches, r)
-            times[name].append(time.perf_counter() - t0)
-            objective[name].append(inertia_of(centroids, batches))
-    rows_out = []
-    for name in methods:
-        rows_out.append(
-            {
-                "method": name,
-                "median_s": float(np.median(times[name])),
-                "worst_s": float(np.max(times[name])),
-                "mean_objective": float(np.mean(objective[name])),
-            }
-        )
-    for peer in ("sklearn MiniBatchKMeans.partial_fit",):
-        harness.ratio_table(rows_out, key="method", value="median_s", peer=peer)
-        harness.ratio_table(
-            rows_out, key="method", value="mean_objective", peer=peer
-        )
-    return rows_out
-
-
-MULTI_HOST_NOTE = """## Multi-host TPU slices and a 1B-document pool (on paper)
-
-**What runs today.** The streamed fit runs on one process on JAX and
-TensorFlow; under `keras.distribution.DataParallel` on JAX each padded batch
-is laid out along the devices of that process's mesh and XLA all-reduces the
-per-centroid sums, counts and inertia (tested on 8 virtual CPU devices:
-equal to one device within 1e-5). **Not done**: the two-process (gloo)
-test, and feeding each process its own shard of the stream: the code builds
-each batch from host-local rows with `keras.distribution.distribute_tensor`,
-which assumes every process holds the whole batch.
-
-**How the same script would run on a multi-host TPU slice.** Every host runs
-the same script; it calls `keras.distribution.initialize()` (which calls
-`jax.distributed.initialize`, from the TPU environment) before anything
-else, then sets `DataParallel(devices=keras.distribution.list_devices())`
-over all chips of the slice, and reads only its own shard of the pool (file
-`i` of `N` by `jax.process_index()`). The missing piece is to assemble each
-global batch from the per-host batches
-(`jax.make_array_from_process_local_data`, wrapped in `keras_gr/_backend.py`)
-and to merge the per-host reservoirs for seeding (gather them to every host,
-as the seeding sample is small); the Lloyd statistics are then all-reduced
-over the slice by the same compiled program, and every host takes the same
-stopping decision from the same reduced shift.
-
-**Cost of a 1B-document pool** (d = 768 float32, k = 10,000, H hosts):
-- passes over the embeddings: 1 (seeding: reservoir, row count, variance) +
-  L Lloyd passes (L = `max_iter`, typically 10-20; or `max_iter` mini-batch
-  steps) + 1 (final inertia) + 1 (`predict` to the labels file) = L + 3;
-  the dedup reads each embedding once more (gathered by cluster), the
-  balanced selection reads only the labels (4 bytes per row) twice;
-- data per host: 3.07 TB / H of embeddings on disk (768 x 4 bytes x 1B),
-  streamed, never resident;
-- memory per host: one batch (b x d floats: 65,536 x 768 x 4 = 201 MB) and
-  its distance matrix (b x k floats: 2.6 GB at k = 10,000; lower b to fit),
-  the statistics (k x d float64: 61 MB), the reservoir (`sample_size` x d:
-  the default `max(40 k, 10000)` = 400,000 rows = 1.2 GB, could be
-  lowered), and for the dedup the largest cluster's rows (about n / k x d x
-  4 bytes: 0.3 GB for balanced clusters) plus 2048 x 2048 similarity tiles;
-  the dedup's scratch file holds 8 bytes per row (8 GB / H on disk).
-None of these grows with the pool except the disk files.
-"""
-
-
-def run_stream(args):
-    import keras
-
-    backend = keras.backend.backend()
-    rss = [_run_child(f"rss:{rows}") for rows in args.rss_rows]
-    timing = _time_stream_methods(args)
-    devices = None
-    if backend == "jax":
-        devices = _run_child(f"devices:{args.device_rows}", devices=8)
-    rss_rows = [
-        {
-            "rows": r["rows"],
-            "peak_rss_mib": r["peak_rss_mib"],
-            "in_memory_array_mib": r["array_mib"],
-            "fit_s (2 Lloyd passes + 2)": r["fit_s"],
-        }
-        for r in rss
-    ]
-    flat = rss[-1]["peak_rss_mib"] / rss[0]["peak_rss_mib"]
-    by = {r["method"]: r for r in timing}
-    ours = by["keras_gr KMeans (streamed full Lloyd)"]
-    sk = by["sklearn MiniBatchKMeans.partial_fit"]
-    fa = by["faiss.Kmeans (in memory)"]
-    lines = [
-        "## Verdicts\n",
-        "Measured on a 2-core machine shared with other jobs (timings are "
-        "noisy; ratios come from interleaved rounds in one process).\n",
-        "- *Peak memory flat* (2M within 1.2x of 200k): "
-        + ("**yes**" if flat <= 1.2 else "**no**")
-        + f" ({flat:.2f}x; the in-memory 2M x 64 array alone would be "
-        f"{rss[-1]['array_mib']:.0f} MiB).",
-        "- *Faster than scikit-learn at an objective no worse*: "
-        + (
-            "**yes**"
-            if ours["median_s"] < sk["median_s"]
-            and ours["mean_objective"] <= sk["mean_objective"]
-            else "**no**"
-        )
-        + f" (time {ours['median_s'] / sk['median_s']:.2f}x, objective "
-        f"{ours['mean_objective'] / sk['mean_objective']:.4f}x).",
-        "- *Within 2x of faiss, objective within 1%*: "
-        + (
-            "**yes**"
-            if ours["median_s"] <= 2 * fa["median_s"]
-            and ours["mean_objective"] <= 1.01 * fa["mean_objective"]
-            else "**no**"
-        )
-        + f" (time {ours['median_s'] / fa['median_s']:.2f}x faiss, objective "
-        f"{ours['mean_objective'] / fa['mean_objective']:.4f}x).",
-    ]
-    tables = {
-        "Peak RSS of a streamed fit (k = 256, d = 64, batches of 65,536)": (
-            rss_rows
-        ),
-        f"{args.stream_rows:,} x 64, k = 256, {args.passes} passes": timing,
-    }
-    if devices is not None:
-        names = list(devices["median_s"])
-        ratio = devices["median_s"][names[1]] / devices["median_s"][names[0]]
-        tables[
-            f"8 virtual CPU devices vs 1 ({args.device_rows:,} x 64, k = 256)"
-        ] = [
-            {"devices": name, "median_s": value}
-            for name, value in devices["median_s"].items()
-        ]
-        lines.append(
-            "- *8 virtual devices equal 1*: "
-            + ("**yes**" if devices["max_centroid_diff"] < 1e-4 else "**no**")
-            + f" (largest centroid difference "
-            f"{devices['max_centroid_diff']:.2g}); time ratio {ratio:.2f}x "
-            "(8 devices / 1): the 8 virtual devices share the same 2 cores, "
-            "so this ratio predicts nothing about real devices (why it is "
-            "not 1 on this machine was not investigated)."
-        )
-    meta = {
-        "dim": STREAM_DIM,
-        "k": STREAM_K,
-        "batch": STREAM_BATCH,
-        "passes": args.passes,
-        "rounds": args.stream_rounds,
-        "rss_rows": args.rss_rows,
-        "stream_rows": args.stream_rows,
-        "passes_note": "ours: 1 seeding pass + passes Lloyd + 1 inertia "
-        "pass; sklearn: passes x partial_fit over the stream; faiss: "
-        "niter = passes on the whole array",
-    }
-    name = f"curation_stream_{backend}" + ("_quick" if args.quick else "")
-    notes = "\n".join(lines) + "\n\n" + MULTI_HOST_NOTE
-    print(harness.write_results(name, tables, meta=meta, notes=notes))
 
 
 def rewrite_report():
@@ -776,7 +455,13 @@ def rewrite_report():
     quality = tables.get("Curation quality (validation loss, mean over seeds)")
     notes = _verdicts(rows, quality, len(payload["meta"]["seeds"]))
     print(
-        harness.write_results(name, tables, meta=payload["meta"], notes=notes)
+        harness.write_results(
+            name,
+            tables,
+            meta=payload["meta"],
+            notes=notes,
+            sources=curation_stream.sources(),
+        )
     )
 
 
@@ -795,26 +480,10 @@ def main():
     parser.add_argument("--vocabulary-size", type=int, default=2048)
     parser.add_argument("--reference-steps", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--stream-rows", type=int, default=500_000)
-    parser.add_argument("--passes", type=int, default=3)
-    parser.add_argument(
-        "--rss-rows",
-        type=int,
-        nargs="*",
-        default=[200_000, 1_000_000, 2_000_000],
-    )
-    parser.add_argument("--stream-rounds", type=int, default=3)
-    parser.add_argument("--device-rows", type=int, default=200_000)
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run, results to /tmp"
-    )
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    curation_stream.add_arguments(parser)
     args = parser.parse_args()
-    if args.child:
-        _child(args.child)
-        return
     if args.part == "stream":
-        run_stream(args)
+        curation_stream.run_stream(args)
         return
     if args.part == "report":
         rewrite_report()

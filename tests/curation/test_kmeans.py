@@ -208,3 +208,24 @@ def test_fresh_data_of_the_same_shape_compiles_nothing_new(
         KMeans(5, batch_size=batch_size, max_iter=20, seed=1).fit(x)
     assert len(traces) == 1
     kmeans_module._compiled.cache_clear()
+
+
+@pytest.mark.parametrize("k", [7, 64, 256])
+def test_nearest_is_exactly_argmin_and_min_ties_included(k):
+    """The grouped arg-reduction must give NumPy's argmin (first index on
+    ties) and min, for k that is grouped (64, 256) and k that is not."""
+    from keras import ops
+
+    from keras_gr._kmeans import nearest
+
+    rng = np.random.default_rng(k)
+    dist = rng.integers(0, 5, size=(300, k)).astype("float32")  # many ties
+    dist[:50] = 2.0  # every column tied
+    dist[50, [3, k - 1]] = -1.0  # a tie across groups
+    labels, values = nearest(ops.convert_to_tensor(dist))
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(labels), np.argmin(dist, axis=1)
+    )
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(values), dist.min(axis=1)
+    )
