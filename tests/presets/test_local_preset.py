@@ -95,19 +95,11 @@ def test_tiny_preset_loads_and_generates(tiny_preset):
     assert is_complete_preset(tiny_preset)
 
 
-def test_user_text_file(text_file, tmp_path):
-    folder = _build(
-        text_file, tmp_path / "cache", vocabulary_size=52, train_steps=2
-    )
-    lm = keras_hub.models.CausalLM.from_preset(folder)
-    assert lm.backbone.vocabulary_size == 52
-    assert read_preset_metadata(folder)["corpus"] == text_file
-
-
-def test_build_prints_nothing_by_default(text_file, tmp_path, capfd):
-    """A library is quiet on its ordinary path: no `fit` progress bar, no
-    summary line, no log or warning on stdout / stderr (the build trains,
-    evaluates and saves a real preset)."""
+def test_user_text_file_and_a_quiet_build(text_file, tmp_path, capfd):
+    """A build from the user's text file, quiet by default (a library
+    prints nothing on its ordinary path: no `fit` progress bar, summary
+    line, log or warning on stdout / stderr while it trains, evaluates and
+    saves a real preset)."""
     # What prints once per process outside keras_gr first: the backend's
     # start-up and TensorFlow's C++ runtime logs (keras-hub imports it).
     keras.ops.convert_to_numpy(keras.ops.ones(1))
@@ -121,6 +113,9 @@ def test_build_prints_nothing_by_default(text_file, tmp_path, capfd):
     )
     assert capfd.readouterr() == ("", "")
     assert is_complete_preset(folder)
+    lm = keras_hub.models.CausalLM.from_preset(folder)
+    assert lm.backbone.vocabulary_size == 52
+    assert read_preset_metadata(folder)["corpus"] == text_file
 
 
 # --- The cache --------------------------------------------------------------
