@@ -1,5 +1,9 @@
 """Tests of `keras_gr.layers.Laurel` and `LaurelStack` (arXiv 2411.07501)."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -734,3 +738,42 @@ def test_stack_propagates_masks():
     mask = getattr(x, "_keras_mask", None)
     assert mask is not None
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(mask), expected)
+
+
+_WITHOUT_TENSORFLOW = """
+import sys
+import numpy as np
+import keras
+import keras_gr.layers
+import keras_gr.optimizers
+
+inputs = keras.Input((8,))
+branch = keras.layers.Dense(8)(inputs)
+outputs = keras_gr.layers.Laurel(variant="rw_lr", rank=2)([inputs, branch])
+model = keras.Model(inputs, outputs)
+model.compile(optimizer="adam", loss="mse")
+model.fit(np.ones((8, 8)), np.ones((8, 8)), epochs=1, verbose=0)
+print("tensorflow imported:", "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.slow  # a fresh process imports JAX and compiles a fit step
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="TensorFlow is the backend itself on the TensorFlow pass",
+)
+def test_laurel_on_jax_does_not_import_tensorflow():
+    # Guard (issue 30 item 5): the layer path imports no TensorFlow on JAX.
+    # Not reachable TensorFlow-free with Keras 3.15 itself: saving
+    # (`keras.saving` checks `tf.available`) and
+    # `keras.utils.set_random_seed` import TensorFlow whenever installed,
+    # and keras-hub imports it on import.
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TENSORFLOW],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tensorflow imported: False" in proc.stdout, proc.stdout
