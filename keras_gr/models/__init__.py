@@ -14,11 +14,15 @@ JAX-only install.
 """
 
 from keras_gr import _imports
+from keras_gr.models.diffusion.class_conditional_unet import (
+    ClassConditionalUNet,
+)
+from keras_gr.models.diffusion.ddim_sampler import DDIMSampler
 from keras_gr.models.diffusion.diffusion_sampler import DiffusionSampler
 from keras_gr.models.diffusion.diffusion_sampler import NoiseSchedule
-from keras_gr.models.diffusion.latent_diffusion import ClassConditionalUNet
-from keras_gr.models.diffusion.latent_diffusion import DDIMSampler
-from keras_gr.models.diffusion.latent_diffusion import DigitsLatentDiffusion
+from keras_gr.models.diffusion.digits_latent_diffusion import (
+    DigitsLatentDiffusion,
+)
 from keras_gr.models.looped_icl.looped_icl_regressor import LoopedICLRegressor
 from keras_gr.models.looped_icl.looped_icl_regressor import query_prediction
 from keras_gr.models.routing.base_router import Router

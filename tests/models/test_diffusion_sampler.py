@@ -1,6 +1,7 @@
 import functools
 import math
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 from keras_gr.layers import LatentCRF
 from keras_gr.models import DiffusionSampler
 from keras_gr.models import NoiseSchedule
+from keras_gr.models.diffusion.diffusion_sampler import ddim_update
+from tests.models import diffusion_reference as ref
 
 SHAPE = (4, 4, 2)
 
@@ -260,3 +263,174 @@ def test_bad_sampler_arguments():
         DiffusionSampler(
             den, schedule, num_steps=4, crf=crf, crf_start=2, crf_input="eps"
         )
+    for bad in (0, 5, 1.5):
+        with pytest.raises(ValueError, match="`stop_step` must be an integer"):
+            DiffusionSampler(den, schedule, num_steps=4, stop_step=bad)
+    with pytest.raises(ValueError, match="`stop_step` cannot be combined"):
+        DiffusionSampler(
+            den, schedule, num_steps=4, crf=crf, crf_start=2, stop_step=2
+        )
+
+
+def test_ddim_update_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    z, eps, xi = (rng.normal(size=(2, 3, 3, 1)) for _ in range(3))
+    ab, ab_next = 0.3, 0.8
+    for clip, eta in ((None, 0.0), (0.5, 0.0), (0.5, 1.0), (None, 0.7)):
+        sigma = ref.ddim_sigma(ab, ab_next, eta)
+        got = ddim_update(
+            z.astype("float32"),
+            eps.astype("float32"),
+            ab,
+            ab_next,
+            sigma,
+            xi.astype("float32"),
+            clip,
+        )
+        want = ref.ddim_step(z, eps, ab, ab_next, clip, sigma, xi)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-5)
+    # The exact property: on x0 and eps of a forward-noised point, DDIM's
+    # clean estimate is x0 and the next state is the point noised to abar'.
+    x0 = rng.normal(size=(2, 3))
+    z_t = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps[:, 0, :, 0]
+    z_next, x0_hat = ddim_update(z_t, eps[:, 0, :, 0], ab, ab_next)
+    np.testing.assert_allclose(np.asarray(x0_hat), x0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(z_next),
+        math.sqrt(ab_next) * x0 + math.sqrt(1 - ab_next) * eps[:, 0, :, 0],
+        atol=1e-6,
+    )
+
+
+def test_truncated_sampler_and_step_equal_the_host_reference():
+    # `stop_step` returns the clean estimate after the first steps, and
+    # `step` with given noise reproduces a host loop with the same noise:
+    # both against the NumPy host sampler, one eager denoiser call a step.
+    schedule = NoiseSchedule(1000)
+    denoiser = _denoiser()
+    rng = np.random.default_rng(4)
+    noise = rng.normal(size=(3,) + SHAPE).astype("float32")
+    labels = np.array([2, 0, 1], "int32")
+    host = ref.HostDDIMSampler(denoiser, schedule.alpha_bars, 5, clip=2.0)
+    _, want_x0 = host.run(noise, labels, stop=3)
+    truncated = DiffusionSampler(
+        denoiser, schedule, num_steps=5, clip=2.0, stop_step=3
+    )
+    assert truncated.denoiser_calls == 3
+    got = np.asarray(truncated.predict_on_batch([noise, labels]))
+    np.testing.assert_allclose(got, want_x0, rtol=1e-4, atol=1e-4)
+    assert truncated.get_config()["stop_step"] == 3
+    # A DDPM tail (eta = 1) from step 3 with host noise, step by step.
+    tail = DiffusionSampler(denoiser, schedule, num_steps=5, eta=1.0, clip=2.0)
+    z, _ = host.run(noise, labels, stop=3)
+    want_z, want_x0 = host.run(
+        z, labels, 3, 5, eta=1.0, rng=np.random.default_rng(9)
+    )
+    draws = np.random.default_rng(9)
+    got_z = z.astype("float32")
+    for k in (3, 4):
+        assert (tail.sigma(k) > 0) == (k == 3)  # none at the last step
+        xi = draws.normal(size=z.shape) if tail.sigma(k) > 0 else None
+        got_z, got_x0 = tail.step(got_z, k, labels, xi)
+    np.testing.assert_allclose(np.asarray(got_z), want_z, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got_x0), want_x0, atol=1e-4)
+
+
+def test_deprecated_ddim_sampler_warns_and_matches_reference():
+    from keras_gr.models import DDIMSampler
+
+    schedule = NoiseSchedule(1000)
+    denoiser = _denoiser()
+    with pytest.warns(DeprecationWarning, match="DiffusionSampler"):
+        sampler = DDIMSampler(denoiser, schedule.alpha_bars, 4, clip=2.0)
+    noise = np.random.default_rng(5).normal(size=(2,) + SHAPE)
+    labels = np.array([1, 2], "int32")
+    host = ref.HostDDIMSampler(denoiser, schedule.alpha_bars, 4, clip=2.0)
+    out = sampler.sample(noise, labels, stop_after=2)
+    want_z, want_x0 = host.run(noise, labels, stop=2)
+    assert sampler.denoiser_calls == 2
+    np.testing.assert_allclose(out["x0"], want_x0, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["zt"], want_z, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(out["latents"], out["x0"])
+    sampler.reset_count()
+    full = sampler.sample(noise, labels)
+    assert sampler.denoiser_calls == 4
+    compiled = DiffusionSampler(denoiser, schedule, num_steps=4, clip=2.0)
+    np.testing.assert_allclose(
+        full["latents"],
+        np.asarray(compiled.predict_on_batch([noise, labels])),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    with pytest.raises(ValueError, match="`stop_after`"):
+        sampler.sample(noise, labels, stop_after=5)
+
+
+def _keras_warnings(caught, captured):
+    """The warnings of a save / load that keras_gr causes: every recorded
+    Python warning except NumPy 2's `__array__` copy-keyword deprecation
+    that Keras's own JAX variable conversion raises on any save, and every
+    line of captured output that says "warn" or names the known culprits."""
+    found = [
+        str(w.message)
+        for w in caught
+        if "__array__ implementation" not in str(w.message)
+    ]
+    text = captured.out + captured.err
+    for line in text.splitlines():
+        low = line.lower()
+        if "warn" in low or "not yet been built" in low or "compile()" in low:
+            found.append(line)
+    return found
+
+
+def test_sampler_save_and_load_are_quiet(tmp_path, capfd):
+    # A sampler of built parts is built before its first call, so saving
+    # it does not warn "not yet been built"; it carries no compile config,
+    # so loading does not warn "compile() was not called".
+    denoiser = _denoiser(seed=2)
+    crf = _crf(seed=3)
+    sampler = DiffusionSampler(
+        denoiser,
+        NoiseSchedule(100),
+        num_steps=3,
+        crf=crf,
+        crf_start=1,
+        crf_num_classes=3,
+    )
+    path = os.path.join(tmp_path, "sampler.keras")
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sampler.save(path)
+        loaded = keras.models.load_model(path)
+    assert _keras_warnings(caught, capfd.readouterr()) == []
+    assert sampler.built and loaded.built
+    noise = np.random.default_rng(0).normal(size=(2,) + SHAPE)
+    labels = np.array([0, 2], "int32")
+    np.testing.assert_allclose(
+        np.asarray(loaded.predict_on_batch([noise, labels])),
+        np.asarray(sampler.predict_on_batch([noise, labels])),
+        atol=1e-5,
+    )
+    # Unbuilt parts: the sampler stays unbuilt (Keras's warning is then
+    # the truth) until its first call builds them.
+    # (An explicit name: TensorFlow refuses a scope name starting "_".)
+    lazy = DiffusionSampler(
+        _UnbuiltDenoiser(name="unbuilt"), NoiseSchedule(100), 2
+    )
+    assert not lazy.built
+    lazy.predict_on_batch(noise.astype("float32"))
+    assert lazy.built
+
+
+class _UnbuiltDenoiser(keras.layers.Layer):
+    """`[z, t] -> conv(z)`, its weights made on the first call."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(SHAPE[-1], 1)
+
+    def call(self, inputs):
+        return self.conv(inputs[0])

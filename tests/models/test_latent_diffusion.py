@@ -8,7 +8,14 @@ from keras_gr.data import digits
 from keras_gr.layers import LatentCRF
 from keras_gr.models import DDIMSampler
 from keras_gr.models import DigitsLatentDiffusion
-from keras_gr.models import latent_diffusion as ld
+from keras_gr.models.diffusion.adversarial_crf_trainer import (
+    AdversarialCRFTrainer,
+)
+from keras_gr.models.diffusion.latent_discriminator import (
+    build_latent_discriminator,
+)
+from keras_gr.models.diffusion.latent_discriminator import spectral_normalize
+from tests.models import diffusion_reference as ref
 
 
 class _OracleDenoiser:
@@ -26,30 +33,15 @@ class _OracleDenoiser:
         return (z - np.sqrt(ab) * self.target) / np.sqrt(1.0 - ab)
 
 
-def test_ddim_timesteps_trailing():
-    np.testing.assert_array_equal(
-        ld.ddim_timesteps(4, 1000), [999, 749, 499, 249]
-    )
-    np.testing.assert_array_equal(ld.ddim_timesteps(1, 10), [9])
-    with pytest.raises(ValueError, match="`num_steps` must be an integer"):
-        ld.ddim_timesteps(0)
-
-
-def test_ddim_step_golden():
-    rng = np.random.default_rng(0)
-    x0, eps = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
-    ab, ab_next = 0.3, 0.8
-    z = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps
-    z_next, x0_hat = ld.ddim_step(z, eps, ab, ab_next)
-    np.testing.assert_allclose(x0_hat, x0)
-    np.testing.assert_allclose(z_next, np.sqrt(0.8) * x0 + np.sqrt(0.2) * eps)
-
-
-def test_sampler_recovers_point_mass_and_counts_calls():
-    abars = ld.scaled_linear_alpha_bars(1000)
+def test_deprecated_sampler_recovers_point_mass_and_counts_calls():
+    abars = ref.scaled_linear_alpha_bars(1000)
     target = np.random.default_rng(1).normal(size=(1, 4, 4, 2))
     oracle = _OracleDenoiser(target, abars)
-    sampler = DDIMSampler(oracle, abars, num_steps=6)
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        sampler = DDIMSampler(oracle, abars, num_steps=6)
+    np.testing.assert_array_equal(
+        sampler.timesteps, ref.trailing_timesteps(6, 1000)
+    )
     noise = np.random.default_rng(2).normal(size=(3, 4, 4, 2))
     out = sampler.sample(noise, np.zeros(3))
     assert sampler.denoiser_calls == oracle.calls == 6
@@ -67,7 +59,7 @@ def test_sampler_recovers_point_mass_and_counts_calls():
 
 
 def test_noised_latent_dataset_formula_and_seed():
-    abars = ld.scaled_linear_alpha_bars(50)
+    abars = ref.scaled_linear_alpha_bars(50)
     base = np.random.default_rng(3).normal(size=(1, 2, 2, 3)).astype("float32")
     latents = np.repeat(base, 16, axis=0)
     labels = np.arange(16, dtype="int32")
@@ -112,8 +104,8 @@ def _adversarial_trainer(weight, seed=0):
     crf = LatentCRF(num_steps=1, num_experts=1, name="latent_crf")
     inputs = [keras.Input((None, None, 2)), keras.Input((3,))]
     crf_model = keras.Model(inputs, crf(inputs))
-    discriminator = ld.build_latent_discriminator(2, 3, width=4)
-    return ld._AdversarialCRFTrainer(crf_model, discriminator, weight)
+    discriminator = build_latent_discriminator(2, 3, width=4)
+    return AdversarialCRFTrainer(crf_model, discriminator, weight)
 
 
 def _values(variables):
@@ -169,13 +161,13 @@ def test_spectral_normalize_against_numpy_svd():
     for seed, shape in enumerate(((3, 3, 4, 8), (10, 64), (64, 1))):
         kernel = np.random.default_rng(seed).normal(size=shape)
         kernel = kernel.astype("float32")
-        normalized = np.asarray(ld._spectral_normalize(kernel))
+        normalized = np.asarray(spectral_normalize(kernel))
         top = np.linalg.svd(
             normalized.reshape(-1, shape[-1]), compute_uv=False
         )[0]
         assert 1.0 - 1e-5 <= top <= 1.2, (shape, top)
         np.testing.assert_allclose(
-            np.asarray(ld._spectral_normalize(3.0 * kernel)),
+            np.asarray(spectral_normalize(3.0 * kernel)),
             normalized,
             rtol=1e-5,
             atol=1e-6,
@@ -184,7 +176,7 @@ def test_spectral_normalize_against_numpy_svd():
 
 def test_latent_discriminator_any_size_and_class_conditioned():
     keras.utils.set_random_seed(0)
-    disc = ld.build_latent_discriminator(2, 3, width=4)
+    disc = build_latent_discriminator(2, 3, width=4)
     z = np.random.default_rng(1).normal(size=(1, 6, 10, 2)).astype("float32")
     logits = np.asarray(
         disc.predict_on_batch(
@@ -221,7 +213,7 @@ def test_pipeline_save_load_gives_same_samples(tmp_path):
     )
     pipe.latent_mean = np.array([0.5, -1.0], "float32")
     pipe.latent_std = np.array([2.0, 0.5], "float32")
-    pipe.sampler.clip = 2.5
+    pipe.clip = 2.5
     noise = rng.normal(size=(4, 4, 4, 2)).astype("float32")
     labels = np.array([0, 3, 1, 2])
     want, calls = pipe.generate(labels, noise, "crf", decode=False)
@@ -237,7 +229,8 @@ def test_pipeline_save_load_gives_same_samples(tmp_path):
     ]
     loaded = DigitsLatentDiffusion.load(directory)
     assert loaded.get_config() == pipe.get_config()
-    assert loaded.num_classes == 4 and loaded.sampler.clip == 2.5
+    assert loaded.num_classes == 4 and loaded.clip == 2.5
+    assert loaded.sampler.clip == 2.5  # the full sampler follows
     np.testing.assert_array_equal(loaded.latent_std, pipe.latent_std)
     again, calls = loaded.generate(labels, noise, "crf", decode=False)
     assert calls == 1
@@ -278,15 +271,17 @@ def test_tiny_pipeline_counts_calls_crf_learns_and_saves(tmp_path):
         calls.clear()
         out, counted = pipe.generate(lab, noise, method)
         assert counted == want, method
-        # Only the host-side reference sampler calls the denoiser per step;
-        # the others are one compiled function each.
-        assert len(calls) == (want if method == "truncated" else 0), method
+        # Every method is one compiled function: no host call per step.
+        assert calls == [], method
         assert out.shape == (10, 8, 8, 1) and np.all(np.isfinite(out))
         outputs[method] = out
-    # The compiled full sampler equals the host-side reference loop.
-    ref = pipe.sampler.sample(noise.astype("float32"), lab)["latents"]
-    compiled, _ = pipe.generate(lab, noise, "full", decode=False)
-    np.testing.assert_allclose(compiled, ref, rtol=1e-4, atol=1e-4)
+    # The compiled full and truncated samplers equal the NumPy host loop.
+    pipe.denoiser.predict_on_batch = original
+    host = ref.HostDDIMSampler(pipe.denoiser, pipe.alpha_bars, 3, pipe.clip)
+    for method, stop in (("full", 3), ("truncated", 2)):
+        compiled, _ = pipe.generate(lab, noise, method, decode=False)
+        _, want = host.run(noise, lab, stop=stop)
+        np.testing.assert_allclose(compiled, want, rtol=1e-4, atol=1e-4)
     # the CRF path does change the truncated output
     assert not np.allclose(outputs["crf"], outputs["truncated"])
     costs = pipe.cost_table()
@@ -297,7 +292,6 @@ def test_tiny_pipeline_counts_calls_crf_learns_and_saves(tmp_path):
 
     # Save / load: every model as .keras plus the latent statistics; the
     # reloaded pipeline gives the same samples for the same noise.
-    pipe.denoiser.predict_on_batch = original
     directory = os.path.join(tmp_path, "pipe")
     pipe.save(directory)
     assert sorted(os.listdir(directory)) == [
@@ -309,48 +303,51 @@ def test_tiny_pipeline_counts_calls_crf_learns_and_saves(tmp_path):
     ]
     loaded = DigitsLatentDiffusion.load(directory)
     np.testing.assert_array_equal(loaded.latent_std, pipe.latent_std)
-    assert loaded.sampler.clip == pipe.sampler.clip
+    assert loaded.clip == pipe.clip
     again, calls = loaded.generate(lab, noise, "crf")
     assert calls == 2
     np.testing.assert_allclose(again, outputs["crf"], atol=1e-5)
     assert loaded.get_config() == pipe.get_config()
 
 
-class _LinearDenoiser:
-    """A fixed, non-trivial NumPy noise predictor (counts its calls)."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def predict_on_batch(self, inputs):
-        z, t, labels = inputs
-        self.calls += 1
-        return 0.7 * z + 0.01 * np.asarray(labels)[:, None, None, None]
+def _perturbed_denoiser(pipe, seed=0):
+    """Moves the zero-initialised output convolution off zero, so the
+    untrained denoiser predicts a non-trivial noise."""
+    kernel = pipe.denoiser.conv_out.kernel
+    rng = np.random.default_rng(seed)
+    kernel.assign(0.3 * rng.normal(size=kernel.shape).astype("float32"))
 
 
 @pytest.mark.slow  # a whole (tiny) pipeline: ~80 weight initialisations
 def test_crf_pairs_targets_and_reset_options():
     pipe = _tiny_pipeline(num_sampling_steps=4, skip_steps=2, num_classes=3)
-    pipe.sampler.denoiser = _LinearDenoiser()
-    pipe.sampler.clip = 3.0
+    _perturbed_denoiser(pipe)
+    pipe.clip = 3.0
     x, labels, y = pipe.crf_training_pairs(6, batch_size=4, seed=5)
-    # Deterministic targets are the full host-side sampler's output from
-    # the same noise; the inputs are its clean estimate after T - s steps.
+    # Deterministic targets are the full sampler's output from the same
+    # noise; the inputs are its clean estimate after T - s steps (checked
+    # against the NumPy host sampler).
     rng = np.random.default_rng(5)
     noise = rng.normal(size=(4, 4, 4, 2)).astype("float32")
     lab = rng.integers(0, 3, 4)
-    full = pipe.sampler.sample(noise, lab)
-    part = pipe.sampler.sample(noise, lab, stop_after=2)
+    host = ref.HostDDIMSampler(pipe.denoiser, pipe.alpha_bars, 4, clip=3.0)
+    z_keep, x0_keep = host.run(noise, lab, stop=2)
+    _, final = host.run(z_keep, lab, start=2)
     np.testing.assert_array_equal(labels[:4], lab)
-    np.testing.assert_allclose(y[:4], full["latents"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(x[:4], part["x0"], rtol=1e-6)
-    # A DDPM tail (eta = 1): the same inputs, other (random) targets.
+    np.testing.assert_allclose(y[:4], final, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(x[:4], x0_keep, rtol=1e-4, atol=1e-4)
+    # A DDPM tail (eta = 1): the same inputs, other (random) targets, the
+    # tail noise drawn from default_rng([seed, 1]).
     x1, labels1, y1 = pipe.crf_training_pairs(
         6, batch_size=4, seed=5, target_eta=1.0
     )
     np.testing.assert_array_equal(x1, x)
     np.testing.assert_array_equal(labels1, labels)
     assert np.mean(np.abs(y1 - y)) > 1e-2
+    _, final1 = host.run(
+        z_keep, lab, start=2, eta=1.0, rng=np.random.default_rng([5, 1])
+    )
+    np.testing.assert_allclose(y1[:4], final1, rtol=1e-4, atol=1e-4)
     # Ablation options: a fresh CRF with other arguments, input and s;
     # the config follows and the short sampler is rebuilt.
     assert pipe.sampler_for("short").denoiser_calls == 2
@@ -362,9 +359,16 @@ def test_crf_pairs_targets_and_reset_options():
     assert (config["crf_input"], config["skip_steps"]) == ("zt", 1)
     assert pipe.crf.num_steps == 1
     assert pipe.sampler_for("short").denoiser_calls == 3
+    assert pipe.sampler_for("truncated").denoiser_calls == 3
     assert pipe.sampler_for("crf").crf_input == "zt"
+    # With crf_input="zt" the inputs are the DDIM state after T - s steps.
+    x_zt, _, _ = pipe.crf_training_pairs(4, batch_size=4, seed=5)
+    z_keep3, _ = host.run(noise, lab, stop=3)
+    np.testing.assert_allclose(x_zt, z_keep3, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="`skip_steps`"):
         pipe.reset_crf(skip_steps=4)
+    with pytest.raises(ValueError, match="`target_eta`"):
+        pipe.crf_training_pairs(4, target_eta=1.5)
 
 
 @pytest.mark.slow  # a compiled training step; the docstring example runs it
@@ -385,8 +389,8 @@ def test_fit_crf_adversarial_weight(tmp_path):
         pipe = _tiny_pipeline(
             num_sampling_steps=3, skip_steps=1, num_classes=3, **kwargs
         )
-        pipe.sampler.denoiser = _LinearDenoiser()
-        pipe.sampler.clip = 3.0
+        _perturbed_denoiser(pipe)
+        pipe.clip = 3.0
         pipe.reset_crf(seed=0)
         before, after = pipe.fit_crf(num_pairs=32, steps=6, batch_size=16)
         return pipe, before, after

@@ -215,6 +215,19 @@ class DiffusionSampler(keras.Model):
     out when the sampler is unconditioned; the timestep `t_{crf_start}`
     only when the CRF has `use_timestep=True`.
 
+    Truncation: with `stop_step` set, only the first `stop_step` steps run
+    and the output is the clean estimate `x0` the last of them produced
+    (the "truncated" sampler a LatentCRF is compared against, and the
+    CRF's `x0` input). `step(z, k, conditioning, noise)` runs one step of
+    the timeline on its own, for host-side loops that need the state
+    between steps (the CRF's training pairs).
+
+    Building and saving: the sampler has no weights of its own; it is
+    built as soon as its denoiser (and CRF) are, so a sampler made from
+    built models saves to `.keras` before its first call. It is never
+    compiled for training (`predict` / `predict_on_batch` need no
+    `compile()`), so its `.keras` file carries no compile config.
+
     Call arguments:
         inputs: the starting noise `(batch, h, w, c)`, or `[noise,
             conditioning]`.
@@ -243,6 +256,10 @@ class DiffusionSampler(keras.Model):
             `"trailing"`, `"leading"`, `"linspace"`, `"quadratic"`.
             Defaults to `"trailing"`.
         seed: seed of the `eta > 0` noise. Defaults to `0`.
+        stop_step: run only the first `stop_step` steps (an integer in
+            `[1, num_steps]`, not combined with a `crf`) and return the
+            clean estimate `x0` after the last one. Defaults to `None`
+            (the whole timeline).
         **kwargs: base `keras.Model` arguments.
 
     Example:
@@ -273,6 +290,7 @@ class DiffusionSampler(keras.Model):
         crf_num_classes: int | None = None,
         spacing: str = "trailing",
         seed: int = 0,
+        stop_step: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -326,12 +344,28 @@ class DiffusionSampler(keras.Model):
             else check_integer("crf_num_classes", crf_num_classes)
         )
         self.seed = check_integer("seed", seed, 0)
+        if stop_step is not None:
+            if crf is not None:
+                raise ValueError(
+                    "`stop_step` cannot be combined with a `crf` (a "
+                    "truncated sampler has no bypass). Received: "
+                    f"stop_step={stop_step!r} with a crf"
+                )
+            stop_step = check_integer("stop_step", stop_step, 1, self.num_steps)
+        self.stop_step = stop_step
         self.spacing = spacing
         self.timesteps = schedule.timesteps(self.num_steps, spacing)
+        # No weights of its own: built exactly when its parts are, so a
+        # sampler of built parts saves before its first call.
+        self.built = all(
+            layer.built for layer in (denoiser, crf) if layer is not None
+        )
 
     @property
     def denoiser_calls(self) -> int:
         """Denoiser evaluations per sample batch (static)."""
+        if self.stop_step is not None:
+            return self.stop_step
         if self.crf is None:
             return self.num_steps
         return self.num_steps - (self.crf_stop - self.crf_start)
@@ -362,6 +396,36 @@ class DiffusionSampler(keras.Model):
         out = self.crf(inputs if len(inputs) > 1 else x)
         return ops.cast(out, "float32")
 
+    def sigma(self, k: int) -> float:
+        """The noise scale `sigma_k` of step `k` (`ddim_sigma` with this
+        sampler's `eta`; 0 for deterministic DDIM and at the last step)."""
+        return ddim_sigma(self._alpha_bar(k), self._alpha_bar(k + 1), self.eta)
+
+    def step(self, z, k: int, conditioning=None, noise=None):
+        """Step `k` of the timeline from the state `z` (no CRF).
+
+        One denoiser call at `t_k`, then `ddim_update` to `t_{k+1}`. With
+        `sigma(k) > 0` the step adds `sigma(k) * noise`; `noise=None` draws
+        it from `keras.random.normal` with the sampler's seed (as `call`
+        does). Runs eagerly or inside a traced function.
+
+        Returns:
+            `(z_next, x0)`, float32.
+        """
+        ab, ab_next = self._alpha_bar(k), self._alpha_bar(k + 1)
+        z = ops.cast(z, "float32")
+        if conditioning is not None:  # Keras refuses mixed nested inputs
+            conditioning = ops.convert_to_tensor(conditioning)
+        eps = self._eps(z, k, conditioning)
+        sigma = ddim_sigma(ab, ab_next, self.eta)
+        if sigma > 0:
+            if noise is None:
+                noise = keras.random.normal(
+                    ops.shape(z), seed=self.seed * 100003 + k
+                )
+            noise = ops.cast(noise, "float32")
+        return ddim_update(z, eps, ab, ab_next, sigma, noise, self.clip)
+
     def call(self, inputs):
         if isinstance(inputs, (list, tuple)):
             z, cond = inputs
@@ -370,9 +434,10 @@ class DiffusionSampler(keras.Model):
         z = ops.cast(z, "float32")
         x0 = z
         k = 0
-        while k < self.num_steps:
-            ab, ab_next = self._alpha_bar(k), self._alpha_bar(k + 1)
+        stop = self.num_steps if self.stop_step is None else self.stop_step
+        while k < stop:
             if self.crf is not None and k == self.crf_start:
+                ab = self._alpha_bar(k)
                 x_in = z if (self.crf_input == "zt" or k == 0) else x0
                 x0 = self._crf(x_in, k, cond)
                 if self.clip is not None:
@@ -385,14 +450,7 @@ class DiffusionSampler(keras.Model):
                 ab_resume = self._alpha_bar(k)
                 z = math.sqrt(ab_resume) * x0 + math.sqrt(1 - ab_resume) * eps
                 continue
-            eps = self._eps(z, k, cond)
-            sigma = ddim_sigma(ab, ab_next, self.eta)
-            noise = None
-            if sigma > 0:
-                noise = keras.random.normal(
-                    ops.shape(z), seed=self.seed * 100003 + k
-                )
-            z, x0 = ddim_update(z, eps, ab, ab_next, sigma, noise, self.clip)
+            z, x0 = self.step(z, k, cond)
             k += 1
         return x0
 
@@ -421,6 +479,7 @@ class DiffusionSampler(keras.Model):
                 "crf_num_classes": self.crf_num_classes,
                 "spacing": self.spacing,
                 "seed": self.seed,
+                "stop_step": self.stop_step,
             }
         )
         return config
