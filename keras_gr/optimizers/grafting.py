@@ -31,48 +31,66 @@ def validate_grafting(grafting):
     return value
 
 
-def momentum_direction(momentum, gradient, beta1, step, nesterov):
+def momentum_direction(momentum, gradient, beta_1, step, nesterov):
     """Bias-corrected (optionally Nesterov) direction of an EMA momentum.
 
-    `momentum` is the *updated* buffer `beta1 * m + (1 - beta1) * g`. Returns
-    `m / (1 - beta1^t)`, or with Nesterov
-    `(beta1 * m + (1 - beta1) * g) / (1 - beta1^(t + 1))` (a normalised
+    `momentum` is the *updated* buffer `beta_1 * m + (1 - beta_1) * g`. Returns
+    `m / (1 - beta_1^t)`, or with Nesterov
+    `(beta_1 * m + (1 - beta_1) * g) / (1 - beta_1^(t + 1))` (a normalised
     weighted average of the gradients, equal to `g` at `t = 1`).
     """
     raw, scale = momentum_direction_parts(
-        momentum, gradient, beta1, step, nesterov
+        momentum, gradient, beta_1, step, nesterov
     )
     return raw if scale is None else raw * scale
 
 
-def momentum_direction_parts(momentum, gradient, beta1, step, nesterov):
+def momentum_direction_parts(momentum, gradient, beta_1, step, nesterov):
     """`(raw, scale)` with `momentum_direction(...) == raw * scale`.
 
     `raw` is the momentum buffer (or the Nesterov blend) and `scale` the
-    scalar bias correction (`None` for `beta1 == 0`). A linear
+    scalar bias correction (`None` for `beta_1 == 0`). A linear
     preconditioner can be applied to `raw` and the scalar afterwards
     (skipped entirely under grafting, which is scale invariant): one
     elementwise pass less than preconditioning the corrected direction.
     """
-    if beta1 == 0.0:
+    if beta_1 == 0.0:
         return gradient, None
     step = ops.cast(step, "float32")
     if nesterov:
-        blended = beta1 * momentum + (1.0 - beta1) * gradient
-        return blended, 1.0 / (1.0 - ops.power(beta1, step + 1.0))
-    return momentum, 1.0 / (1.0 - ops.power(beta1, step))
+        blended = beta_1 * momentum + (1.0 - beta_1) * gradient
+        return blended, 1.0 / (1.0 - ops.power(beta_1, step + 1.0))
+    return momentum, 1.0 / (1.0 - ops.power(beta_1, step))
 
 
-def adam_direction(direction, velocity, beta2, epsilon, step):
-    """Keras `Adam`'s update for a bias-corrected first moment `direction`.
+def adam_direction(direction, velocity, beta_2, epsilon, step):
+    """Keras `Adam`'s update per unit learning rate: the one Adam of keras_gr.
 
-    `velocity` is the updated `beta2 * v + (1 - beta2) * g^2`. Returns
-    `direction * sqrt(1 - beta2^t) / (sqrt(v) + epsilon)`, which is exactly
-    Keras Adam's `m * alpha / (sqrt(v) + epsilon) / lr` (epsilon outside the
-    bias correction, as in Keras).
+    Keras's `Adam(beta_1, beta_2, epsilon)` steps
+    `w -= lr * m_t / (1 - beta_1^t) * sqrt(1 - beta_2^t) / (sqrt(v_t) +
+    epsilon)` with `m_t = beta_1 m + (1 - beta_1) g` and
+    `v_t = beta_2 v + (1 - beta_2) g^2` (epsilon outside the bias
+    correction). This returns that update divided by `lr` from
+    `direction = m_t / (1 - beta_1^t)` (`momentum_direction`) and
+    `velocity = v_t`, so `w - lr * adam_direction(...)` is Keras's step,
+    equal up to float32 rounding (Keras folds `lr` into the scalar factor
+    first; tested over several steps against `keras.optimizers.Adam`).
+
+    Used by `Shampoo`'s Adam graft and fallback (whose `direction` may
+    also be the Nesterov blend) and by `LoraRite`'s fallback.
+
+    Args:
+        direction: the bias-corrected first moment.
+        velocity: the updated second moment `v_t`.
+        beta_2: the second moment's decay.
+        epsilon: added to `sqrt(v_t)`.
+        step: the 1-based step `t`.
+
+    Returns:
+        `direction * sqrt(1 - beta_2^t) / (sqrt(velocity) + epsilon)`.
     """
     step = ops.cast(step, "float32")
-    correction = ops.sqrt(1.0 - ops.power(beta2, step))
+    correction = ops.sqrt(1.0 - ops.power(beta_2, step))
     return direction * correction / (ops.sqrt(velocity) + epsilon)
 
 

@@ -6,6 +6,8 @@ from keras import ops
 
 from keras_gr import _backend
 from keras_gr import _validation
+from keras_gr.optimizers import _deprecation
+from keras_gr.optimizers import grafting as grafting_lib
 from keras_gr.optimizers.matrix_functions import DEFAULT_PINV_RCOND
 from keras_gr.optimizers.matrix_functions import DEFAULT_RELATIVE_FLOOR
 from keras_gr.optimizers.matrix_functions import safe_eigh
@@ -22,6 +24,10 @@ LORA_FACTOR_NAMES = (
 
 FALLBACKS = ("adam", "sgd")
 """Accepted `fallback` values (the update of non-LoRA variables)."""
+
+RENAMED_ARGUMENTS = {"relative_floor": "relative_matrix_epsilon"}
+"""Old argument names of `LoraRite` (deprecated, still accepted with a
+`DeprecationWarning` until keras_gr 0.2.0) and their new names."""
 
 
 # --------------------------------------------------------------------------
@@ -68,12 +74,13 @@ def precondition(
     second_moment,
     rho,
     epsilon,
-    relative_floor=DEFAULT_RELATIVE_FLOOR,
+    relative_matrix_epsilon=DEFAULT_RELATIVE_FLOOR,
 ):
     """`S = G U diag(1 / (sqrt(lambda' + rho) + epsilon)) U^T`.
 
     `U diag(lambda) U^T = eigh(second_moment)` and
-    `lambda' = max(lambda, relative_floor * max(lambda), 0)`: the floor
+    `lambda' = max(lambda, relative_matrix_epsilon * max(lambda), 0)`: the
+    floor
     relative to the largest eigenvalue stops float rounding in the null
     space of a rank-deficient second moment (fewer rows than the rank,
     early steps) from being amplified by `1 / epsilon`. `epsilon` sits
@@ -82,7 +89,7 @@ def precondition(
     """
     lam, vec = safe_eigh(second_moment)
     lam_max = ops.maximum(ops.max(lam, axis=-1, keepdims=True), 0.0)
-    lam = ops.maximum(lam, relative_floor * lam_max)
+    lam = ops.maximum(lam, relative_matrix_epsilon * lam_max)
     rho = ops.expand_dims(ops.cast(rho, "float32"), -1)
     scale = 1.0 / (ops.sqrt(ops.maximum(lam, 0.0) + rho) + epsilon)
     inv_root = ops.matmul(
@@ -102,7 +109,7 @@ def lora_rite_side(
     beta2_t,
     epsilon,
     use_escaped_mass,
-    relative_floor=DEFAULT_RELATIVE_FLOOR,
+    relative_matrix_epsilon=DEFAULT_RELATIVE_FLOOR,
 ):
     """One LoRA-RITE step of one factor, in the other factor's basis.
 
@@ -127,7 +134,9 @@ def lora_rite_side(
     gram = ops.matmul(ops.swapaxes(unmagnified, -1, -2), unmagnified)
     gram = gram / float(rows)
     second_moment = beta2_t * transported + (1.0 - beta2_t) * gram
-    s = precondition(unmagnified, second_moment, rho, epsilon, relative_floor)
+    s = precondition(
+        unmagnified, second_moment, rho, epsilon, relative_matrix_epsilon
+    )
     momentum = (
         beta1_t * ops.matmul(momentum, ops.swapaxes(p, -1, -2))
         + (1.0 - beta1_t) * s
@@ -183,7 +192,8 @@ class LoraRite(keras.optimizers.Optimizer):
     - `pinv` is the SVD pseudo-inverse with a relative cut-off `pinv_rcond`,
       so an all-zero factor (Keras initialises `lora_kernel_b` to zeros)
       gives a zero unmagnified gradient and a zero update instead of NaN.
-    - The eigenvalues of `V(t)` are floored at `relative_floor` times the
+    - The eigenvalues of `V(t)` are floored at `relative_matrix_epsilon`
+      times the
       largest (invariant, since eigenvalues are): with a rank-deficient
       `V(t)` (a factor with fewer rows than the rank, the first steps) the
       plain `1 / (sqrt(lambda) + epsilon)` amplifies float32 rounding in the
@@ -244,8 +254,9 @@ class LoraRite(keras.optimizers.Optimizer):
             unmagnified gradient exceeds this, or `None`. Defaults to `None`.
         pinv_rcond: relative singular-value cut-off of the pseudo-inverse
             of `R`. Defaults to `1e-6`.
-        relative_floor: the second moment's eigenvalues are floored at this
-            fraction of the largest one before the inverse square root.
+        relative_matrix_epsilon: the second moment's eigenvalues are floored
+            at this fraction of the largest one before the inverse square
+            root (the name of this floor in every keras_gr optimizer).
             Defaults to `1e-6`.
         fallback: update of the non-LoRA trainable variables, `"adam"` or
             `"sgd"`. Defaults to `"adam"`.
@@ -265,8 +276,8 @@ class LoraRite(keras.optimizers.Optimizer):
     deployment. To pause and resume LoRA-RITE training, write the factors
     and the optimizer state with `save_training_state(model, path)` and
     restore them into a freshly built and compiled model of the same
-    architecture with `load_training_state(model, path)` (both in
-    `keras_gr.optimizers.lora_rite`); then call `fit(...,
+    architecture with `load_training_state(model, path)` (both exported
+    from `keras_gr.optimizers`); then call `fit(...,
     initial_epoch=...)`. The resumed run equals the uninterrupted one (to
     float32 rounding; the data order is the caller's to reproduce).
 
@@ -300,7 +311,7 @@ class LoraRite(keras.optimizers.Optimizer):
         unmagnified_clipnorm: float | None = None,
         update_skip_threshold: float | None = None,
         pinv_rcond: float = DEFAULT_PINV_RCOND,
-        relative_floor: float = DEFAULT_RELATIVE_FLOOR,
+        relative_matrix_epsilon: float = DEFAULT_RELATIVE_FLOOR,
         fallback: str = "adam",
         fallback_epsilon: float = 1e-7,
         weight_decay: float | None = None,
@@ -315,6 +326,13 @@ class LoraRite(keras.optimizers.Optimizer):
         name: str = "lora_rite",
         **kwargs,
     ) -> None:
+        relative_matrix_epsilon = _deprecation.pop_renamed(
+            type(self).__name__,
+            LoraRite.__init__,
+            kwargs,
+            RENAMED_ARGUMENTS,
+            relative_matrix_epsilon=relative_matrix_epsilon,
+        )["relative_matrix_epsilon"]
         if not callable(learning_rate) and not isinstance(
             learning_rate, keras.optimizers.schedules.LearningRateSchedule
         ):
@@ -351,7 +369,7 @@ class LoraRite(keras.optimizers.Optimizer):
                 _validation.check_positive(arg, value)
         for arg, value in (
             ("pinv_rcond", pinv_rcond),
-            ("relative_floor", relative_floor),
+            ("relative_matrix_epsilon", relative_matrix_epsilon),
         ):
             _validation.check_number(
                 arg, value, minimum=0.0, maximum=1.0, max_inclusive=False
@@ -370,7 +388,7 @@ class LoraRite(keras.optimizers.Optimizer):
             else float(update_skip_threshold)
         )
         self.pinv_rcond = float(pinv_rcond)
-        self.relative_floor = float(relative_floor)
+        self.relative_matrix_epsilon = float(relative_matrix_epsilon)
         self.fallback = fallback
         self.fallback_epsilon = float(fallback_epsilon)
         self._step_finite = None
@@ -445,45 +463,46 @@ class LoraRite(keras.optimizers.Optimizer):
         self._lora_state.append(state)
 
     def update_step(self, gradient, variable, learning_rate):
-        """The fallback update of one non-LoRA variable (Adam or SGD)."""
+        # The fallback update of one non-LoRA variable: Keras's Adam
+        # (`grafting.adam_direction`, shared with Shampoo's Adam graft) or
+        # plain SGD, computed in float32.
         finite = self._step_finite
         if finite is None:
             finite = ops.all(ops.isfinite(gradient))
-        lr = ops.cast(learning_rate, variable.dtype)
-        gradient = ops.cast(gradient, variable.dtype)
+        lr = ops.cast(learning_rate, "float32")
+        gradient = ops.cast(gradient, "float32")
         gradient = ops.where(
             ops.isfinite(gradient), gradient, ops.zeros_like(gradient)
         )
         if self.fallback == "sgd":
-            w = ops.convert_to_tensor(variable)
-            self.assign(variable, ops.where(finite, w - gradient * lr, w))
+            w = _read(variable)
+            w_new = ops.where(finite, w - gradient * lr, w)
+            self.assign(variable, ops.cast(w_new, variable.dtype))
             return
         index = self._get_variable_index(variable)
         m_var = self._fallback_momentums[index]
         v_var = self._fallback_velocities[index]
-        m = ops.convert_to_tensor(m_var)
-        v = ops.convert_to_tensor(v_var)
-        w = ops.convert_to_tensor(variable)
-        local_step = ops.cast(self.iterations + 1, variable.dtype)
-        beta_1_power = ops.power(
-            ops.cast(self.beta_1, variable.dtype), local_step
-        )
-        beta_2_power = ops.power(
-            ops.cast(self.beta_2, variable.dtype), local_step
-        )
-        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        m, v, w = _read(m_var), _read(v_var), _read(variable)
+        step = ops.cast(self.iterations + 1, "float32")
         m_new = m + (gradient - m) * (1 - self.beta_1)
         v_new = v + (ops.square(gradient) - v) * (1 - self.beta_2)
-        var_new = w - (m_new * alpha) / (
-            ops.sqrt(v_new) + self.fallback_epsilon
+        direction = grafting_lib.momentum_direction(
+            m_new, gradient, self.beta_1, step, nesterov=False
+        )
+        var_new = w - lr * grafting_lib.adam_direction(
+            direction, v_new, self.beta_2, self.fallback_epsilon, step
         )
         # The guard checks the results too (squares of huge gradients
         # overflow); such a variable keeps its value and state.
         for x in (m_new, v_new, var_new):
             finite = ops.logical_and(finite, ops.all(ops.isfinite(x)))
-        self.assign(m_var, ops.where(finite, m_new, m))
-        self.assign(v_var, ops.where(finite, v_new, v))
-        self.assign(variable, ops.where(finite, var_new, w))
+        for target, new, old in (
+            (m_var, m_new, m),
+            (v_var, v_new, v),
+            (variable, var_new, w),
+        ):
+            value = ops.where(finite, new, old)
+            self.assign(target, ops.cast(value, target.dtype))
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # The single place where LoRA pairs are updated jointly; everything
@@ -665,7 +684,7 @@ class LoraRite(keras.optimizers.Optimizer):
                         beta2_t,
                         self.epsilon,
                         self.escaped_mass,
-                        self.relative_floor,
+                        self.relative_matrix_epsilon,
                     )
                     delta = lr * ops.matmul(
                         new_m, ops.swapaxes(other_r_pinv, -1, -2)
@@ -727,7 +746,7 @@ class LoraRite(keras.optimizers.Optimizer):
                 "unmagnified_clipnorm": self.unmagnified_clipnorm,
                 "update_skip_threshold": self.update_skip_threshold,
                 "pinv_rcond": self.pinv_rcond,
-                "relative_floor": self.relative_floor,
+                "relative_matrix_epsilon": self.relative_matrix_epsilon,
                 "fallback": self.fallback,
                 "fallback_epsilon": self.fallback_epsilon,
             }
@@ -749,6 +768,19 @@ def save_training_state(model: keras.Model, filepath: str) -> None:
         model: a compiled `keras.Model` (its optimizer built or not; an
             unbuilt optimizer is saved without state).
         filepath: the `.npz` file to write.
+
+    Example (the round trip is in `load_training_state`):
+
+    >>> import os, tempfile, keras, numpy as np
+    >>> from keras_gr.optimizers import LoraRite
+    >>> from keras_gr.optimizers import save_training_state
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    >>> model.layers[0].enable_lora(2)
+    >>> model.compile(optimizer=LoraRite(), loss="mse")
+    >>> path = os.path.join(tempfile.mkdtemp(), "state.npz")
+    >>> save_training_state(model, path)
+    >>> [str(p).split("/")[-1] for p in np.load(path)["model_paths"]]
+    ['kernel', 'bias', 'lora_kernel_a', 'lora_kernel_b']
     """
     optimizer = _compiled_optimizer(model)
     arrays = {}
@@ -775,6 +807,32 @@ def load_training_state(model: keras.Model, filepath: str) -> None:
     Args:
         model: the compiled `keras.Model` to restore into.
         filepath: a file written by `save_training_state`.
+
+    Example (pause LoRA training and resume it in a new model):
+
+    >>> import os, tempfile, keras, numpy as np
+    >>> from keras_gr.optimizers import LoraRite
+    >>> from keras_gr.optimizers import load_training_state
+    >>> from keras_gr.optimizers import save_training_state
+    >>> def make_model():
+    ...     dense = keras.layers.Dense(4)
+    ...     model = keras.Sequential([keras.Input((8,)), dense])
+    ...     dense.enable_lora(2)
+    ...     model.compile(optimizer=LoraRite(learning_rate=1e-2), loss="mse")
+    ...     return model
+    >>> x, y = np.ones((4, 8)), np.ones((4, 4))
+    >>> model = make_model()
+    >>> _ = model.fit(x, y, verbose=0)
+    >>> path = os.path.join(tempfile.mkdtemp(), "state.npz")
+    >>> save_training_state(model, path)
+    >>> resumed = make_model()
+    >>> load_training_state(resumed, path)
+    >>> int(resumed.optimizer.iterations)
+    1
+    >>> b = [m.layers[0].lora_kernel_b for m in (model, resumed)]
+    >>> b = [keras.ops.convert_to_numpy(v) for v in b]
+    >>> bool(np.array_equal(*b)), bool(np.any(b[0] != 0))
+    (True, True)
     """
     optimizer = _compiled_optimizer(model)
     if not optimizer.built:

@@ -50,7 +50,7 @@ SHAPES = [(3, 4), (5,), (2, 2, 2)]
 
 def test_full_matrix_adagrad_golden():
     w0, grads, got = _run(
-        FullMatrixAdagrad(learning_rate=0.1, epsilon=1e-6), SHAPES, 5
+        FullMatrixAdagrad(learning_rate=0.1, matrix_epsilon=1e-6), SHAPES, 5
     )
     for i, shape in enumerate(SHAPES):
         want = _np_full_matrix(
@@ -91,11 +91,15 @@ def test_full_matrix_refuses_large_variables():
     "cls, kwargs, name",
     [
         (FullMatrixAdagrad, dict(learning_rate=0.0), "learning_rate"),
-        (FullMatrixAdagrad, dict(epsilon=0.0), "epsilon"),
+        (FullMatrixAdagrad, dict(matrix_epsilon=0.0), "matrix_epsilon"),
         (FullMatrixAdagrad, dict(max_size=0), "max_size"),
-        (FullMatrixAdagrad, dict(relative_epsilon=-1.0), "relative"),
+        (
+            FullMatrixAdagrad,
+            dict(relative_matrix_epsilon=-1.0),
+            "relative_matrix_epsilon",
+        ),
         (AdagradNorm, dict(learning_rate=-1.0), "learning_rate"),
-        (AdagradNorm, dict(epsilon=-1.0), "epsilon"),
+        (AdagradNorm, dict(matrix_epsilon=-1.0), "matrix_epsilon"),
     ],
 )
 def test_bad_arguments(cls, kwargs, name):
@@ -127,14 +131,14 @@ def test_conformance(cls, kwargs):
     # The shared base's keyword-only settings are fixed by these classes
     # (the paper's theory settings), not user arguments: not in the config.
     fixed = (
-        "beta1",
-        "beta2",
+        "beta_1",
+        "beta_2",
+        "epsilon",
         "nesterov",
         "grafting",
-        "grafting_beta2",
+        "grafting_beta_2",
         "precondition_frequency",
         "start_preconditioning_step",
-        "matrix_epsilon",
         "relative_matrix_epsilon",
         "block_size",
         "stagger_roots",

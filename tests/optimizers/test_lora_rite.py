@@ -282,7 +282,7 @@ GOLDEN_RTOL = 2e-4
 """float32 Keras vs float64 NumPy, max error relative to the factor's largest
 entry. Full-rank pairs agree to ~4e-6 after 6 steps; the padded pair (rank 4
 > 3 columns: a rank-deficient second moment) to ~5e-5, the float32
-rounding amplified by `1 / sqrt(relative_floor)`."""
+rounding amplified by `1 / sqrt(relative_matrix_epsilon)`."""
 
 GOLDEN_SHAPES = [
     ((6, 3), (3, 5)),  # Dense
@@ -451,7 +451,7 @@ def test_pairs_found_on_dense_einsum_and_embedding():
         ({"epsilon": -1.0}, "epsilon"),
         ({"epsilon": 0.0}, "epsilon"),
         ({"fallback_epsilon": 0.0}, "fallback_epsilon"),
-        ({"relative_floor": 1.0}, "relative_floor"),
+        ({"relative_matrix_epsilon": 1.0}, "relative_matrix_epsilon"),
         ({"beta_1": "0.9"}, "beta_1"),
         ({"unmagnified_clipnorm": 0.0}, "unmagnified_clipnorm"),
         ({"update_skip_threshold": -2}, "update_skip_threshold"),

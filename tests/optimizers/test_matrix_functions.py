@@ -58,8 +58,8 @@ def test_inverse_root_accuracy_up_to_condition_1e6(method, p, condition):
     root, ok = mf.matrix_inverse_pth_root(
         mat.astype("float32"),
         p,
-        epsilon=1e-30,
-        relative_floor=0.0,
+        matrix_epsilon=1e-30,
+        relative_matrix_epsilon=0.0,
         method=method,
     )
     assert bool(ok)
@@ -76,11 +76,17 @@ def test_root_tolerance_at_condition_1e6_can_fail():
     mat, q, lam = _spd(16, 1e6)
     tol_direction, tol_entry = ROOT_TOLERANCE[1e6]
     floored, _ = mf.matrix_inverse_pth_root(
-        mat.astype("float32"), 2, epsilon=1e-30, relative_floor=1e-5
+        mat.astype("float32"),
+        2,
+        matrix_epsilon=1e-30,
+        relative_matrix_epsilon=1e-5,
     )
     assert _root_errors(floored, q, lam, 2)[0] > tol_direction
     off, _ = mf.matrix_inverse_pth_root(
-        mat.astype("float32"), 2.1, epsilon=1e-30, relative_floor=0.0
+        mat.astype("float32"),
+        2.1,
+        matrix_epsilon=1e-30,
+        relative_matrix_epsilon=0.0,
     )
     assert _root_errors(off, q, lam, 2)[1] > tol_entry
 
@@ -168,7 +174,7 @@ def test_inverse_root_matches_reference_with_floors():
     g = rng.normal(size=(6, 2))
     mat = g @ g.T  # rank 2 of 6
     root, ok = mf.matrix_inverse_pth_root(
-        mat, 2, epsilon=1e-3, relative_floor=1e-2
+        mat, 2, matrix_epsilon=1e-3, relative_matrix_epsilon=1e-2
     )
     assert bool(ok)
     want = _np_root(mat, 2, 1e-3, 1e-2)
@@ -176,7 +182,9 @@ def test_inverse_root_matches_reference_with_floors():
 
 
 def test_all_zero_statistics():
-    root, ok = mf.matrix_inverse_pth_root(np.zeros((5, 5)), 4, epsilon=1e-8)
+    root, ok = mf.matrix_inverse_pth_root(
+        np.zeros((5, 5)), 4, matrix_epsilon=1e-8
+    )
     assert bool(ok)
     np.testing.assert_allclose(
         np.asarray(root), np.eye(5) * 1e-8 ** (-0.25), rtol=1e-5
@@ -207,7 +215,10 @@ def test_rank_deficient_root_is_reproducible():
 
     def precondition(m, relative_floor):
         root, _ = mf.matrix_inverse_pth_root(
-            m.astype("float32"), 2, epsilon=1e-12, relative_floor=relative_floor
+            m.astype("float32"),
+            2,
+            matrix_epsilon=1e-12,
+            relative_matrix_epsilon=relative_floor,
         )
         return np.asarray(root) @ direction
 

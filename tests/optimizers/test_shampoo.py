@@ -15,7 +15,8 @@ import pytest
 
 from keras_gr.optimizers import OneSidedShampoo
 from keras_gr.optimizers import Shampoo
-from keras_gr.optimizers import shampoo as shampoo_lib
+from keras_gr.optimizers import _blocking
+from keras_gr.optimizers import _structured
 from tests.conformance import check_optimizer
 from tests.multidevice import TRAJECTORY_SNIPPET
 from tests.multidevice import run_on_devices
@@ -75,8 +76,8 @@ class NumpyShampoo:
         shape,
         one_sided,
         lr,
-        beta1=0.9,
-        beta2=0.999,
+        beta_1=0.9,
+        beta_2=0.999,
         eps=1e-7,
         nesterov=False,
         grafting="adam",
@@ -122,7 +123,7 @@ class NumpyShampoo:
     def step(self, w, g):
         self.t += 1
         t = self.t
-        b1 = self.beta1
+        b1 = self.beta_1
         d = g
         if b1 > 0:
             self.m = b1 * self.m + (1 - b1) * g
@@ -143,7 +144,7 @@ class NumpyShampoo:
         if self.fallback:
             return w - self.lr * ref
         p = 2 * len(self.axes)
-        b2 = self.beta2
+        b2 = self.beta_2
         # Statistics on steps 1, 1 + k, 1 + 2k, ...; the bias correction
         # counts those updates only.
         update_stats = (t - 1) % self.stat_freq == 0
@@ -189,12 +190,12 @@ class NumpyShampoo:
 def _keras_kwargs(ref):
     return dict(
         learning_rate=ref.lr,
-        beta1=ref.beta1,
-        beta2=ref.beta2,
+        beta_1=ref.beta_1,
+        beta_2=ref.beta_2,
         epsilon=ref.eps,
         nesterov=ref.nesterov,
         grafting=ref.grafting,
-        grafting_beta2=ref.gbeta2,
+        grafting_beta_2=ref.gbeta2,
         precondition_frequency=ref.freq,
         start_preconditioning_step=ref.start,
         matrix_epsilon=ref.meps,
@@ -228,14 +229,14 @@ def _run_both(cls, shapes, steps=4, seed=0, **ref_kwargs):
 GOLDEN_SHAPES = [(4, 6), (7, 3), (2, 3, 4), (5,)]
 
 GOLDEN_CASES = {
-    "paper": dict(lr=0.1, beta1=0.0, beta2=1.0, grafting="none"),
+    "paper": dict(lr=0.1, beta_1=0.0, beta_2=1.0, grafting="none"),
     "adam_graft_momentum": dict(lr=0.01),
     "sgd_graft_nesterov_freq3": dict(
-        lr=0.05, grafting="sgd", nesterov=True, freq=3, beta2=0.9
+        lr=0.05, grafting="sgd", nesterov=True, freq=3, beta_2=0.9
     ),
     # Blocks: 7 -> 2 blocks of 4 (one zero row), 6 -> 2 of 3, 4 -> 4.
     "blocked_no_graft_ema": dict(
-        lr=0.05, beta1=0.0, beta2=0.9, grafting="none", max_dim=4
+        lr=0.05, beta_1=0.0, beta_2=0.9, grafting="none", max_dim=4
     ),
     "adagrad_graft_start3": dict(lr=0.05, grafting="adagrad", start=3, freq=2),
     "no_graft_momentum_freq2": dict(lr=0.05, grafting="none", freq=2),
@@ -296,12 +297,12 @@ def test_golden_reference_is_not_trivial():
 def test_disabled_preconditioning_equals_grafting_optimizer(
     cls, grafting, peer
 ):
-    beta1 = 0.9 if grafting == "adam" else 0.0
+    beta_1 = 0.9 if grafting == "adam" else 0.0
     opt = cls(
         learning_rate=0.01,
-        beta1=beta1,
+        beta_1=beta_1,
         grafting=grafting,
-        grafting_beta2=0.99,
+        grafting_beta_2=0.99,
         epsilon=1e-7,
         start_preconditioning_step=1000,
     )
@@ -446,7 +447,7 @@ def test_realistic_kernels_are_preconditioned_in_blocks():
     assert factors == [[(4, 1024, 1024)], [(4, 1024, 1024)], [(4, 1024, 1024)]]
     # Two-sided plans (no state allocated: 32000 x 4096 would need 2 GiB).
     plans = [
-        shampoo_lib._Plan(s, *Shampoo()._route(v)[:2], 1024)
+        _blocking.BlockPlan(s, *Shampoo()._route(v)[:2], 1024)
         for s, v in zip(shapes, variables)
     ]
     assert [p.factor_shapes() for p in plans] == [
@@ -465,8 +466,8 @@ def test_block_update_matches_numpy_on_uneven_blocks():
         shapes,
         steps=3,
         lr=0.05,
-        beta1=0.0,
-        beta2=1.0,
+        beta_1=0.0,
+        beta_2=1.0,
         grafting="none",
         max_dim=4,
     )
@@ -478,7 +479,7 @@ def test_block_update_matches_numpy_on_uneven_blocks():
 def test_flatten_tensors_is_the_matrix_update(cls):
     """`flatten_tensors=True`: a (2, 3, 4) kernel is trained exactly as the
     (6, 4) matrix by the reference; the option is in the config."""
-    kwargs = dict(lr=0.05, beta2=0.9, max_dim=4)
+    kwargs = dict(lr=0.05, beta_2=0.9, max_dim=4)
     want, _, _ = _run_both(cls, [(6, 4)], steps=3, **kwargs)
     rng = np.random.default_rng(0)
     ref = NumpyShampoo((6, 4), cls is OneSidedShampoo, **kwargs)
@@ -514,18 +515,18 @@ def test_summary_before_build_raises():
 
 @pytest.mark.parametrize("cls", [OneSidedShampoo, Shampoo])
 def test_bias_corrected_statistics(cls):
-    """With `grafting="none"` and `beta1=0` the first step is
-    `L^(-1/p) G (R^(-1/p))` of the first gradient whatever `beta2` (the
-    bias-corrected statistic is `G G^T`); uncorrected, `beta2=0.999` would
-    make it `(1 - beta2)^(-1/2) ~ 30` times larger."""
+    """With `grafting="none"` and `beta_1=0` the first step is
+    `L^(-1/p) G (R^(-1/p))` of the first gradient whatever `beta_2` (the
+    bias-corrected statistic is `G G^T`); uncorrected, `beta_2=0.999` would
+    make it `(1 - beta_2)^(-1/2) ~ 30` times larger."""
     g = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
     moves = []
-    for beta2 in (0.9, 0.999, 1.0):
+    for beta_2 in (0.9, 0.999, 1.0):
         var = keras.Variable(np.zeros((3, 5), "float32"))
         opt = cls(
             learning_rate=0.1,
-            beta1=0.0,
-            beta2=beta2,
+            beta_1=0.0,
+            beta_2=beta_2,
             grafting="none",
             precondition_frequency=1,
         )
@@ -563,7 +564,7 @@ def _all_finite_runners():
     """`_all_finite` eagerly and compiled the ways the backend compiles a
     train step (JAX: `jax.jit`; TensorFlow: `tf.function` with and without
     XLA), so a compiler that folded `x * 0` to 0 would be caught."""
-    fn = shampoo_lib._all_finite
+    fn = _structured.all_finite
     runners = {"eager": fn}
     if keras.backend.backend() == "jax":
         import jax
@@ -608,8 +609,8 @@ def test_all_finite_flags_every_non_finite(dtype):
 def test_numpy_scalars_are_accepted():
     opt = OneSidedShampoo(
         learning_rate=np.float32(0.01),
-        beta1=np.float32(0.9),
-        beta2=np.float64(0.99),
+        beta_1=np.float32(0.9),
+        beta_2=np.float64(0.99),
         precondition_frequency=np.int64(10),
         start_preconditioning_step=np.int32(2),
         max_preconditioner_dim=np.int64(256),
@@ -620,7 +621,7 @@ def test_numpy_scalars_are_accepted():
     assert config["root_method"] == "newton"
     assert config["precondition_frequency"] == 10
     assert isinstance(config["precondition_frequency"], int)
-    assert config["beta1"] == pytest.approx(0.9)
+    assert config["beta_1"] == pytest.approx(0.9)
     assert OneSidedShampoo.from_config(config).get_config() == config
 
 
@@ -663,7 +664,7 @@ def test_statistics_frequency_matches_numpy(cls):
         [(4, 6), (7, 3)],
         steps=5,
         lr=0.05,
-        beta2=0.9,
+        beta_2=0.9,
         freq=3,
         stat_freq=2,
         max_dim=4,
@@ -673,7 +674,7 @@ def test_statistics_frequency_matches_numpy(cls):
         np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5)
     # The reference differs from statistics every step (the test can fail).
     every, _, _ = _run_both(
-        cls, [(4, 6), (7, 3)], steps=5, lr=0.05, beta2=0.9, freq=3, max_dim=4
+        cls, [(4, 6), (7, 3)], steps=5, lr=0.05, beta_2=0.9, freq=3, max_dim=4
     )
     assert np.abs(every[0] - want[0]).max() > 1e-4
 
@@ -853,17 +854,17 @@ def test_newton_root_method_tracks_eigh(cls):
         (dict(precondition_frequency=0), "precondition_frequency"),
         (dict(precondition_frequency=2.5), "precondition_frequency"),
         (dict(start_preconditioning_step=0), "start_preconditioning_step"),
-        (dict(beta1=1.0), "beta1"),
-        (dict(beta1=-0.1), "beta1"),
-        (dict(beta2=1.5), "beta2"),
-        (dict(grafting_beta2=2.0), "grafting_beta2"),
+        (dict(beta_1=1.0), "beta_1"),
+        (dict(beta_1=-0.1), "beta_1"),
+        (dict(beta_2=1.5), "beta_2"),
+        (dict(grafting_beta_2=2.0), "grafting_beta_2"),
         (dict(grafting="lamb"), "grafting"),
         (dict(max_preconditioner_dim=0), "max_preconditioner_dim"),
         (dict(relative_matrix_epsilon=-1.0), "relative_matrix_epsilon"),
         (dict(root_method="svd"), "root_method"),
         (dict(statistics_frequency=0), "statistics_frequency"),
         (dict(statistics_frequency=1.5), "statistics_frequency"),
-        (dict(beta1=True), "beta1"),
+        (dict(beta_1=True), "beta_1"),
         (
             dict(precondition_frequency=np.float32(2.0)),
             "precondition_frequency",
