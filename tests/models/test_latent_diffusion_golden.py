@@ -14,6 +14,7 @@ and the step-by-step paths.
 import os
 
 import numpy as np
+import pytest
 
 from keras_gr.models import DigitsLatentDiffusion
 
@@ -78,6 +79,7 @@ def _all_outputs():
     return _outputs(pipe)
 
 
+@pytest.mark.slow  # a whole tiny pipeline, 4 compiled samplers: 35-180 s
 def test_same_seeds_give_the_golden_samples():
     want = dict(np.load(GOLDEN))
     got = _all_outputs()

@@ -37,6 +37,17 @@ class DDIMSampler:
         num_steps: `T`, the steps of the full sampler, trailing spacing.
         clip: clip of the clean estimates (None: no clipping). Defaults to
             `None`.
+
+    Example (the replacement, `DiffusionSampler(denoiser, schedule,
+    num_steps, stop_step=2)`, compiles the same two steps into one call):
+
+    >>> class Zero:  # predicts no noise: x0 = z / sqrt(abar)
+    ...     def predict_on_batch(self, inputs):
+    ...         return np.zeros_like(inputs[0])
+    >>> sampler = DDIMSampler(Zero(), NoiseSchedule().alpha_bars, 4)
+    >>> out = sampler.sample(np.ones((2, 4, 4, 1)), [0, 1], stop_after=2)
+    >>> sampler.denoiser_calls, out["x0"].shape
+    (2, (2, 4, 4, 1))
     """
 
     def __init__(
