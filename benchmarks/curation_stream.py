@@ -106,7 +106,7 @@ def _child(spec):
         fit(100)  # compile (eight devices)
         keras.distribution.set_distribution(None)
         times = {"1 device": [], f"{len(devices)} devices": []}
-        diffs = []
+        diffs, objective = [], []
         for r in range(3):
             keras.distribution.set_distribution(None)
             one, t_one = fit(r)
@@ -116,10 +116,13 @@ def _child(spec):
             times["1 device"].append(t_one)
             times[f"{len(devices)} devices"].append(t_many)
             diffs.append(float(np.abs(one.centroids - many.centroids).max()))
+            objective.append(abs(many.inertia / one.inertia - 1.0))
         result = {
             "rows": rows,
             "devices": len(devices),
             "max_centroid_diff": max(diffs),
+            "centroid_diff_per_round": diffs,
+            "relative_objective_diff_per_round": objective,
             "median_s": {k: float(np.median(v)) for k, v in times.items()},
         }
     print("RESULT " + json.dumps(result))
@@ -345,14 +348,28 @@ def run_stream(args):
             {"devices": name, "median_s": value}
             for name, value in devices["median_s"].items()
         ]
+        diffs = devices["centroid_diff_per_round"]
+        equal = sum(d < 1e-5 for d in diffs)
+        objective = max(devices["relative_objective_diff_per_round"])
         lines.append(
-            "- *8 virtual devices equal 1*: "
-            + ("**yes**" if devices["max_centroid_diff"] < 1e-4 else "**no**")
-            + f" (largest centroid difference "
-            f"{devices['max_centroid_diff']:.2g}); time ratio {ratio:.2f}x "
-            "(8 devices / 1): the 8 virtual devices share the same 2 cores, "
-            "so this ratio predicts nothing about real devices (why it is "
-            "not 1 on this machine was not investigated)."
+            "- *8 virtual devices equal 1* (centroids within 1e-5): "
+            + (
+                "**yes**"
+                if equal == len(diffs)
+                else "**partly**"
+                if equal
+                else "**no**"
+            )
+            + f" ({equal} of {len(diffs)} rounds; centroid differences "
+            + ", ".join(f"{d:.2g}" for d in diffs)
+            + f"; objectives within {objective:.1g} relative). A round "
+            "that differs more has had a label flip of a point whose two "
+            "nearest centroids are tied within float32 rounding (the "
+            "sharded sums add in another order), which later iterations "
+            "carry on; the issue's criterion exempts tied points. Time "
+            f"ratio {ratio:.2f}x (8 devices / 1): the 8 virtual devices "
+            "share the same 2 cores, so this ratio predicts nothing about "
+            "real devices."
         )
     meta = {
         "dim": STREAM_DIM,
