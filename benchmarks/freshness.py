@@ -35,6 +35,8 @@ RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 COMPONENTS = {
     "curation": [
         "benchmarks/curation.py",
+        "benchmarks/curation_stream.py",
+        "keras_gr/_kmeans.py",
         "keras_gr/curation/",
     ],
     "latent_crf": [
