@@ -33,6 +33,7 @@ from keras_gr.models.routing.oracle_router import OracleRouter
 from keras_gr.models.routing.routed_generator import RoutedGenerator
 from keras_gr.models.routing.zero_router import ZeroRouter
 from keras_gr.models.salt.salt_distiller import SaltDistiller
+from keras_gr.models.salt.salt_distiller import label_mask_from_padding
 from keras_gr.models.salt.salt_selection import salt_scores_from_logits
 from keras_gr.models.salt.salt_selection import salt_selection_scores
 from keras_gr.models.salt.salt_selection import select_top_fraction
@@ -60,6 +61,7 @@ __all__ = [
     "OracleRouter",
     "RoutedGenerator",
     "SaltDistiller",
+    "label_mask_from_padding",
     "salt_scores_from_logits",
     "salt_selection_scores",
     "select_top_fraction",

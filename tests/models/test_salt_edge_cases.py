@@ -184,3 +184,22 @@ def test_raw_text_fit_and_keras_round_trip(tiny_preset, tmp_path):
         loaded.predict(TEXTS, verbose=0), logits, rtol=1e-5, atol=1e-5
     )
     assert int(keras.ops.convert_to_numpy(loaded.kd_step)) == 2
+
+
+def test_label_mask_from_padding_is_exported_and_shifts_by_one():
+    """`keras_gr.models.label_mask_from_padding` is the distiller's own
+    function and equals a NumPy shift of the padding mask by one."""
+    from keras_gr import models
+    from keras_gr.models.salt import salt_distiller
+
+    assert models.label_mask_from_padding is (
+        salt_distiller.label_mask_from_padding
+    )
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 9, size=6)
+    padding = np.arange(8)[None, :] < lengths[:, None]
+    expected = np.empty_like(padding)
+    expected[:, :-1] = padding[:, 1:]
+    expected[:, -1] = padding[:, -1]
+    got = keras.ops.convert_to_numpy(models.label_mask_from_padding(padding))
+    np.testing.assert_array_equal(got, expected)
