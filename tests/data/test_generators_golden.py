@@ -10,6 +10,10 @@ so any change of value, order, dtype or padding changes it.
 
 import hashlib
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -190,16 +194,37 @@ GOLDEN_DATASETS = {
 }
 
 
+def dataset_digests():
+    """The digest of six batches of every `tf.data` wrapper above."""
+    return {name: _digest(_batches(ds, 6)) for name, ds in _datasets().items()}
+
+
 def test_dataset_batches_are_unchanged():
     """Two passes over every `tf.data` wrapper (the reshuffle between
     epochs is covered), with the seeds above.
 
-    `Dataset.shuffle(seed=s)` derives its order from `s` and TensorFlow's
-    global seed, which `keras.utils.set_random_seed` (called by earlier
-    tests) sets; the digests were taken with no global seed, so it is
-    unset first and the test does not depend on the order tests run in.
+    Taken in a fresh process: `Dataset.shuffle(seed=s)` derives its order
+    from `s` and TensorFlow's process state (the global seed, which
+    `keras.utils.set_random_seed` sets, and on the TensorFlow backend some
+    state left by earlier Keras fits of keras-hub models that
+    `tf.random.set_seed(None)` does not undo), and the digests describe
+    what a user's fresh process gets for these seeds.
     """
-    tf = pytest.importorskip("tensorflow")
-    tf.random.set_seed(None)
-    got = {name: _digest(_batches(ds, 6)) for name, ds in _datasets().items()}
+    pytest.importorskip("tensorflow")
+    code = (
+        "import json\n"
+        "from tests.data.test_generators_golden import dataset_digests\n"
+        "print(json.dumps(dataset_digests()))\n"
+    )
+    root = pathlib.Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got == GOLDEN_DATASETS

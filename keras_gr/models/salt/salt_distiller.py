@@ -1,6 +1,8 @@
 """SaltDistiller: a student CausalLM trained with a small teacher's soft
 labels for its first `n_kd` steps (SALT, arXiv 2410.18779)."""
 
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
@@ -49,7 +51,7 @@ def _dims_differ(a, b):
     )
 
 
-def label_mask_from_padding(padding_mask):
+def label_mask_from_padding(padding_mask: Any) -> Any:
     """The next-token label mask of `x["padding_mask"]` (right padding), as
     keras-hub's `CausalLMPreprocessor` returns it in `sample_weight`.
 
