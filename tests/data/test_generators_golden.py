@@ -176,9 +176,12 @@ def _datasets():
         "digits_array_dataset": digits.array_dataset(
             latents, labels, 8, seed=7
         ),
+        # z_t drops out of the digest: its float multiply-add may differ in
+        # the last bit between processes (oneDNN's order of operations);
+        # t, the label and the stateless noise are exact.
         "digits_noised_latent_dataset": digits.noised_latent_dataset(
             latents, labels, np.linspace(0.9, 0.1, 5), 8, seed=8
-        ),
+        ).map(lambda inputs, eps: ((inputs[1], inputs[2]), eps)),
     }
 
 
@@ -190,7 +193,9 @@ GOLDEN_DATASETS = {
     "icl_regression_dataset": "d9f998ad4af5dd3d2a8b0c9e",
     "icl_regression_dataset_ordered": "541b7d20bd661a53a12adaad",
     "digits_array_dataset": "4269b69137d50dc1eabf9738",
-    "digits_noised_latent_dataset": "7a40a34269ae10d9b17765ba",
+    # Taken at ed3a308 (before the refactor) without z_t: 3 of 3 fresh
+    # processes there, 5 of 5 here.
+    "digits_noised_latent_dataset": "a9681b754d176f0103ee3d00",
 }
 
 
