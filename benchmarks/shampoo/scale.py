@@ -2,6 +2,8 @@
 issue 15, the defaults, the statistics interval, ...) against Keras Adam
 and Muon on wide MLPs, in interleaved rounds of whole root periods."""
 
+import os
+
 import keras
 import numpy as np
 
@@ -49,13 +51,23 @@ SCALE_OPTIMIZERS = {
         ),
     ),
     "defaults": (
-        "defaults: blocks 1024, newton, block-staggered, stats every step",
+        "defaults: blocks 1024, root_method='auto', block-staggered, "
+        "stats every step",
         lambda: OneSidedShampoo(1e-3, precondition_frequency=10),
     ),
     "tuned": (
         "tuned: defaults + statistics_frequency=10",
         lambda: OneSidedShampoo(
             1e-3, precondition_frequency=10, statistics_frequency=10
+        ),
+    ),
+    "tuned_newton": (
+        "tuned_newton: tuned + root_method='newton'",
+        lambda: OneSidedShampoo(
+            1e-3,
+            precondition_frequency=10,
+            statistics_frequency=10,
+            root_method="newton",
         ),
     ),
     "tuned_eigh": (
@@ -71,6 +83,15 @@ SCALE_OPTIMIZERS = {
         "f100: defaults + precondition_frequency=statistics_frequency=100",
         lambda: OneSidedShampoo(
             1e-3, precondition_frequency=100, statistics_frequency=100
+        ),
+    ),
+    "f100_newton": (
+        "f100_newton: f100 + root_method='newton'",
+        lambda: OneSidedShampoo(
+            1e-3,
+            precondition_frequency=100,
+            statistics_frequency=100,
+            root_method="newton",
         ),
     ),
     "f100_eigh": (
@@ -155,7 +176,15 @@ def part_scale(args):
             "params": params,
             "steps_per_round": steps,
         }
-    meta.update(rounds=args.scale_rounds)
+    meta.update(
+        rounds=args.scale_rounds,
+        # OpenBLAS (scipy's, which runs JAX's CPU `eigh`) keeps its idle
+        # worker threads spinning for a while after a call unless told
+        # otherwise; on a small CPU they then slow the next steps.
+        openblas_env={
+            k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")
+        },
+    )
     md = harness.write_results(
         f"shampoo_scale{suffix(args, args.scale_tag)}",
         tables,
@@ -180,8 +209,13 @@ def part_scale(args):
             "(spread over it); Adam's "
             "forward + backward 6 m n B for B rows per step: the "
             "per-step ratio is about 1 + b (1 + 1/statistics_frequency) "
-            "/ (3 B). CPU only, on a 2-core machine shared with other "
-            "jobs: ratios, not absolute times, are the result."
+            "/ (3 B). CPU only (2 cores): ratios, not absolute times, are "
+            "the result. `root_method='auto'` is eigh under JAX on CPU "
+            "and Newton elsewhere. JAX's CPU eigh runs in scipy's "
+            "OpenBLAS, whose idle threads spin after each call and slow "
+            "the following steps unless OPENBLAS_THREAD_TIMEOUT (or "
+            "OPENBLAS_NUM_THREADS=1) is set: `openblas_env` records "
+            "which was set for the run."
         ),
     )
     print(md)

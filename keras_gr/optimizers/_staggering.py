@@ -9,6 +9,8 @@ and two small `keras.ops` helpers that cut a group's inputs out of the
 per-factor tensors (`gather`) and put its results back (`scatter`).
 """
 
+import math
+
 from keras import ops
 
 
@@ -34,7 +36,7 @@ class RootSchedule:
         self.slots = slots
 
 
-def schedule(plans, shards, frequency, stagger):
+def schedule(plans, shards, frequency, stagger, busy=()):
     """Assigns every block of every factor a step offset and a group.
 
     Every block (a `(b, b)` matrix of a `(N, b, b)` factor) gets an offset
@@ -43,8 +45,11 @@ def schedule(plans, shards, frequency, stagger):
     are chosen greedily (largest `b^3` first, onto the least-loaded
     offset; longest-processing-time bin packing), so every step
     recomputes at most `total / frequency + max b^3` of root work and the
-    blocks of one large kernel land on different steps. With
-    `stagger=False` (or `frequency == 1`) every offset is 0.
+    blocks of one large kernel land on different steps. Among equally
+    loaded offsets, those not in `busy` (the offsets that fall on a
+    statistics update, `busy_offsets`) are taken first, so that a root
+    and the `G G^T` products do not add up on one step (the worst step).
+    With `stagger=False` (or `frequency == 1`) every offset is 0.
 
     A factor whose blocks are sharded over `S > 1` devices (`shards`) is
     one unit instead: all its blocks share one offset and form their own
@@ -60,6 +65,8 @@ def schedule(plans, shards, frequency, stagger):
             one device (missing: 1).
         frequency: `precondition_frequency`.
         stagger: whether to spread the offsets.
+        busy: offsets to use last among equally loaded ones (ignored if
+            every offset is busy).
 
     Returns:
         A `RootSchedule`.
@@ -79,10 +86,13 @@ def schedule(plans, shards, frequency, stagger):
             else:
                 items += [(b**3, i, j, (k,)) for k in range(n)]
     load = [0] * frequency
+    busy = set(busy) if len(set(busy)) < frequency else set()
     for cost, i, j, ks in sorted(items, key=lambda x: (-x[0], x[1:])):
         offset = 0
         if stagger:
-            offset = min(range(frequency), key=lambda o: (load[o], o))
+            offset = min(
+                range(frequency), key=lambda o: (load[o], o in busy, o)
+            )
         for k in ks:
             offsets[i][j][k] = offset
         load[offset] += cost
@@ -100,6 +110,17 @@ def schedule(plans, shards, frequency, stagger):
         for pos, (i, j, k) in enumerate(members):
             slots.setdefault((i, j), {})[k] = (key, pos)
     return RootSchedule(offsets, load, groups, slots)
+
+
+def busy_offsets(frequency, statistics_frequency, start):
+    """The root offsets in `[0, frequency)` that share a step with a
+    statistics update in some period: statistics are updated on the steps
+    `t` with `(t - 1) % statistics_frequency == 0`, the blocks of offset
+    `o` on `t = start + o + k frequency`, so they meet for some `k`
+    exactly when `(start - 1 + o) % gcd(frequency, statistics_frequency)
+    == 0`."""
+    g = math.gcd(frequency, statistics_frequency)
+    return tuple(o for o in range(frequency) if (start - 1 + o) % g == 0)
 
 
 def runs(members):

@@ -263,6 +263,11 @@ class StructuredPreconditioner(keras.optimizers.Optimizer):
             self._shards,
             self.precondition_frequency,
             self.stagger_roots,
+            busy=_staggering.busy_offsets(
+                self.precondition_frequency,
+                self.statistics_frequency,
+                self.start_preconditioning_step,
+            ),
         )
         self._warn_if_mostly_fallback()
 

@@ -12,6 +12,7 @@ Reference: "Structured Preconditioners in Adaptive Optimization: A Unified
 Analysis", Xie et al., arXiv:2503.10537.
 """
 
+import keras
 from keras import ops
 
 from keras_gr import _backend
@@ -49,8 +50,32 @@ def safe_eigh(mat):
     return ops.eigh(mat)
 
 
-ROOT_METHODS = ("eigh", "newton")
+ROOT_METHODS = ("auto", "eigh", "newton")
 """Accepted inverse-root methods (`matrix_inverse_pth_root(method=...)`)."""
+
+
+def resolve_root_method(method):
+    """The concrete root method of `method` on the running backend.
+
+    `"auto"` is `"eigh"` under JAX on CPU and `"newton"` everywhere else.
+    Measured per root of a `512 x 512` float32 block on a 2-core CPU
+    (`jit`, condition number 1e6): JAX's LAPACK `eigh` 19 ms against 105 ms
+    for Newton's ~20 iterations; TensorFlow's XLA-compiled `eigh` 2.4 s
+    against 89 ms for Newton. On TPU and GPU Newton is batched matrix
+    products, what those chips do best, while their `eigh` is iterative
+    and slow. Read when the root is traced (so a config saved with
+    `"auto"` picks the right method on the machine it is loaded on).
+    `"eigh"` and `"newton"` are returned unchanged.
+    """
+    if method != "auto":
+        return method
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if jax.default_backend() == "cpu":
+            return "eigh"
+    return "newton"
+
 
 NEWTON_ITERATIONS = 40
 """Default iteration cap of the coupled Newton inverse root."""
@@ -135,7 +160,9 @@ def matrix_inverse_pth_root(
         relative_matrix_epsilon: eigenvalue floor relative to the largest
             eigenvalue. Defaults to `1e-6`. `0` gives the plain
             `max(lambda, matrix_epsilon)`.
-        method: `"eigh"` or `"newton"`. Defaults to `"eigh"`.
+        method: `"eigh"`, `"newton"` or `"auto"` (`resolve_root_method`:
+            `"eigh"` under JAX on CPU, else `"newton"`). Defaults to
+            `"eigh"`.
         newton_iterations: iteration cap of `"newton"`. Defaults to `40`.
         newton_tolerance: stopping tolerance of `"newton"`. Defaults to
             `1e-5`.
@@ -150,6 +177,7 @@ def matrix_inverse_pth_root(
             f"`method` must be one of {ROOT_METHODS}. Received: "
             f"method={method!r}"
         )
+    method = resolve_root_method(method)
     with _backend.highest_matmul_precision():
         mat = ops.cast(mat, "float32")
         input_finite = ops.all(ops.isfinite(mat))

@@ -66,15 +66,24 @@ class Shampoo(StructuredPreconditioner):
           + c b^2 / (6 n B precondition_frequency)
 
     times Adam's: the first two terms are the step without roots, the
-    last is the roots, paid on a few steps of each period. For 512 x 512
-    kernels and batch 512 (`b = n = B = 512`, Newton with ~20
-    iterations) the root term is ~2 at `precondition_frequency=10` and
-    ~0.2 at 100: the roots dominate unless the period is long. The knobs,
-    in order of their weight in this formula: `precondition_frequency`,
-    then `max_preconditioner_dim` (the root term grows as `b^2`, the
-    others as `b`), then `statistics_frequency`. Measured step costs are
-    in `benchmarks/results/shampoo_scale_*` (`python -m benchmarks.shampoo
-    --part scale`).
+    last is the roots, paid on a few steps of each period. The knobs, in
+    order of their weight in this formula: `precondition_frequency`, then
+    `root_method` (it sets `c`), then `max_preconditioner_dim` (the root
+    term grows as `b^2`, the others as `b`), then `statistics_frequency`.
+
+    Which knobs matter, measured (`python -m benchmarks.shampoo --part
+    scale`, `benchmarks/results/shampoo_scale_*`, mean step over whole
+    root periods in interleaved rounds, 2-core CPU; figures vary by about
+    +-0.2 between runs there): on the width-512 MLP of 4 Dense 512 x 512
+    kernels at batch 512 (`b = n = B = 512`) the step without roots is
+    1.33x Adam's (the formula's floor), Keras Muon's 4.4-5.4x. With
+    `statistics_frequency=10` the mean step is about 1.9-2.1x Adam's at
+    `precondition_frequency=10` with `"auto"` (`eigh` under JAX on CPU:
+    ~20 ms per 512 root) against 2.4-2.5x with Newton (~8-10 iterations
+    on these statistics, ~70-90 ms per root step), and 1.42x against 1.50x
+    at `precondition_frequency=100`. So: first a long period, then the
+    cheaper root of the platform, then smaller blocks. A warm start of the
+    root from the previous one was measured and rejected (below).
 
     - `max_preconditioner_dim` (block size `b`): a factored axis longer
       than this is split into balanced blocks of at most this length
@@ -101,20 +110,36 @@ class Shampoo(StructuredPreconditioner):
       are computed once at `start_preconditioning_step`. Blocks due on the
       same step that share `(b, p)` are decomposed in one batched call,
       across variables.
-    - `root_method`: `"newton"` (coupled Newton, only matrix products) or
-      `"eigh"`. Newton is the default on every backend: on TPU and GPU it
-      is batched matmuls, and TensorFlow's XLA-compiled `eigh` on CPU is
-      far slower than its matmuls. The two agree to about 1e-3 on
-      training trajectories (tested); `eigh` clips the spectrum at the
-      floor where Newton shifts it (see `matrix_functions`). Every root is
-      solved from a scaled identity, not warm-started from the previous
-      root: the coupled iteration is exact only from a start that
-      commutes with the statistics, and to first order the error of a
-      root warm-started from a non-commuting previous root grows with the
-      ratio of the root's eigenvalues (`sqrt(condition number)`, ~1e3 at
-      the default floor), so a warm start would need a correction as
-      costly as the solve. In eager execution the iteration runs as a
-      Python loop, so warm eager steps compile nothing.
+    - `root_method`: `"auto"` (default), `"newton"` (coupled Newton, only
+      matrix products) or `"eigh"`. `"auto"` is `eigh` under JAX on CPU
+      (LAPACK: 19 ms per 512 x 512 root against 105 ms for Newton at
+      condition number 1e6) and Newton elsewhere (TensorFlow's compiled
+      `eigh` on CPU: 2.4 s against 89 ms; on TPU and GPU Newton is
+      batched matmuls, their `eigh` is iterative and slow). The two agree
+      to about 1e-3 on training trajectories (tested); `eigh` clips the
+      spectrum at the floor where Newton shifts it (see
+      `matrix_functions`). JAX's CPU `eigh` runs in scipy's OpenBLAS,
+      whose idle threads keep spinning after each call and slow the next
+      steps on a small CPU: set `OPENBLAS_THREAD_TIMEOUT=4` (or
+      `OPENBLAS_NUM_THREADS=1`) before starting Python (measured on 2
+      cores: the steps after a root step fall from ~45 ms back to the
+      24 ms of a step without root). Every Newton root is solved from a
+      scaled identity, not warm-started from the previous root: the
+      coupled iteration is exact only from a start that commutes with the
+      statistics, and the uncoupled one diverges from a non-commuting
+      start. Measured on the statistics of the MLP above, one root period
+      apart (a 16-24% change): from the previous root, the uncoupled
+      Newton-Schulz iteration reached residuals `max |X^2 A - I|` of only
+      1e-4 to 2e-3 after 4 iterations (linear, not quadratic,
+      convergence) and diverged to NaN on every factor in the second
+      period (a 54-76% change), while the cold coupled solve reaches the
+      1e-5 tolerance in 8-10 iterations there. In eager execution the
+      iteration runs as a Python loop, so warm eager steps compile
+      nothing.
+    - Staggering and `statistics_frequency`: among equally loaded root
+      offsets, the blocks are put on steps that do not update the
+      statistics (`_staggering.busy_offsets`), so a root and the `G G^T`
+      products do not add up on one step (the worst step).
     - `preconditioning_summary()` reports per variable and in total what is
       preconditioned, each block's step offset and the root work per
       step; `build` warns when less than half of the parameters are.
@@ -222,7 +247,9 @@ class Shampoo(StructuredPreconditioner):
             `True`.
         stagger_roots: spread the root recomputations, block by block,
             over the `precondition_frequency` steps. Defaults to `True`.
-        root_method: `"newton"` or `"eigh"`. Defaults to `"newton"`.
+        root_method: `"auto"`, `"newton"` or `"eigh"`. Defaults to
+            `"auto"`: `"eigh"` under JAX on CPU, `"newton"` elsewhere
+            (`matrix_functions.resolve_root_method`).
         statistics_frequency: update the statistics every this many
             steps (steps 1, 1 + k, 1 + 2k, ...); the step itself is taken
             every step. Defaults to `1`.
@@ -280,7 +307,7 @@ class Shampoo(StructuredPreconditioner):
         max_preconditioner_dim: int = 1024,
         blocking: bool = True,
         stagger_roots: bool = True,
-        root_method: str = "newton",
+        root_method: str = "auto",
         statistics_frequency: int = 1,
         matrix_epsilon: float = 1e-12,
         relative_matrix_epsilon: float = 1e-6,

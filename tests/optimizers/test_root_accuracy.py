@@ -123,8 +123,11 @@ def bfloat16_policy(request):
         keras.config.set_dtype_policy(previous)
 
 
+@pytest.mark.parametrize("method", ["newton", "eigh"])
 @pytest.mark.parametrize("cls, p", [(OneSidedShampoo, 2), (Shampoo, 4)])
-def test_optimizer_roots_under_bfloat16_policies(bfloat16_policy, cls, p):
+def test_optimizer_roots_under_bfloat16_policies(
+    bfloat16_policy, cls, p, method
+):
     """The roots the optimizer stores, as used: one Dense kernel per
     condition number under the `mixed_bfloat16` or `bfloat16` policy, one
     step with the gradient `G = Q diag(sqrt(lambda))`, so that the first
@@ -152,6 +155,7 @@ def test_optimizer_roots_under_bfloat16_policies(bfloat16_policy, cls, p):
         precondition_frequency=1,
         matrix_epsilon=MATRIX_EPSILON,
         relative_matrix_epsilon=RELATIVE_MATRIX_EPSILON,
+        root_method=method,
     )
     compiled_applier(opt, kernels)(grads)
     stats = [v for v in opt.variables if v.name.endswith("_statistics")]
@@ -163,7 +167,7 @@ def test_optimizer_roots_under_bfloat16_policies(bfloat16_policy, cls, p):
         # One statistics update with beta_2 = 0.999: the root is taken
         # of stat / (1 - beta_2).
         a = keras.ops.convert_to_numpy(stat)[0] / (1.0 - 0.999)
-        a_f, kappa = _floored(a, "newton")
+        a_f, kappa = _floored(a, method)
         condition = CONDITIONS[k // factors]
         assert condition / 2.1 <= kappa <= 1.01 * condition
         x = keras.ops.convert_to_numpy(root)[0]

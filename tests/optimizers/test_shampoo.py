@@ -16,6 +16,7 @@ import pytest
 from keras_gr.optimizers import OneSidedShampoo
 from keras_gr.optimizers import Shampoo
 from keras_gr.optimizers import _blocking
+from keras_gr.optimizers import _staggering
 from keras_gr.optimizers import _structured
 from tests.conformance import check_optimizer
 from tests.multidevice import TRAJECTORY_SNIPPET
@@ -618,7 +619,7 @@ def test_numpy_scalars_are_accepted():
     )
     config = opt.get_config()
     assert config["statistics_frequency"] == 4
-    assert config["root_method"] == "newton"
+    assert config["root_method"] == "auto"
     assert config["precondition_frequency"] == 10
     assert isinstance(config["precondition_frequency"], int)
     assert config["beta_1"] == pytest.approx(0.9)
@@ -694,6 +695,44 @@ def test_statistics_are_frozen_between_updates():
     changed = [not np.array_equal(a, b) for a, b in zip(values, values[1:])]
     assert changed == [False, False, True, False], changed
     assert all(not np.array_equal(a, b) for a, b in zip(weights, weights[1:]))
+
+
+def test_busy_offsets_are_the_statistics_steps_of_some_period():
+    """`busy_offsets` against brute force over many periods: the root
+    offsets whose steps `start + o + k * frequency` meet a statistics step
+    (`(t - 1) % statistics_frequency == 0`) for some `k`."""
+    for frequency in (1, 3, 4, 10):
+        for stat_freq in (1, 2, 3, 10, 20):
+            for start in (1, 2, 7):
+                brute = tuple(
+                    o
+                    for o in range(frequency)
+                    if any(
+                        (start + o + k * frequency - 1) % stat_freq == 0
+                        for k in range(200)
+                    )
+                )
+                got = _staggering.busy_offsets(frequency, stat_freq, start)
+                assert got == brute, (frequency, stat_freq, start)
+
+
+def test_roots_avoid_the_statistics_steps():
+    """Four 4 x 4 kernels, `precondition_frequency=10`,
+    `statistics_frequency=10`: the staggered roots take four offsets other
+    than 0 (the statistics step; before, offsets 0-3, so the worst step
+    paid a root and the statistics), and with `statistics_frequency=1`
+    (every offset busy) the offsets are 0-3 as before."""
+    for stat_freq, want in ((10, [1, 2, 3, 4]), (1, [0, 1, 2, 3])):
+        variables = [
+            keras.Variable(np.zeros((4, 6), "float32"), name=f"k{i}")
+            for i in range(4)
+        ]
+        opt = OneSidedShampoo(
+            precondition_frequency=10, statistics_frequency=stat_freq
+        )
+        opt.build(variables)
+        offsets = sorted(o for v in _block_offsets(opt) for (o,) in v)
+        assert offsets == want, (stat_freq, offsets)
 
 
 def _block_offsets(opt):
