@@ -435,21 +435,34 @@ def lr_grid(center, points=3):
     centred on `center` (itself on the ladder): the same grid shape and
     size for every method of a comparison, each around its own default
     (fair tuning). `lr_grid(3e-3)` is `[1e-3, 3e-3, 1e-2]`."""
-    k = int(np.floor(np.log10(center) + 1e-9))
-    mantissa = center / 10.0**k
+    first = _ladder_index(center) - (points - 1) // 2
+    return [_ladder(i) for i in range(first, first + points)]
+
+
+def _ladder_index(value, name="center"):
+    """The index of `value` on the 1-3-10 ladder (`_ladder`'s inverse);
+    `name` is the argument named in the error."""
+    k = int(np.floor(np.log10(value) + 1e-9))
+    mantissa = value / 10.0**k
     if not np.isclose(mantissa, 1.0) and not np.isclose(mantissa, 3.0):
         raise ValueError(
-            "`center` must be on the 1-3-10 ladder (e.g. 1e-3, 3e-3). "
-            f"Received: center={center}"
+            f"`{name}` must be on the 1-3-10 ladder (e.g. 1e-3, 3e-3). "
+            f"Received: {name}={value}"
         )
-    index = 2 * k + int(np.isclose(mantissa, 3.0))
-    first = index - (points - 1) // 2
-    return [_ladder(i) for i in range(first, first + points)]
+    return 2 * k + int(np.isclose(mantissa, 3.0))
 
 
 def _ladder(index):
     """The 1-3-10 ladder: index 2k is 10^k, index 2k + 1 is 3 * 10^k."""
     return float(f"{(3.0 if index % 2 else 1.0) * 10.0 ** (index // 2):.1g}")
+
+
+def extend_grid(grid, best):
+    """`grid` (on the 1-3-10 ladder) with one more ladder point beyond
+    `best`, which sits at its lower or upper edge."""
+    grid = sorted(grid)
+    step = -1 if best == grid[0] else 1
+    return sorted(set(grid) | {_ladder(_ladder_index(best, "best") + step)})
 
 
 def tune_then_seeds(grid, run, seeds, *, score, tune_seed=None):

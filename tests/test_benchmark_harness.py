@@ -1,5 +1,7 @@
 """The benchmark harness's markdown writer (`benchmarks/harness.py`)."""
 
+import pytest
+
 from benchmarks import harness
 
 
@@ -112,10 +114,35 @@ def test_lr_grid_same_shape_around_each_default():
     assert harness.lr_grid(1e-2) == [3e-3, 1e-2, 3e-2]
     assert harness.lr_grid(1e-2, points=4) == [3e-3, 1e-2, 3e-2, 1e-1]
     assert harness.lr_grid(1.0, points=5) == [0.1, 0.3, 1.0, 3.0, 10.0]
-    import pytest
-
     with pytest.raises(ValueError, match="center=0.005"):
         harness.lr_grid(5e-3)
+
+
+def test_extend_grid_adds_the_next_ladder_point_beyond_the_edge():
+    assert harness.extend_grid([1e-3, 3e-3, 1e-2], 1e-2) == [
+        1e-3,
+        3e-3,
+        1e-2,
+        3e-2,
+    ]
+    assert harness.extend_grid([1e-3, 3e-3, 1e-2], 1e-3) == [
+        3e-4,
+        1e-3,
+        3e-3,
+        1e-2,
+    ]
+    with pytest.raises(ValueError, match="best=0.005"):
+        harness.extend_grid([5e-3, 1e-2], 5e-3)
+
+
+def test_steps_to_target_interpolates_between_checkpoints():
+    from benchmarks.shampoo.quality import steps_to_target
+
+    checkpoints = [10, 20, 30]
+    # Crosses 3.0 between 20 (3.5) and 30 (2.5): halfway, step 25.
+    assert steps_to_target(checkpoints, [4.0, 3.5, 2.5], 3.0) == 25.0
+    assert steps_to_target(checkpoints, [2.0, 1.0, 0.5], 3.0) == 10.0
+    assert steps_to_target(checkpoints, [4.0, 3.5, 3.2], 3.0) == float("inf")
 
 
 def test_tune_then_seeds_tunes_on_one_seed_and_flags_the_edge():

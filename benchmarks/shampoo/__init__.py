@@ -67,6 +67,21 @@ def parse_args(argv=None):
         help="training windows of the quality part (the preset's own "
         "sequence length is 128; 64 halves the cost on a 2-core CPU)",
     )
+    parser.add_argument(
+        "--quality-timing-steps",
+        type=int,
+        default=20,
+        help="steps per timed round of the LM step time (rounded up to "
+        "whole root periods)",
+    )
+    parser.add_argument("--quality-timing-rounds", type=int, default=3)
+    parser.add_argument(
+        "--grid-extensions",
+        type=int,
+        default=2,
+        help="how many times a best rate at the grid's edge extends the "
+        "grid by one ladder point",
+    )
     parser.add_argument("--scale-steps", type=int, default=10)
     parser.add_argument("--scale-rounds", type=int, default=3)
     parser.add_argument(

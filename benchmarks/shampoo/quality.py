@@ -10,9 +10,12 @@ import keras
 import numpy as np
 
 from benchmarks import harness
+from benchmarks import stats
 from benchmarks.shampoo.common import compile_lm
 from benchmarks.shampoo.common import lm_data
 from benchmarks.shampoo.common import load_lm
+from benchmarks.shampoo.common import round_steps
+from benchmarks.shampoo.common import speed_row
 from benchmarks.shampoo.common import suffix
 from keras_gr.optimizers import OneSidedShampoo
 
@@ -106,6 +109,91 @@ def train_eval(make, lr, seed, steps, batch, seq_len, checkpoints):
     return curve
 
 
+def steps_to_target(checkpoints, curve, target):
+    """The step at which a validation curve first reaches `target`,
+    interpolated linearly between the two checkpoints around the first
+    crossing (the loss measured at step 0 is not known: before the first
+    checkpoint the crossing is the first checkpoint). `inf` when the curve
+    never reaches it."""
+    previous = None
+    for c, v in zip(checkpoints, curve):
+        if v <= target:
+            if previous is None:
+                return float(c)
+            c0, v0 = previous
+            return c0 + (c - c0) * (v0 - target) / max(v0 - v, 1e-12)
+        previous = (c, v)
+    return float("inf")
+
+
+def lm_step_times(names, best_lrs, steps, batch, seq_len, rounds):
+    """Mean, median and worst `fit` step of every row on the quality LM, at
+    its tuned peak rate, measured in the same process in interleaved rounds
+    of whole root periods (`harness.time_fit_interleaved`)."""
+    entries, opts = {}, {}
+    for name in names:
+        lm, _ = load_lm(fresh_seed=0)
+        (x, y), _ = lm_data(lm, seq_len, batch * steps, seed=0)
+        opts[name] = QUALITY_GRID[name][0](best_lrs[name])
+        compile_lm(lm, opts[name])
+        entries[name] = (lm, x, y, batch)
+    per_round = round_steps(steps, opts)
+    times = harness.time_fit_interleaved(
+        entries, rounds=rounds, steps_per_round=per_round
+    )
+    return times, per_round
+
+
+def time_to_loss(names, per_seed, checkpoints, steps, times, seeds):
+    """Wall time to reach Adam's final validation loss, per seed.
+
+    For every seed `s` the target is Adam's own final validation loss on
+    `s`; a row's time is `steps_to_target * mean step` (the mean step of
+    `lm_step_times`, root steps included). A run that never reaches the
+    target is charged its whole budget (`steps` steps: it is then at best
+    as fast as Adam; `not_reached` counts them). Returns the table rows
+    and the paired verdicts of `OneSidedShampoo (defaults)` against Adam
+    and Muon (`stats.verdict`, direction -1: less time) on `seeds`."""
+    adam_final = [curve[-1] for curve in per_seed["Adam"]]
+    seconds, rows = {}, []
+    for name in names:
+        reached = [
+            steps_to_target(checkpoints, curve, target)
+            for curve, target in zip(per_seed[name], adam_final)
+        ]
+        charged = [min(r, float(steps)) for r in reached]
+        mean_step = times[name]["mean"]
+        seconds[name] = [c * mean_step for c in charged]
+        rows.append(
+            {
+                "optimizer": name,
+                "mean_step_s": mean_step,
+                "steps_to_Adam_final_mean": float(np.mean(charged)),
+                "not_reached": int(sum(np.isinf(reached))),
+                "seconds_mean": float(np.mean(seconds[name])),
+                "vs_Adam": float(
+                    np.mean(seconds[name]) / np.mean(seconds["Adam"])
+                ),
+            }
+        )
+    verdicts = []
+    shampoo = "OneSidedShampoo (defaults)"
+    if shampoo in seconds:
+        for peer in ("Adam", "Muon"):
+            if peer not in seconds:
+                continue
+            v = stats.verdict(seconds[shampoo], seconds[peer], direction=-1)
+            verdicts.append(
+                {
+                    "claim": f"{shampoo} reaches Adam's final validation "
+                    f"loss in less wall time than {peer}",
+                    "seeds": list(seeds),
+                    "verdict": stats.summary(v),
+                }
+            )
+    return rows, verdicts
+
+
 def part_quality(args):
     from keras_gr.presets import DEFAULT_CONFIG
 
@@ -124,17 +212,34 @@ def part_quality(args):
         grids = {
             name: [float(v) for v in args.lrs.split(",")] for name in names
         }
-    rows, curves, tuning = [], {}, []
+    rows, curves, tuning, per_seed, best_lrs = [], {}, [], {}, {}
     for name in names:
         make = QUALITY_GRID[name][0]
-        tuned = harness.tune_then_seeds(
-            grids[name],
-            lambda lr, seed, name=name, make=make: cached_train_eval(
-                cache, name, make, lr, seed, steps, batch, seq_len, checkpoints
-            ),
-            seeds,
-            score=lambda curve: curve[-1],
-        )
+        for _ in range(1 + args.grid_extensions):
+            # A best rate at the grid's edge extends the grid by one
+            # ladder point on that side (at most `--grid-extensions`
+            # times; cached runs are reused).
+            tuned = harness.tune_then_seeds(
+                grids[name],
+                lambda lr, seed, name=name, make=make: cached_train_eval(
+                    cache,
+                    name,
+                    make,
+                    lr,
+                    seed,
+                    steps,
+                    batch,
+                    seq_len,
+                    checkpoints,
+                ),
+                seeds,
+                score=lambda curve: curve[-1],
+            )
+            if not tuned["at_edge"] or args.lrs:
+                break
+            grids[name] = harness.extend_grid(grids[name], tuned["best"])
+        per_seed[name] = tuned["results"]
+        best_lrs[name] = tuned["best"]
         for lr, curve in tuned["tuning"]:
             print(name, lr, curve[-1], flush=True)
             tuning.append(
@@ -160,6 +265,26 @@ def part_quality(args):
         hit = [k for k, v in zip(checkpoints, c) if v <= adam_final]
         r["steps_to_Adam_final"] = hit[0] if hit else "not reached"
         r["fraction_of_steps"] = hit[0] / steps if hit else "-"
+    # Time to Adam's final loss, on the seeds after the tuning seed (the
+    # verdict must not rest on the seed the rates were chosen on).
+    times, per_round = lm_step_times(
+        names,
+        best_lrs,
+        args.quality_timing_steps,
+        batch,
+        seq_len,
+        args.quality_timing_rounds,
+    )
+    speed = [speed_row(n, times[n], {"Adam": times["Adam"]}) for n in names]
+    fresh = seeds[1:]
+    ttl_rows, ttl_verdicts = time_to_loss(
+        names,
+        {n: per_seed[n][1:] for n in names},
+        checkpoints,
+        steps,
+        times,
+        fresh,
+    )
     name = f"shampoo_quality{suffix(args, args.quality_tag)}"
     plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -174,6 +299,10 @@ def part_quality(args):
         name,
         {
             "validation loss (mean over seeds, best peak lr)": rows,
+            "time to Adam's final validation loss (seeds after the "
+            "tuning seed)": ttl_rows,
+            "verdicts": ttl_verdicts,
+            "mean step on the LM (interleaved rounds)": speed,
             "peak learning-rate tuning (first seed)": tuning,
         },
         meta={
@@ -183,6 +312,8 @@ def part_quality(args):
             "sequence_length": seq_len,
             "checkpoints": checkpoints,
             "lr_grid": grids,
+            "timing_steps_per_round": per_round,
+            "timing_rounds": args.quality_timing_rounds,
         },
         notes=(
             "The DEFAULT_CONFIG Gemma re-initialised from its config (not "
@@ -193,8 +324,18 @@ def part_quality(args):
             "grid shape for every optimizer (3 points of the 1-3-10 "
             "ladder around its default; `lr_at_grid_edge`: the best is at "
             "the grid's edge, so the optimizer's best may lie outside "
-            "it); steps_to_Adam_final is the first validation checkpoint "
-            "at or below Adam's final mean validation loss."
+            "it; a best rate at the edge extends the grid by one ladder "
+            "point, at most --grid-extensions times, and `lr_grid` is "
+            "the final grid); steps_to_Adam_final is the first "
+            "validation checkpoint at or below Adam's final mean "
+            "validation loss. Time to loss: per seed after the tuning "
+            "seed, the step where the row's validation curve first "
+            "reaches Adam's final loss on that seed (linear "
+            "interpolation between checkpoints), times the row's mean "
+            "step measured on the same LM in interleaved rounds of whole "
+            "root periods in this run; a run that never reaches it is "
+            "charged its whole budget. Verdicts: benchmarks/stats.py, "
+            "paired over those seeds, direction: less time."
         ),
     )
     print(md)
