@@ -10,7 +10,9 @@ keras_gr looped RoPE Gemma (`keras_gr.hub.LoopedGemmaBackbone`, tiny config,
 no download) beside the benchmark's own model, and records step time and
 parameters of every model in the same run. Every accuracy is the mean +-
 standard deviation over seeds (initialisation and batch order; the data
-sets are fixed), and each results file ends with a verdict per claim.
+sets are fixed); the verdicts are the one rule's (`benchmarks/claims.py`,
+paired over seeds), the paired differences behind them end each results
+file.
 
     KERAS_BACKEND=jax .venv/bin/python -m benchmarks.looped_reasoning [--quick]
     KERAS_BACKEND=jax .venv/bin/python -m benchmarks.looped_reasoning \
@@ -35,7 +37,6 @@ cosine decay and a few thousand steps.)
 """
 
 import argparse
-import math
 import time
 
 import keras
@@ -43,6 +44,7 @@ import keras_hub
 import numpy as np
 
 from benchmarks import harness
+from benchmarks import stats
 from keras_gr.data import ADDITION_VOCAB_SIZE
 from keras_gr.data import addition_examples
 from keras_gr.data import exact_match
@@ -70,12 +72,6 @@ PAPER_ADDITION = {  # accuracy (%) at n = 8 / 16 / 24 / 32
     "2x6": "100 / 99.8 / 99.7 / 99.5",
     "3x1": "97.2 / 78.5 / 69.2 / 60.7",
 }
-# Verdict thresholds (accuracy points): `k x L` "nearly matches" `kL x 1`
-# when at most NEAR_POINTS below it, and "clearly beats" `k x 1` when at
-# least CLEAR_POINTS above it and above twice the standard deviation of
-# the difference of the seed means.
-NEAR_POINTS = 5.0
-CLEAR_POINTS = 10.0
 
 
 # Default settings of the full run (calibrated to a shared 2-core CPU).
@@ -340,86 +336,74 @@ def summarize(per_seed, names):
     return rows, stats
 
 
-def ordering_verdict(stats, column, shallow, looped, deep):
-    """Verdict on "`looped` nearly matches `deep` and clearly beats
-    `shallow`" for one accuracy column: (word, explanation)."""
-    (a, sa), (b, _), (c, sc) = (
-        stats[(looped, column)],
-        stats[(deep, column)],
-        stats[(shallow, column)],
+def _paired(per_seed, column, method, baseline):
+    """`stats.paired_difference` of `column` between two models, paired by
+    seed (the seeds both models ran), or `None` when either has none."""
+    values = {}
+    for name in (method, baseline):
+        values[name] = {
+            r["seed"]: r[column]
+            for r in per_seed
+            if r["model"] == name and column in r
+        }
+    seeds = sorted(set(values[method]) & set(values[baseline]))
+    if not seeds:
+        return None
+    return stats.paired_difference(
+        [values[method][s] for s in seeds],
+        [values[baseline][s] for s in seeds],
     )
-    near = b - a <= NEAR_POINTS
-    spread = 2.0 * math.sqrt(sa**2 + sc**2)
-    beats = a - c >= CLEAR_POINTS and a - c > spread
-    word = {2: "reproduced", 1: "partly reproduced", 0: "not reproduced"}[
-        int(near) + int(beats)
-    ]
-    if b < 50.0:  # nothing to match: the deep model does not learn it
-        word = "not testable here"
-    why = (
-        f"{looped} {a:.1f} vs {deep} {b:.1f} "
-        f"({'nearly matches' if near else 'does not match'}: "
-        f"{a - b:+.1f} points), vs {shallow} {c:.1f} "
-        f"({'clearly beats' if beats else 'does not clearly beat'}: "
-        f"{a - c:+.1f} points, 2 std of the difference {spread:.1f})"
-    )
-    if b < 50.0:
-        why += f"; the deep {deep} itself reaches only {b:.1f}%"
-    return word, why
 
 
-def task_verdicts(task, cfg, stats, columns):
-    """Markdown bullet lines: one verdict per claim and accuracy column."""
+def _diff_text(diff):
+    if diff is None:
+        return "not run"
+    if diff["n"] < 2:
+        return f"{diff['mean']:+.1f} points (n={diff['n']})"
+    return (
+        f"{diff['mean']:+.1f} points, 95% CI [{diff['low']:.1f}, "
+        f"{diff['high']:.1f}], n={diff['n']}"
+    )
+
+
+def task_claims(task, cfg, per_seed, columns):
+    """Markdown bullet lines: the paired differences (over seeds) behind
+    each claim; the verdicts are the one rule's (`benchmarks/claims.py`),
+    written at the top of the results file."""
     k, loops = cfg["k"], cfg["loops"]
     lines = []
-    prefixes = [("own", "")] + ([("gemma", "gemma ")] if cfg["gemma"] else [])
-    for arch, prefix in prefixes:
+    prefixes = [""] + (["gemma "] if cfg["gemma"] else [])
+    for prefix in prefixes:
         shallow, looped, deep = (
             f"{prefix}{k}x1",
             f"{prefix}{k}x{loops}",
             f"{prefix}{k * loops}x1",
         )
         for column in columns:
-            if (looped, column) not in stats:
-                continue
-            extension = "(longer)" in column
-            claim = (
-                "extension beyond the paper (it tests within its training "
-                "lengths): the ordering holds at operand counts longer than "
-                "any training problem"
-                if extension
-                else "`k x L` nearly matches `kL x 1` and clearly beats `k x 1`"
+            beat = _paired(per_seed, column, looped, shallow)
+            match = _paired(per_seed, column, looped, deep)
+            longer = " (operand counts longer than training)" * (
+                "(longer)" in column
             )
-            word, why = ordering_verdict(stats, column, shallow, looped, deep)
             lines.append(
-                f"- {task}, {arch} model, `{column}` - {claim}: "
-                f"**{word}**. {why}."
+                f"- {task} `{column}`{longer}: {looped} - {shallow} (paper: "
+                f"looping beats the iso-parameter model) "
+                f"{_diff_text(beat)}; {looped} - {deep} (paper: nearly "
+                f"equal, an equivalence the one rule does not judge) "
+                f"{_diff_text(match)}."
             )
     if cfg["regularized"]:
         deep = f"{k * loops}x1"
         reg = f"{deep} + reg"
-        cos, cos_std = stats[(reg, "block cosine")]
-        word = "reproduced" if cos >= 0.98 else "not reproduced"
+        cosines = [r["block cosine"] for r in per_seed if r["model"] == reg]
+        cos, cos_std = harness.mean_std(cosines)
+        diff = _paired(per_seed, columns[0], reg, deep)
         lines.append(
-            f"- {task}, looping regulariser (lambda = {cfg['reg_strength']},"
-            f" blocks of {cfg['reg_block']} layer(s)) pulls the blocks "
-            f"together (paper: cosine >= 0.98 at lambda = 10): **{word}**. "
-            f"Block cosine {cos:.4f} ± {cos_std:.4f}."
-        )
-        column = columns[0]
-        (r, rs), (d, ds) = stats[(reg, column)], stats[(deep, column)]
-        spread = 2.0 * math.sqrt(rs**2 + ds**2)
-        if r - d > max(spread, 1.0):
-            word = "reproduced"
-        elif d >= 99.0 and r >= 99.0:
-            word = "not testable here (both at the ceiling)"
-        else:
-            word = "not reproduced"
-        lines.append(
-            f"- {task}, the regularised `{deep}` reasons better than the "
-            f"plain one (paper: better reasoning at similar perplexity), "
-            f"`{column}`: **{word}**. {reg} {r:.1f} ± {rs:.1f} vs {deep} "
-            f"{d:.1f} ± {ds:.1f} (2 std of the difference {spread:.1f})."
+            f"- {task}, looping regulariser (lambda = {cfg['reg_strength']}, "
+            f"blocks of {cfg['reg_block']} layer(s)): block cosine "
+            f"{cos:.4f} ± {cos_std:.4f} (paper: >= 0.98 at lambda = 10); "
+            f"`{columns[0]}` {reg} - {deep} (paper: the regularised model "
+            f"reasons better) {_diff_text(diff)}."
         )
     return lines
 
@@ -460,7 +444,7 @@ def task_summary(task, cfg, tests, per_seed, step_ms):
     """The summary table (mean +- std over the seeds run so far, step
     times and ratios) and the verdict lines of one task."""
     names = [spec[0] for spec in model_rows(cfg)]
-    rows, stats = summarize(per_seed, names)
+    rows, _ = summarize(per_seed, names)
     for row in rows:
         row.update(step_ms[row["model"]])
     peer = names[0]
@@ -469,7 +453,7 @@ def task_summary(task, cfg, tests, per_seed, step_ms):
     columns = [f"acc {label}" for label in tests if label != "all prefixes"]
     if task == "addition":  # the training lengths first, as one claim each
         columns.sort(key=lambda c: "(longer)" in c)
-    return rows, task_verdicts(task, cfg, stats, columns)
+    return rows, task_claims(task, cfg, per_seed, columns)
 
 
 def compile_scaling(
@@ -604,6 +588,12 @@ def main():
         help="p-hop: supervise only each sequence's own answer (the "
         "paper's format) instead of every prefix",
     )
+    parser.add_argument(
+        "--note",
+        default="",
+        help="text added to the results notes (e.g. how the setting and "
+        "the seeds were chosen)",
+    )
     args = parser.parse_args()
     quick = args.quick
 
@@ -725,14 +715,16 @@ def main():
             if task not in step_ms:  # the first seed's trained models
                 step_ms[task] = step_times(entries)
         md = write_reasoning_results(
-            name, configs, data, per_seed, step_ms, done
+            name, configs, data, per_seed, step_ms, done, args.note
         )
     print(md)
 
 
-def write_reasoning_results(name, configs, data, per_seed, step_ms, done):
+def write_reasoning_results(
+    name, configs, data, per_seed, step_ms, done, note=""
+):
     paper = {"p_hop": PAPER_P_HOP, "addition": PAPER_ADDITION}
-    tables, verdicts = {}, []
+    tables, claims = {}, []
     for task in per_seed:
         cfg = configs[task]
         rows, lines = task_summary(
@@ -753,7 +745,7 @@ def write_reasoning_results(name, configs, data, per_seed, step_ms, done):
             {"model": m, "accuracy": a} for m, a in paper[task].items()
         ]
         tables[f"{task}: every seed"] = per_seed[task]
-        verdicts += lines
+        claims += lines
     notes = " ".join(
         [
             "Scaled-down settings (see meta). Every model trains exactly",
@@ -781,15 +773,15 @@ def write_reasoning_results(name, configs, data, per_seed, step_ms, done):
             "unless run with `--sparse`; `acc p=...` is always on each test",
             "sequence's own problem (its last position), `acc all prefixes`",
             "the token accuracy over every prefix whose hops exist.",
-            "Verdict rule: `k x L` nearly matches `kL x 1` when at most",
-            f"{NEAR_POINTS:g} points below it; it clearly beats `k x 1`",
-            f"when at least {CLEAR_POINTS:g} points above it and above twice",
-            "the std of the difference of the means; both = reproduced, one",
-            "= partly, none = not; not testable when `kL x 1` itself stays",
-            "below 50%.",
+            "Verdicts: the one-rule table at the top (`benchmarks/claims.py`",
+            "pairs every model with the iso-parameter `k x 1` by seed).",
         ]
     )
-    notes += "\n\n## Verdicts\n\n" + "\n".join(verdicts)
+    if note:
+        notes += "\n\n" + note
+    notes += "\n\n## Claims: paired differences over seeds\n\n" + "\n".join(
+        claims
+    )
     return harness.write_results(
         name, tables, meta={"configs": configs, "seeds run": done}, notes=notes
     )
