@@ -67,11 +67,14 @@ The seeding pass all-gathers the row counts, float64 sums and local
 samples (the bottom-`s` samples merge exactly), so the fit equals the
 one-process fit on the shards read one after the other (process order)
 up to float summation order; processes whose shard has fewer batches run
-empty (masked) steps so that all run the same program as often. Every
-shard must be non-empty. Mini-batch steps then take `batch_size` rows
-from every process (a global batch of `processes * batch_size` rows, so
-not the one-process steps). `predict` and `transform` run on each
-process's own devices, without collectives, on its own shard.
+empty (masked) steps so that all run the same program as often. A shard
+may be empty (that process then runs masked steps only); an empty stream
+on every process is refused on every process alike. Mini-batch steps
+then take `batch_size` rows from every process (a global batch of
+`processes * batch_size` rows, so not the one-process steps), and every
+process runs as many steps per epoch as the longest shard needs.
+`predict` and `transform` run on each process's own devices, without
+collectives, on its own shard.
 """
 
 import functools
@@ -122,6 +125,11 @@ class Stream:
             data, "as_numpy_iterator"
         )
         self._used = False
+        # A process of a multi-process fit may hold an empty shard: the
+        # emptiness of the whole stream is then decided collectively
+        # (`seeding_pass`), never by one process alone (which would
+        # leave the others waiting at a collective).
+        self.allow_empty = False
 
     def _chunks(self):
         data = self.data
@@ -202,7 +210,7 @@ class Stream:
         if buffered:
             yield offset, np.concatenate(buffer)
             offset += buffered
-        if offset == 0:
+        if offset == 0 and not self.allow_empty:
             raise ValueError(
                 f"`{self.name}` is empty: the stream yielded no rows."
             )
@@ -342,7 +350,9 @@ def _smallest(keys, rows, size):
 
 def seeding_pass(stream, sample_size, seed):
     """One pass: `(sample (s, d), rows, mean per-feature variance,
-    batches)`, over every process of a multi-process run.
+    batches, process_rows)`, over every process of a multi-process run
+    (`process_rows`: the rows of every process's shard, in process
+    order; a process with an empty shard takes part with none).
 
     The sample is a bottom-`s` sample: the `s` rows of smallest
     `row_keys` (a uniform sample without replacement of the distinct
@@ -381,13 +391,24 @@ def seeding_pass(stream, sample_size, seed):
     # then only the rows of the merged sample travel.
     mine = _backend.process_index()
     counts = _backend.allgather(
-        np.array([rows, batches, len(keys), d], "int64")
+        np.array([rows, batches, len(keys), -1 if d is None else d], "int64")
     )
-    if len(set(counts[:, 3].tolist())) > 1:
+    if int(counts[:, 0].sum()) == 0:
+        raise ValueError(
+            f"`{stream.name}` is empty: the stream yielded no rows"
+            + (" on any process." if len(counts) > 1 else ".")
+        )
+    widths = sorted({int(w) for w in counts[:, 3] if w >= 0})
+    if len(widths) > 1:
         raise ValueError(
             "Every process must stream rows of the same width. Received "
-            f"widths {counts[:, 3].tolist()} (process order)"
+            f"widths {counts[:, 3].tolist()} (process order; -1: an "
+            "empty shard)"
         )
+    if d is None:  # this process's shard is empty
+        d = widths[0]
+        sample = np.zeros((0, d), "float32")
+        totals = np.zeros((2, d), "float64")
     totals = _backend.allgather(totals).sum(axis=0)
     sizes = counts[:, 2].astype(int)
     gathered = _backend.allgather(np.pad(keys, (0, sample_size - len(keys))))
@@ -410,7 +431,13 @@ def seeding_pass(stream, sample_size, seed):
         merged[owner[chosen] == process] = received[process][:count]
     mean = totals[0] / rows
     variance = np.maximum(totals[1] / rows - np.square(mean), 0.0)
-    return merged, rows, float(np.mean(variance)), int(counts[:, 1].max())
+    return (
+        merged,
+        rows,
+        float(np.mean(variance)),
+        int(counts[:, 1].max()),
+        counts[:, 0].astype(int).tolist(),
+    )
 
 
 def _farthest(far_dist, far_points, new_dist, new_points, k):
@@ -481,8 +508,9 @@ def fit_stream(kmeans, data):
             "several times; pass a numpy.memmap, a tf.data.Dataset or a "
             "callable returning a fresh iterable."
         )
+    stream.allow_empty = _backend.process_count() > 1
     sample_size = kmeans.sample_size or max(40 * k, 10_000)
-    reservoir, rows, variance, batches = seeding_pass(
+    reservoir, rows, variance, batches, process_rows = seeding_pass(
         stream, sample_size, kmeans.seed
     )
     if k > rows:
@@ -516,13 +544,20 @@ def fit_stream(kmeans, data):
                 iterations += 1
         else:
             mini = Stream(data, kmeans.batch_size, "x", spherical)
+            mini.allow_empty = stream.allow_empty
+            # Every process runs as many steps per epoch as the process
+            # with the most mini-batches (masked empty ones after its
+            # own), so all meet at every collective.
+            steps = max(-(-r // kmeans.batch_size) for r in process_rows)
+            empty = np.zeros((0, reservoir.shape[1]), "float32")
             rows_b = padded_rows(kmeans.batch_size, 1)
             fn = compiled("minibatch", backend, spherical=spherical)
             c = ops.convert_to_tensor(centroids)
             n = ops.zeros((k,), "float32")
             iterations = 0
             while iterations < kmeans.max_iter:
-                for _, batch in mini:
+                epoch = ((0, b) for b in _then_empty(mini, steps, empty))
+                for _, batch in epoch:
                     c, n = fn(*to_device(batch, rows_b), c, n)
                     iterations += 1
                     if iterations == kmeans.max_iter:

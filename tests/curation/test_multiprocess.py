@@ -1,5 +1,7 @@
 """Two real JAX processes (gloo CPU collectives), each streaming its own
-shard, fit the k-means one process fits on the whole stream (issue 27.2).
+shard, fit the k-means one process fits on the whole stream (issue 27.2);
+one process may stream an empty shard, an empty stream fails on both
+alike, and mini-batch steps over uneven shards finish on both.
 
 Two fresh processes, the two ranks of a `keras.distribution.initialize`d
 run (two virtual CPU devices each, so four devices over two processes),
@@ -129,11 +131,31 @@ def test_two_gloo_processes_streaming_their_shards_equal_one_process():
 import json
 km.fit(batches(shards[rank]))
 labels = km.predict(batches(shards[rank]))
+# Rank 1 streams an empty shard: it takes part in every collective
+# with masked steps only (before, it raised alone and rank 0 hung).
+km_empty = KMeans(6, stream_batch_size=128, sample_size=400, max_iter=25,
+                  tolerance=1e-6, seed=2)
+km_empty.fit(batches(shards[0] if rank == 0 else x[:0]))
+# An empty stream on every process: the same error on both, no hang.
+try:
+    KMeans(6, stream_batch_size=128).fit(batches(x[:0]))
+    empty_error = None
+except ValueError as error:
+    empty_error = str(error)
+# Mini-batch steps over shards of 11 and 8 batches: every process runs
+# 11 steps per epoch (before, rank 1 left the loop 3 steps early).
+km_mini = KMeans(6, stream_batch_size=128, sample_size=400, batch_size=64,
+                 max_iter=30, seed=2)
+km_mini.fit(batches(shards[rank]))
 print("{_RESULT}" + json.dumps(dict(
     centroids=km.centroids.tolist(), inertia=km.inertia,
     iterations=km.iterations, rows=km.num_rows, labels=labels.tolist(),
     devices=len(keras.distribution.list_devices()),
-    processes=jax.process_count())))
+    processes=jax.process_count(),
+    empty_centroids=km_empty.centroids.tolist(),
+    empty_rows=km_empty.num_rows, empty_error=empty_error,
+    mini_centroids=km_mini.centroids.tolist(),
+    mini_inertia=km_mini.inertia, mini_iterations=km_mini.iterations)))
 """
     port = _free_port()
     rank_code = textwrap.dedent(_RANK) + _script(report)
@@ -168,6 +190,21 @@ print("{_RESULT}" + json.dumps(dict(
         assert rank["iterations"] == ref["iterations"]
         np.testing.assert_allclose(rank["inertia"], ref["inertia"], rtol=1e-5)
     assert ref["iterations"] > 2
+    # Rank 1 empty: both ranks give the one-process fit of shard 0.
+    km.fit(batches(shards[0]))
+    for rank in (first, second):
+        assert rank["empty_rows"] == 700
+        np.testing.assert_allclose(
+            rank["empty_centroids"], km.centroids, atol=1e-5
+        )
+        assert "empty" in rank["empty_error"], rank["empty_error"]
+    # Mini-batch over uneven shards: finished on both ranks, the same
+    # centroids, and an objective near the Lloyd fit's.
+    np.testing.assert_array_equal(
+        first["mini_centroids"], second["mini_centroids"]
+    )
+    assert first["mini_iterations"] == 30
+    assert first["mini_inertia"] < 1.2 * ref["inertia"]
     c = ref["centroids"]
     d = np.sort(((x[:, None] - c[None]) ** 2).sum(-1), axis=1)
     untied = d[:, 1] - d[:, 0] > 1e-3

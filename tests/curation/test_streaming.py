@@ -102,7 +102,7 @@ def test_streamed_minibatch_equals_numpy_sculley():
 def test_reservoir_is_a_uniform_sample_of_distinct_rows():
     x = np.arange(5000, dtype="float32")[:, None] * np.ones((1, 2), "float32")
     stream = streaming.Stream(x, 700)
-    sample, rows, variance, _ = streaming.seeding_pass(stream, 500, seed=0)
+    sample, rows, variance, _, _ = streaming.seeding_pass(stream, 500, seed=0)
     assert rows == 5000 and sample.shape == (500, 2)
     values = sample[:, 0]
     assert len(np.unique(values)) == 500
