@@ -105,14 +105,18 @@ def evaluate(curve, costs, test_correct):
     c, q = curve["costs"], curve["qualities"]
     span = (float(costs.min()), float(costs.max()))
     qnc = metrics.quality_neutral_cost(c, q, quality[best], costs[best])
+    # APGR and CPT need a strong model dearer than the weak one; on a
+    # split where the cheapest model is also the most accurate (a tiny
+    # quick pool) they are undefined.
+    gap = costs[best] > costs[cheap]
     return {
         "area": metrics.deferral_area(c, q, span),
         "qnc": qnc,
         # Never reaching the best model's quality counts as the dearest
         # cost on the curve's range (the priciest unseen model's).
         "qnc_capped": min(qnc, float(costs.max() / costs[best])),
-        "apgr": metrics.apgr(c, q, weak, strong),
-        "cpt50": metrics.cpt(c, q, weak, strong, 0.5),
+        "apgr": metrics.apgr(c, q, weak, strong) if gap else np.nan,
+        "cpt50": metrics.cpt(c, q, weak, strong, 0.5) if gap else np.nan,
         "aiq": metrics.aiq(c, q, span),
     }
 
@@ -344,11 +348,14 @@ def summarise(values):
     values = np.asarray(values, dtype="float64")
     finite = values[np.isfinite(values)]
     if finite.size == 0:
-        return f"inf ({values.size}/{values.size} seeds)"
+        return f"inf / undefined ({values.size}/{values.size} seeds)"
     m, sd = harness.mean_std(finite.tolist())
     text = f"{m:.4f} +- {sd:.4f}"
     if finite.size < values.size:
-        text += f" (inf on {values.size - finite.size}/{values.size} seeds)"
+        text += (
+            f" (inf / undefined on {values.size - finite.size}/"
+            f"{values.size} seeds)"
+        )
     return text
 
 
