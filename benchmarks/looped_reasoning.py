@@ -558,6 +558,12 @@ def main():
         default=None,
         help="training steps of every model (default: per task, see code)",
     )
+    parser.add_argument(
+        "--p-hop-steps", type=int, default=None, help="overrides --steps"
+    )
+    parser.add_argument(
+        "--addition-steps", type=int, default=None, help="overrides --steps"
+    )
     harness.add_seeds_argument(parser)
     parser.add_argument(
         "--timing-only",
@@ -617,7 +623,7 @@ def main():
     configs = {
         "p_hop": {
             **common,
-            "steps": args.steps or P_HOP_STEPS,
+            "steps": args.p_hop_steps or args.steps or P_HOP_STEPS,
             "p": args.p,
             "n": args.n,
             "dense": not args.sparse,
@@ -626,7 +632,7 @@ def main():
         },
         "addition": {
             **common,
-            "steps": args.steps or ADDITION_STEPS,
+            "steps": args.addition_steps or args.steps or ADDITION_STEPS,
             "digits": 2,
             "train_n": ints(args.train_n),
             "test_n": ints(args.test_n),
