@@ -160,7 +160,8 @@ def main():
     embedder = char_embedder()
     embeddings = embedder.embed(pool["texts"])
     rows, curves0 = [], {}
-    for seed in harness.seeds_of(args):
+    seeds = harness.seeds_of(args)
+    for seed in seeds:
         tr, va, te = split(len(correct), seed)
         test_correct = correct[te][:, unseen]
         for kind, router in make_routers(args, seed).items():
@@ -192,7 +193,7 @@ def main():
                     "curve_points": len(curve["costs"]),
                 }
             )
-            if seed == 0:
+            if seed == seeds[0]:
                 curves0[kind] = (curve["costs"], curve["qualities"])
         oracle = OracleRouter().fit_pool(
             costs=costs[unseen], model_names=list(names[unseen])
@@ -206,7 +207,7 @@ def main():
                 "curve_points": len(curve["costs"]),
             }
         )
-        if seed == 0:
+        if seed == seeds[0]:
             curves0["oracle"] = (curve["costs"], curve["qualities"])
             points = (costs[unseen], test_correct.mean(0), names[unseen])
         print(f"seed {seed} done", flush=True)
@@ -297,7 +298,8 @@ def main():
         curves0,
         plot,
         model_points=points,
-        title="Routing among 5 unseen looped LMs (test prompts, seed 0)",
+        title="Routing among 5 unseen looped LMs (test prompts, seed "
+        f"{seeds[0]})",
         xlabel="average FLOPs per answer",
     )
     mean = {
