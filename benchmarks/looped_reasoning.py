@@ -789,7 +789,10 @@ def write_reasoning_results(
         claims
     )
     return harness.write_results(
-        name, tables, meta={"configs": configs, "seeds run": done}, notes=notes
+        name,
+        tables,
+        meta={"configs": {t: configs[t] for t in per_seed}, "seeds run": done},
+        notes=notes,
     )
 
 
