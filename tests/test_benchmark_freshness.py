@@ -50,3 +50,47 @@ def test_smoke_runs_never_land_in_the_results_folder(tmp_path, monkeypatch):
 def test_listing_exits_zero(capsys):
     assert freshness.main(["--stale"]) == 0
     assert "freshness:" in capsys.readouterr().out
+
+
+def test_a_narrowed_component_judges_only_its_files(tmp_path, monkeypatch):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(
+            ["git", *args], cwd=tmp_path, check=True, capture_output=True
+        )
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "part_a.py").write_text("a = 1\n")
+    (tmp_path / "part_b.py").write_text("b = 1\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "c1")
+    monkeypatch.setattr(harness, "RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setattr(freshness, "ROOT", str(tmp_path))
+    monkeypatch.setattr(
+        freshness, "COMPONENTS", {"probe": ["part_a.py", "part_b.py"]}
+    )
+    harness.write_results("probe_jax", {"t": [{"a": 1}]})
+    path = str(tmp_path / "results" / "probe_jax.json")
+    assert freshness.check(path)[0] == "fresh"
+    (tmp_path / "part_b.py").write_text("b = 2\n")
+    assert freshness.check(path)[0] == "stale"
+    # The component now depends on part_a only: part_b's change is not
+    # its concern...
+    monkeypatch.setattr(freshness, "COMPONENTS", {"probe": ["part_a.py"]})
+    status, detail = freshness.check(path)
+    assert status == "fresh" and "narrower" in detail
+    # ...but a change to part_a still is.
+    (tmp_path / "part_a.py").write_text("a = 2\n")
+    assert freshness.check(path)[0] == "stale"
+    # A run over uncommitted sources is never judged by narrowing.
+    (tmp_path / "part_a.py").write_text("a = 1\n")
+    monkeypatch.setattr(
+        freshness, "COMPONENTS", {"probe": ["part_a.py", "part_b.py"]}
+    )
+    harness.write_results("probe_jax", {"t": [{"a": 1}]})
+    monkeypatch.setattr(freshness, "COMPONENTS", {"probe": ["part_a.py"]})
+    (tmp_path / "part_b.py").write_text("b = 3\n")
+    assert freshness.check(path)[0] == "stale"
