@@ -42,6 +42,7 @@ import keras
 import numpy as np
 
 from benchmarks import harness
+from benchmarks import stats
 from keras_gr.data import digits
 from keras_gr.metrics import class_accuracy
 from keras_gr.metrics import frechet_distance
@@ -259,19 +260,27 @@ def _summary(rows):
 _cell = "{0[0]:.4g} +- {0[1]:.2g}".format
 
 
-def _compare(crf, peer):
-    """Per metric: "better than" / "within noise of" / "worse than", with
-    the difference and the band (`within noise`: |difference| <= 2 x the
-    larger seed standard deviation of the two rows)."""
+def _compare(crf_rows, peer_rows):
+    """Per metric, the paired per-seed difference crf - peer (same seeds,
+    same noise) under the one rule (`benchmarks.stats`): `"better than"`
+    / `"worse than"` when its 95% interval excludes 0, else `"not
+    distinguishable from"`; with the mean difference and the interval."""
+    crf_rows = sorted(crf_rows, key=lambda r: r["seed"])
+    peer_rows = sorted(peer_rows, key=lambda r: r["seed"])
     out = {}
     for m in METRICS:
-        d = crf[m][0] - peer[m][0]
-        band = 2 * max(crf[m][1], peer[m][1])
-        if abs(d) <= band:
-            word = "within noise of"
+        r = stats.verdict(
+            [x[m] for x in crf_rows],
+            [x[m] for x in peer_rows],
+            direction=BETTER[m],
+        )
+        if r["verdict"] == stats.REPRODUCED:
+            word = "better than"
+        elif r["opposite_significant"]:
+            word = "worse than"
         else:
-            word = "better than" if BETTER[m] * d > 0 else "worse than"
-        out[m] = (word, d, band)
+            word = "not distinguishable from"
+        out[m] = (word, r["mean"], (r["low"], r["high"]))
     return out
 
 
@@ -281,9 +290,13 @@ def _words(comparison):
         "class_accuracy": "acc",
         "vendi": "Vendi",
     }
+    word = {
+        "better than": "better",
+        "worse than": "worse",
+        "not distinguishable from": "n.s.",
+    }
     return ", ".join(
-        f"{short[m]} {w.replace(' of', '').replace(' than', '')}"
-        for m, (w, _, _) in comparison.items()
+        f"{short[m]} {word[w]}" for m, (w, _, _) in comparison.items()
     )
 
 
@@ -296,9 +309,14 @@ def _verdict(full_accuracy, num_classes):
     return "see the one-rule verdicts"
 
 
-def _verdict_text(summary, peer_name, steps, skip, num_classes):
-    full, crf, peer = summary["full"], summary["crf"], summary[peer_name]
-    vs_full, vs_peer = _compare(crf, full), _compare(crf, peer)
+def _verdict_text(summary, per_seed, peer_name, steps, skip, num_classes):
+    full = summary["full"]
+
+    def rows(method):
+        return [r for r in per_seed if r["method"] == method]
+
+    vs_full = _compare(rows("crf"), rows("full"))
+    vs_peer = _compare(rows("crf"), rows(peer_name))
     verdict = _verdict(full["class_accuracy"][0], num_classes)
     head = (
         f"**Claim** (no loss in quality or diversity at "
@@ -319,10 +337,10 @@ def _verdict_text(summary, peer_name, steps, skip, num_classes):
         better = "lower" if BETTER[m] < 0 else "higher"
         lines.append(
             f"- {m} ({better} is better): CRF at {steps - skip} calls is "
-            f"{wf} the full {steps}-call sampler (difference {df:+.4g}, "
-            f"noise band {bf:.3g}) and {wp} the plain {steps - skip}-call "
-            f"schedule `{peer_name}` (difference {dp:+.4g}, noise band "
-            f"{bp:.3g})."
+            f"{wf} the full {steps}-call sampler (paired difference "
+            f"{df:+.4g}, 95% CI [{bf[0]:.3g}, {bf[1]:.3g}]) and {wp} the "
+            f"plain {steps - skip}-call schedule `{peer_name}` (difference "
+            f"{dp:+.4g}, 95% CI [{bp[0]:.3g}, {bp[1]:.3g}])."
         )
     return verdict, "\n".join(lines)
 
@@ -510,7 +528,7 @@ def main(argv=None):
     }
     peer = tuned if tuned in methods else "short"
     verdict, verdict_lines = _verdict_text(
-        summary, peer, args.steps, args.skip, num_classes
+        summary, per_seed, peer, args.steps, args.skip, num_classes
     )
     rows = [
         {
@@ -581,6 +599,9 @@ def main(argv=None):
     ]
 
     # 4. Ablations: only the CRF (or s) changes.
+    def _rows(method):
+        return [r for r in per_seed if r["method"] == method]
+
     t = time.perf_counter()
     ablation_rows, ablation_per_seed, ablation_history = [], [], {}
     default_crf = {
@@ -595,8 +616,8 @@ def main(argv=None):
         "input_mse": float(
             np.mean([history[s]["crf_input_mse"] for s in seeds])
         ),
-        "vs_full": _words(_compare(summary["crf"], summary["full"])),
-        "vs_plain": _words(_compare(summary["crf"], summary[peer])),
+        "vs_full": _words(_compare(_rows("crf"), _rows("full"))),
+        "vs_plain": _words(_compare(_rows("crf"), _rows(peer))),
         "verdict": verdict,
     }
     if ablations:
@@ -657,8 +678,8 @@ def main(argv=None):
         ablation_per_seed += group + peer_group
         crf_stats = _summary(group)
         peer_stats = _summary(peer_group) if peer_group else summary[peer]
-        vs_full = _compare(crf_stats, summary["full"])
-        vs_peer = _compare(crf_stats, peer_stats)
+        vs_full = _compare(group, _rows("full"))
+        vs_peer = _compare(group, peer_group or _rows(peer))
         row = {
             "crf": ab,
             "description": description,
@@ -727,7 +748,9 @@ def main(argv=None):
         "averaged over classes. Ablations: the same LDM, classifier, seeds "
         "and noise; only the CRF (its arguments, input, training pairs or "
         "target) or s changes; `vs_full` / `vs_plain` give the FID-style / "
-        "accuracy / Vendi comparison words (s = 2 and s = 6 are compared "
+        "accuracy / Vendi paired comparison (per seed, 95% interval, "
+        "`benchmarks/stats.py`): better / worse when the interval excludes "
+        "0, n.s. otherwise (s = 2 and s = 6 are compared "
         "with the tuned spacing at their own call count). Wall time: "
         f"compiled samplers (one jitted function each, batch {tb}), "
         "`s_per_batch` the mean of 7 interleaved rounds (median and worst "

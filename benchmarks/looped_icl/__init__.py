@@ -13,11 +13,11 @@ What is measured (losses are normalised, `E[(y_hat - y_q)^2] / E[y_q^2]`,
 
 1. kappa sweep: for every kappa, form and depth `L` (the number of loops
    of a looped model, of layers of a deep one) models are trained with
-   their own learning rate (a 3-point grid, 3 seeds each, picked on the
-   worst seed's validation loss: `pick_learning_rate`); the least `L`
-   whose mean test loss (3 seeds) reaches `--target` is compared with
-   `log kappa`, `sqrt kappa` and `kappa` (the paper: `log kappa` layers
-   unrestricted, `sqrt kappa` restricted).
+   their own learning rate (a 3-point grid, every seed each, picked on
+   the worst seed's validation loss: `pick_learning_rate`); the least `L`
+   whose mean test loss reaches `--target` is compared with `log kappa`,
+   `sqrt kappa` and `kappa` (the paper: `log kappa` layers unrestricted,
+   `sqrt kappa` restricted).
 2. Loss vs loops far past the training depth for the looped models, with
    the ablation that explains the explosion: the share of prompts on
    which the learned restricted loop `I - A S` is expansive, the loss on
@@ -51,7 +51,11 @@ Two more parts run on either backend:
         --part keras
     KERAS_BACKEND=<backend> .venv/bin/python -m benchmarks.looped_icl \
         --part stability --forms looped_unrestricted,deep_unrestricted \
-        --seeds 6
+        --seeds 0 1 2 3 4 5
+
+Verdicts (sweep part only) come from paired per-seed comparisons of log10
+test losses through `benchmarks.stats` (`analysis.paired_comparisons`);
+the keras and stability parts check the library and get no verdict words.
 """
 
 from benchmarks.looped_icl.common import AGREE_MAX
