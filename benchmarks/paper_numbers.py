@@ -110,6 +110,13 @@ PAPER_NUMBERS = {
         f"{NOT_STATED} (arXiv 2410.16534: MC the usual best, no figure in "
         "our spec)"
     ),
+    # Structured preconditioners, arXiv 2503.10537.
+    "one-sided Shampoo beats full-matrix AdaGrad on the regression": (
+        f"{NOT_STATED}: loss curves only (arXiv 2503.10537, the quadratic "
+        "f(X) = 0.5 <H, (X - X*)(X - X*)^T>, learning rates tuned per "
+        "method); the spec's NumPy check (20 x 20, 500 steps): one-sided "
+        "0 vs full-matrix AdaGrad 5e-4 (f0 = 19)"
+    ),
     # LoRA-RITE (ICLR 2025).
     "LoRA-RITE beats Adam on held-out loss": (
         "+4.6 accuracy points on Super-Natural Instructions, +3.5 on four "

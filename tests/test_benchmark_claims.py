@@ -304,3 +304,41 @@ def test_looped_compile_with_repeats_is_no_longer_a_single_timing():
     )
     assert "timed once per L" in old["reason"]
     assert "mean of >= 3 full compiles" in new["reason"]
+
+
+def _regression_rows(one_sided, full_matrix, role="confirm"):
+    rows = []
+    for seed, (a, b) in enumerate(zip(one_sided, full_matrix), start=1):
+        for method, value in (
+            ("one-sided Shampoo", a),
+            ("full-matrix AdaGrad", b),
+            ("diagonal AdaGrad", b + 1.0),
+            ("Adam", -30.0),
+        ):
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "role": role,
+                    "log10_final_over_f0": value,
+                }
+            )
+    return {"tables": {"per-seed results": rows}}
+
+
+def test_shampoo_regression_is_judged_on_the_fresh_problems():
+    full = [-5.0, -4.5, -5.5, -4.8, -5.2]
+    payload = _regression_rows([-30.0] * 5, full)
+    records = claims.records_for("shampoo_regression_jax", payload)
+    by_peer = {r["detail"].rsplit(" vs ", 1)[1]: r for r in records}
+    assert by_peer["full-matrix AdaGrad"]["verdict"] == stats.REPRODUCED
+    # Adam clipped at the same floor as one-sided Shampoo: not testable.
+    assert by_peer["Adam"]["verdict"] == stats.NOT_TESTABLE
+    # Only the tuning problem's rows: nothing to judge.
+    tuning_only = _regression_rows([-30.0] * 5, full, role="tuning")
+    (rec,) = claims.records_for("shampoo_regression_jax", tuning_only)
+    assert rec["verdict"] == stats.NOT_TESTABLE
+    # The opposite direction is not a reproduction.
+    payload = _regression_rows(full, [-30.0] * 5)
+    records = claims.records_for("shampoo_regression_jax", payload)
+    assert records[0]["verdict"] == stats.NOT_REPRODUCED
