@@ -559,7 +559,7 @@ def paired_comparisons(args, per_seed):
     rows = []
 
     def add(claim, detail, method, baseline, direction):
-        r = stats.verdict(method, baseline, direction=direction)
+        r = stats.paired_difference(method, baseline)
         rows.append(
             {
                 "claim": claim,
@@ -571,9 +571,6 @@ def paired_comparisons(args, per_seed):
                 "ci_low": r["low"],
                 "ci_high": r["high"],
                 "n": r["n"],
-                "verdict": r["verdict"],
-                "reason": r["reason"],
-                "opposite_significant": r["opposite_significant"],
                 "method_per_seed": [float(x) for x in method],
                 "baseline_per_seed": [float(x) for x in baseline],
             }
@@ -654,18 +651,32 @@ def paired_comparisons(args, per_seed):
 
 
 def claim_verdicts(rows, texts):
-    """One verdict per claim: `stats.combine` of its comparisons, with the
-    run's descriptive text."""
+    """One verdict per claim: `stats.verdict` of each of its comparisons
+    (from the per-seed values), combined by `stats.combine`, with the
+    run's descriptive text. `benchmarks/claims.py` recomputes the same
+    from the table (its verdicts are the ones the results file shows)."""
     out = []
     for claim in CLAIMS:
-        mine = [r for r in rows if r["claim"] == claim]
+        mine = [
+            (
+                r["comparison"],
+                stats.verdict(
+                    r["method_per_seed"],
+                    r["baseline_per_seed"],
+                    direction=r["direction"],
+                ),
+            )
+            for r in rows
+            if r["claim"] == claim
+        ]
         out.append(
             {
                 "claim": claim,
-                "status": stats.combine(mine) if mine else stats.NOT_TESTABLE,
+                "status": stats.combine([v for _, v in mine])
+                if mine
+                else stats.NOT_TESTABLE,
                 "comparisons": [
-                    f"{r['comparison']}: {r['verdict']} ({r['reason']})"
-                    for r in mine
+                    f"{c}: {v['verdict']} ({v['reason']})" for c, v in mine
                 ],
                 "text": texts.get(claim, ""),
             }

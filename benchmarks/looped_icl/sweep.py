@@ -422,17 +422,14 @@ def sweep_part(args):
             if seen
             else f"this run's seeds {list(seeds)} are fresh: a confirmation."
         )
-        + "\n\n## Verdicts (paper claims, `benchmarks/stats.py`)\n\n"
-        "Each claim is tested by the paired comparisons of the table "
+        + " (Seeds are the models' initialisation seeds; every run draws "
+        f"its prompts with `--seed {args.seed}`.)"
+        + "\n\nEach claim is tested by the paired comparisons of the table "
         f"'{PAIRED_TABLE}' (method - baseline per seed, paired t 95% "
         "interval; losses capped at 1e30 before the log); the claim's "
-        "verdict is `stats.combine` of its comparisons.\n\n"
-        + "\n".join(
-            f"{i}. **{v['claim']}: {v['status']}.** "
-            + "; ".join(v["comparisons"])
-            + "."
-            for i, v in enumerate(verdict_list, 1)
-        )
+        "verdict (the one-rule section at the top, also in the JSON's "
+        "`verdicts`) is `stats.combine` of its comparisons' "
+        "`stats.verdict`."
         + "\n\n## What the run shows per claim (descriptive)\n\n"
         + "\n".join(
             f"{i}. {v['claim']}: {v['text']}"
