@@ -67,3 +67,46 @@ def test_digits_metrics_read_evaluate_output():
     label, loss = laurel.DIGIT_METRICS["loss"]
     assert label == "test cross-entropy"
     assert loss([0.2, 0.9]) == 0.2
+
+
+def test_looped_icl_claims_are_paired_log_loss_comparisons():
+    import types
+
+    from benchmarks.looped_icl.analysis import CLAIMS
+    from benchmarks.looped_icl.analysis import LOSS_CAP
+    from benchmarks.looped_icl.analysis import claim_verdicts
+    from benchmarks.looped_icl.analysis import log_loss
+    from benchmarks.looped_icl.analysis import paired_comparisons
+
+    cap = np.log10(LOSS_CAP)
+    np.testing.assert_allclose(
+        log_loss([0.1, np.inf, np.nan, 1e40]), [-1.0, cap, cap, cap]
+    )
+    args = types.SimpleNamespace(
+        main_kappa=64.0, train_depth=2, shifts=[0.0, 0.1], kappas=[64.0]
+    )
+    seeds = 5
+    low, high = np.full(seeds, 0.01), np.full(seeds, 1.0)
+    jitter = np.linspace(1.0, 1.1, seeds)
+    per_seed = {
+        # Unrestricted lower than restricted at the same depth.
+        "test": {
+            ("looped_unrestricted", 64.0, 2): low * jitter,
+            ("looped_restricted", 64.0, 2): high,
+        },
+        "shifted": {},
+        # More loops: the loss falls, and explodes under the shift.
+        "loops": {
+            "looped_unrestricted": {
+                0.0: np.stack([np.geomspace(1, 1e-3, 8) * j for j in jitter]),
+                0.1: np.stack([np.geomspace(1, 1e9, 8) * j for j in jitter]),
+            }
+        },
+    }
+    rows = paired_comparisons(args, per_seed)
+    assert all(r["n"] == seeds for r in rows)
+    verdicts = {v["claim"]: v["status"] for v in claim_verdicts(rows, {})}
+    assert verdicts[CLAIMS[0]] == "reproduced"
+    assert verdicts[CLAIMS[2]] == "not reproduced"
+    assert verdicts[CLAIMS[3]] == "reproduced"
+    assert verdicts[CLAIMS[1]] == "not testable"  # no shifted models
