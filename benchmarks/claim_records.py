@@ -514,6 +514,51 @@ def _lora_rite(payload, result):
     return [_untestable(paper, claim, result, ours, reason)]
 
 
+# === Embeddings for data curation ===
+
+_CURATION_EMBEDDERS = (
+    "mean token embedding",
+    "mean last hidden state",
+    "hashed n-grams",
+)
+
+
+def _curation(payload, result):
+    """Pretraining on each embedder's balanced selection vs random
+    selection (the paper's claim), and vs balanced selection over
+    clusters of random vectors (whether the embedding itself adds
+    anything beyond the quotas), paired by seed, on the natural
+    validation loss (the paper's pretraining measure on the pool's own
+    mix)."""
+    paper = "Embeddings for data curation"
+    rows = payload["tables"]["Curation quality per seed"]
+    records = []
+    for claim, peer in (
+        (
+            "balanced selection on every embedder beats random selection",
+            "random",
+        ),
+        (
+            "the embedding adds to balanced selection over random clusters",
+            "random (floor)",
+        ),
+    ):
+        base = _by_seed(rows, "val_natural", embedder=peer)
+        for name in _CURATION_EMBEDDERS:
+            records.append(
+                _record(
+                    paper,
+                    claim,
+                    result,
+                    _by_seed(rows, "val_natural", embedder=name),
+                    base,
+                    detail=f"natural validation loss: {name} vs {peer}",
+                    direction=-1,
+                )
+            )
+    return records
+
+
 # === Structured preconditioners (Shampoo) ===
 
 
@@ -586,6 +631,7 @@ FAMILIES = (
     ("latent_crf_jax", _latent_crf),
     ("lora_rite", _lora_rite),
     ("shampoo_regression", _shampoo_regression),
+    ("curation_jax", _curation),
     ("looped_icl_jax", _looped_icl),
 )
 

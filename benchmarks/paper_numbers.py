@@ -110,6 +110,16 @@ PAPER_NUMBERS = {
         f"{NOT_STATED} (arXiv 2410.16534: MC the usual best, no figure in "
         "our spec)"
     ),
+    # Embeddings for pretraining data curation, arXiv 2502.02494.
+    "balanced selection on every embedder beats random selection": (
+        f"{NOT_STATED} as one figure: every embedder considered helps "
+        "pretraining quality over random selection (arXiv 2502.02494, "
+        "abstract)"
+    ),
+    "the embedding adds to balanced selection over random clusters": (
+        f"{NOT_STATED}: the paper has no random-cluster control; ours "
+        "separates the embedding's contribution from the quotas'"
+    ),
     # Structured preconditioners, arXiv 2503.10537.
     "one-sided Shampoo beats full-matrix AdaGrad on the regression": (
         f"{NOT_STATED}: loss curves only (arXiv 2503.10537, the quadratic "

@@ -342,3 +342,30 @@ def test_shampoo_regression_is_judged_on_the_fresh_problems():
     payload = _regression_rows(full, [-30.0] * 5)
     records = claims.records_for("shampoo_regression_jax", payload)
     assert records[0]["verdict"] == stats.NOT_REPRODUCED
+
+
+def test_curation_pairs_each_embedder_with_random_by_seed():
+    random = [4.0, 4.2, 3.9, 4.1, 4.05]
+    rows = []
+    for seed, r in enumerate(random):
+        for name, value in (
+            ("random", r),
+            ("random (floor)", r - 0.02 + 0.001 * _WOBBLE[seed]),
+            ("mean token embedding", r - 0.05 + 0.002 * _WOBBLE[seed]),
+            ("mean last hidden state", r - 0.05 + 0.002 * _WOBBLE[seed]),
+            ("hashed n-grams", r + 0.01 * _WOBBLE[seed]),
+        ):
+            rows.append({"embedder": name, "seed": seed, "val_natural": value})
+    payload = {"tables": {"Curation quality per seed": rows}}
+    records = claims.records_for("curation_jax", payload)
+    assert len(records) == 6
+    words = {r["detail"]: r["verdict"] for r in records}
+    vs_random = "natural validation loss: {} vs random"
+    assert words[vs_random.format("mean token embedding")] == stats.REPRODUCED
+    # No gain on average (wobble only): not a reproduction.
+    assert words[vs_random.format("hashed n-grams")] != stats.REPRODUCED
+    combined = {c["claim"]: c["verdict"] for c in claims.combine(records)}
+    claim = "balanced selection on every embedder beats random selection"
+    assert combined[claim] == stats.PARTLY
+    # A results file without per-seed rows is not judged.
+    assert claims.records_for("curation_jax", {"tables": {}}) == []

@@ -6,8 +6,11 @@ import pytest
 from benchmarks.shampoo import parse_args
 from benchmarks.shampoo.common import round_steps
 from benchmarks.shampoo.common import speed_row
+from benchmarks.shampoo.regression import LOG_FLOOR
 from benchmarks.shampoo.regression import final_loss
+from benchmarks.shampoo.regression import log_relative_loss
 from benchmarks.shampoo.regression import regression_problem
+from benchmarks.shampoo.regression import tune_with_extensions
 
 
 def test_seeds_are_a_list_like_every_script():
@@ -61,3 +64,31 @@ def test_regression_methods_use_the_current_argument_names():
             make(0.1)
     renamed = [w for w in caught if "keras_gr" in str(w.message)]
     assert not renamed, [str(w.message) for w in renamed]
+
+
+def test_regression_measure_is_floored_and_relative():
+    assert log_relative_loss([10.0, 1.0, 0.1]) == pytest.approx(-2.0)
+    assert log_relative_loss([10.0, 1.0, 0.0]) == LOG_FLOOR
+    assert log_relative_loss([10.0, np.inf]) == 3.0
+
+
+def test_a_best_rate_at_the_edge_extends_the_grid():
+    # Loss falls with the rate up to 10 ** 1.6: the top edge moves out,
+    # one point of the grid's own spacing at a time.
+    def run(lr):
+        return [1.0, abs(np.log10(lr) - 1.6) + 1e-3], 0
+
+    grid = [0.1, 1.0, 10.0]
+    best, at_edge, tuning = tune_with_extensions(grid, run, 2)
+    assert best == pytest.approx(100.0) and not at_edge
+    assert sorted(tuning) == pytest.approx([0.1, 1.0, 10.0, 100.0, 1000.0])
+    # Out of extensions while still at the edge: flagged.
+    best, at_edge, tuning = tune_with_extensions(grid, run, 0)
+    assert best == 10.0 and at_edge and len(tuning) == 3
+
+    # Ties at an exact 0 are broken by the loss at 25% of the steps.
+    def run0(lr):
+        return [1.0, 1.0 / lr, 0.5 / lr, 0.0, 0.0], 0
+
+    best, _, _ = tune_with_extensions([1.0, 2.0, 4.0, 8.0], run0, 0)
+    assert best == 8.0
