@@ -127,6 +127,10 @@ PAPER_NUMBERS = {
         "method); the spec's NumPy check (20 x 20, 500 steps): one-sided "
         "0 vs full-matrix AdaGrad 5e-4 (f0 = 19)"
     ),
+    "one-sided Shampoo beats diagonal AdaGrad and Adam on it": (
+        f"{NOT_STATED}: loss curves only (arXiv 2503.10537); the spec's "
+        "NumPy check: one-sided 0 vs diagonal AdaGrad 2e-3"
+    ),
     # LoRA-RITE (ICLR 2025).
     "LoRA-RITE beats Adam on held-out loss": (
         "+4.6 accuracy points on Super-Natural Instructions, +3.5 on four "
