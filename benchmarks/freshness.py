@@ -10,7 +10,8 @@ files now.
 A component's list may be narrowed on purpose (`COMPONENTS`: each part of
 the Shampoo benchmark depends on its own module, not the other parts):
 a result whose recorded files changed is still fresh when the files it
-depends on now, a strict subset, are unchanged since its (clean) run.
+depends on now, a strict subset, are byte for byte what the run hashed
+(checked exactly against the recorded hash, see `_narrowed_unchanged`).
 
 Results written before provenance was recorded are judged from git
 history instead: the commit that last changed the JSON stands in for the
@@ -249,22 +250,36 @@ def _narrowed_unchanged(name, record):
     """The result's component files as `COMPONENTS` lists them now, when
     that list is a strict subset of the files the run recorded (a
     component's list narrowed on purpose, e.g. one part of a benchmark
-    package) and none of them changed since the run's commit; else [].
+    package) and those files are byte for byte what the run hashed; else
+    [].
 
-    Only a clean run counts: with uncommitted sources at run time the
-    commit does not say which bytes ran."""
+    The check is exact: the recorded hash is recomputed with the listed
+    files as they are now and every other recorded file as it was at some
+    commit from the run's on (the run's own, then each later one that
+    changed them: a run over uncommitted sources saw them as a later
+    commit stored them). A match proves the listed files are what the run
+    saw, whichever commit supplied the others."""
     files = component_sources(name)
+    recorded = record.get("sources", [])
     commit = record.get("git_commit")
-    if (
-        not files
-        or not commit
-        or record.get("sources_uncommitted")
-        or not set(files) < set(record.get("sources", []))
-    ):
+    if not files or not commit or not set(files) < set(recorded):
         return []
-    if source_hash(files, commit) != source_hash(files):
-        return []
-    return files
+    now = set(files)
+    others = sorted(set(recorded) - now)
+    later = _git("log", "--format=%H", f"{commit}..HEAD", "--", *others)
+    candidates = [commit]
+    if later is not None and later.returncode == 0:
+        candidates += later.stdout.split()[::-1]
+    for candidate in candidates:
+        h = hashlib.sha256()
+        for rel in sorted(recorded):
+            h.update(rel.encode() + b"\0")
+            data = _read(rel, None if rel in now else candidate)
+            h.update(b"<missing>" if data is None else data)
+            h.update(b"\0")
+        if h.hexdigest() == record.get("source_hash"):
+            return files
+    return []
 
 
 def check(path):
@@ -283,8 +298,8 @@ def check(path):
         if narrowed:
             return "fresh", (
                 f"the {len(narrowed)} files it depends on now (COMPONENTS, "
-                f"narrower than the {len(files)} it recorded) are unchanged "
-                f"since the run at {record['git_commit']}"
+                f"narrower than the {len(files)} it recorded) are what the run "
+                f"at {record['git_commit']} hashed"
             )
         changed = [
             f

@@ -85,7 +85,8 @@ def test_a_narrowed_component_judges_only_its_files(tmp_path, monkeypatch):
     # ...but a change to part_a still is.
     (tmp_path / "part_a.py").write_text("a = 2\n")
     assert freshness.check(path)[0] == "stale"
-    # A run over uncommitted sources is never judged by narrowing.
+    # A run over uncommitted sources: an uncommitted file outside the
+    # narrowed list (part_b) that no commit ever stored: stale...
     (tmp_path / "part_a.py").write_text("a = 1\n")
     monkeypatch.setattr(
         freshness, "COMPONENTS", {"probe": ["part_a.py", "part_b.py"]}
@@ -93,4 +94,54 @@ def test_a_narrowed_component_judges_only_its_files(tmp_path, monkeypatch):
     harness.write_results("probe_jax", {"t": [{"a": 1}]})
     monkeypatch.setattr(freshness, "COMPONENTS", {"probe": ["part_a.py"]})
     (tmp_path / "part_b.py").write_text("b = 3\n")
+    assert freshness.check(path)[0] == "stale"
+    # ...while an uncommitted file inside it (part_a, unchanged since the
+    # run) with part_b as committed is judged fresh after part_b changes.
+    (tmp_path / "part_a.py").write_text("a = 5\n")
+    (tmp_path / "part_b.py").write_text("b = 1\n")
+    monkeypatch.setattr(
+        freshness, "COMPONENTS", {"probe": ["part_a.py", "part_b.py"]}
+    )
+    harness.write_results("probe_jax", {"t": [{"a": 1}]})
+    monkeypatch.setattr(freshness, "COMPONENTS", {"probe": ["part_a.py"]})
+    (tmp_path / "part_b.py").write_text("b = 4\n")
+    assert freshness.check(path)[0] == "fresh"
+    (tmp_path / "part_a.py").write_text("a = 6\n")
+    assert freshness.check(path)[0] == "stale"
+
+
+def test_narrowing_finds_the_commit_that_stored_the_runs_other_files(
+    tmp_path, monkeypatch
+):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(
+            ["git", *args], cwd=tmp_path, check=True, capture_output=True
+        )
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "part_a.py").write_text("a = 1\n")
+    (tmp_path / "part_b.py").write_text("b = 1\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "c1")
+    monkeypatch.setattr(harness, "RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setattr(freshness, "ROOT", str(tmp_path))
+    monkeypatch.setattr(
+        freshness, "COMPONENTS", {"probe": ["part_a.py", "part_b.py"]}
+    )
+    # The run sees part_b uncommitted; it is committed afterwards as it
+    # ran, then changed again.
+    (tmp_path / "part_b.py").write_text("b = 2\n")
+    harness.write_results("probe_jax", {"t": [{"a": 1}]})
+    path = str(tmp_path / "results" / "probe_jax.json")
+    git("commit", "-q", "-am", "c2")
+    (tmp_path / "part_b.py").write_text("b = 3\n")
+    git("commit", "-q", "-am", "c3")
+    assert freshness.check(path)[0] == "stale"
+    monkeypatch.setattr(freshness, "COMPONENTS", {"probe": ["part_a.py"]})
+    assert freshness.check(path)[0] == "fresh"
+    (tmp_path / "part_a.py").write_text("a = 2\n")
     assert freshness.check(path)[0] == "stale"
