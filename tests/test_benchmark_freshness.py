@@ -52,7 +52,10 @@ def test_listing_exits_zero(capsys):
     assert "freshness:" in capsys.readouterr().out
 
 
-def test_a_narrowed_component_judges_only_its_files(tmp_path, monkeypatch):
+def _two_file_repo(tmp_path, monkeypatch):
+    """A git repository in `tmp_path` with part_a.py and part_b.py
+    committed, the results and the freshness root pointed at it, and a
+    component `probe` of both files; returns a `git(*args)` runner."""
     import subprocess
 
     def git(*args):
@@ -72,6 +75,11 @@ def test_a_narrowed_component_judges_only_its_files(tmp_path, monkeypatch):
     monkeypatch.setattr(
         freshness, "COMPONENTS", {"probe": ["part_a.py", "part_b.py"]}
     )
+    return git
+
+
+def test_a_narrowed_component_judges_only_its_files(tmp_path, monkeypatch):
+    _two_file_repo(tmp_path, monkeypatch)
     harness.write_results("probe_jax", {"t": [{"a": 1}]})
     path = str(tmp_path / "results" / "probe_jax.json")
     assert freshness.check(path)[0] == "fresh"
@@ -113,25 +121,7 @@ def test_a_narrowed_component_judges_only_its_files(tmp_path, monkeypatch):
 def test_narrowing_finds_the_commit_that_stored_the_runs_other_files(
     tmp_path, monkeypatch
 ):
-    import subprocess
-
-    def git(*args):
-        subprocess.run(
-            ["git", *args], cwd=tmp_path, check=True, capture_output=True
-        )
-
-    git("init", "-q")
-    git("config", "user.email", "t@example.com")
-    git("config", "user.name", "t")
-    (tmp_path / "part_a.py").write_text("a = 1\n")
-    (tmp_path / "part_b.py").write_text("b = 1\n")
-    git("add", ".")
-    git("commit", "-q", "-m", "c1")
-    monkeypatch.setattr(harness, "RESULTS_DIR", str(tmp_path / "results"))
-    monkeypatch.setattr(freshness, "ROOT", str(tmp_path))
-    monkeypatch.setattr(
-        freshness, "COMPONENTS", {"probe": ["part_a.py", "part_b.py"]}
-    )
+    git = _two_file_repo(tmp_path, monkeypatch)
     # The run sees part_b uncommitted; it is committed afterwards as it
     # ran, then changed again.
     (tmp_path / "part_b.py").write_text("b = 2\n")
