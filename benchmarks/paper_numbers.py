@@ -117,8 +117,8 @@ PAPER_NUMBERS = {
         "abstract)"
     ),
     "the embedding adds to balanced selection over random clusters": (
-        f"{NOT_STATED}: the paper has no random-cluster control; ours "
-        "separates the embedding's contribution from the quotas'"
+        f"{NOT_STATED}: no random-cluster control in arXiv 2502.02494; "
+        "ours separates the embedding's contribution from the quotas'"
     ),
     # Structured preconditioners, arXiv 2503.10537.
     "one-sided Shampoo beats full-matrix AdaGrad on the regression": (
