@@ -369,3 +369,24 @@ def test_curation_pairs_each_embedder_with_random_by_seed():
     assert combined[claim] == stats.PARTLY
     # A results file without per-seed rows is not judged.
     assert claims.records_for("curation_jax", {"tables": {}}) == []
+
+
+def test_looped_icl_claims_come_from_the_recorded_paired_rows():
+    base = [-2.0, -2.1, -1.9, -2.05, -1.95]
+    row = {
+        "claim": "Looped models keep lowering the loss past the training depth",
+        "comparison": "looped_restricted: 8 loops vs 4",
+        "direction": -1,
+        "baseline_per_seed": base,
+        "method_per_seed": [b - 0.1 + 0.01 * w for b, w in zip(base, _WOBBLE)],
+    }
+    title = "Paired comparisons (per seed, log10 normalised test loss)"
+    payload = {"tables": {title: [row]}, "meta": {}}
+    (rec,) = claims.records_for("looped_icl_jax", payload)
+    assert rec["verdict"] == stats.REPRODUCED
+    assert rec["detail"] == row["comparison"]
+    # A run from before the paired rows: not testable, whatever it said.
+    old = {"tables": {}, "meta": {"seeds_used": [0, 1, 2]}}
+    old["verdicts"] = [{"claim": row["claim"], "status": "reproduced"}]
+    (rec,) = claims.records_for("looped_icl_jax", old)
+    assert rec["verdict"] == stats.NOT_TESTABLE
