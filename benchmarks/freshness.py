@@ -163,13 +163,14 @@ def _read(rel, commit):
     return None if out.returncode else out.stdout
 
 
-def source_hash(files, commit=None):
+def source_hash(files, commit=None, *, now=()):
     """SHA-256 over each file's path and bytes (a missing file counts), in
-    the working tree or, with `commit`, as the files were at that commit."""
+    the working tree or, with `commit`, as the files were at that commit
+    (except the files in `now`, read from the working tree)."""
     h = hashlib.sha256()
     for rel in sorted(files):
         h.update(rel.encode() + b"\0")
-        data = _read(rel, commit)
+        data = _read(rel, None if rel in now else commit)
         h.update(b"<missing>" if data is None else data)
         h.update(b"\0")
     return h.hexdigest()
@@ -271,13 +272,9 @@ def _narrowed_unchanged(name, record):
     if later is not None and later.returncode == 0:
         candidates += later.stdout.split()[::-1]
     for candidate in candidates:
-        h = hashlib.sha256()
-        for rel in sorted(recorded):
-            h.update(rel.encode() + b"\0")
-            data = _read(rel, None if rel in now else candidate)
-            h.update(b"<missing>" if data is None else data)
-            h.update(b"\0")
-        if h.hexdigest() == record.get("source_hash"):
+        if source_hash(recorded, candidate, now=now) == record.get(
+            "source_hash"
+        ):
             return files
     return []
 
