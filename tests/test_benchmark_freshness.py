@@ -135,3 +135,41 @@ def test_narrowing_finds_the_commit_that_stored_the_runs_other_files(
     assert freshness.check(path)[0] == "fresh"
     (tmp_path / "part_a.py").write_text("a = 2\n")
     assert freshness.check(path)[0] == "stale"
+
+
+def test_a_docstring_or_comment_change_keeps_a_result_fresh(
+    tmp_path, monkeypatch
+):
+    git = _two_file_repo(tmp_path, monkeypatch)
+    code = 'def f(x):\n    """Old words."""\n    return x + 1\n'
+    (tmp_path / "part_a.py").write_text(code)
+    git("commit", "-qam", "c2")
+    harness.write_results("probe_jax", {"t": [{"a": 1}]})
+    path = str(tmp_path / "results" / "probe_jax.json")
+    # New docstring and a comment: the same code.
+    (tmp_path / "part_a.py").write_text(
+        'def f(x):\n    """New words."""\n    # why\n    return x + 1\n'
+    )
+    status, detail = freshness.check(path)
+    assert status == "fresh" and "docstrings" in detail, detail
+    # A string that is not a docstring is code.
+    (tmp_path / "part_a.py").write_text(
+        'def f(x):\n    y = "New words."\n    return x + 1\n'
+    )
+    assert freshness.check(path)[0] == "stale"
+    # So is any change to what runs.
+    (tmp_path / "part_a.py").write_text(
+        'def f(x):\n    """Old words."""\n    return x + 2\n'
+    )
+    assert freshness.check(path)[0] == "stale"
+    # A file that is not Python is compared byte for byte.
+    monkeypatch.setattr(
+        freshness, "COMPONENTS", {"probe": ["part_a.py", "data.txt"]}
+    )
+    (tmp_path / "part_a.py").write_text(code)
+    (tmp_path / "data.txt").write_text("1\n")
+    git("add", ".")
+    git("commit", "-qm", "c3")
+    harness.write_results("probe_jax", {"t": [{"a": 1}]})
+    (tmp_path / "data.txt").write_text("1 \n")
+    assert freshness.check(path)[0] == "stale"

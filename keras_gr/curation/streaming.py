@@ -23,16 +23,21 @@ Fitting a stream (every choice stated):
    sample is the data itself, in order, so the seeding is exactly the
    in-memory one.
 2. **Full Lloyd** (`batch_size=None`): each pass assigns every batch with
-   one compiled program (`lloyd_statistics`) and accumulates per-centroid
-   sums and counts (float64 on the host) and the `k` points farthest from
-   their centroid (for empty clusters, relocated as in memory); the new
-   centroids are the means. The iterations, stopping rule and final
-   inertia are those of the in-memory `lloyd`, so for the same seeding the
-   result is the in-memory result up to float summation order.
+   one compiled program (`lloyd_statistics`: the rows in blocks of
+   `ASSIGN_BLOCK`, so the distance tile stays in cache) and accumulates
+   per-centroid sums (float32 within each block of `SUM_BLOCK` rows,
+   float64 across blocks on the host, in order), counts and the `k`
+   points farthest from their centroid (for empty clusters, relocated as
+   in memory); the new centroids are the means. The next batch is
+   dispatched before the last one's statistics are read back. The
+   iterations, stopping rule and final inertia are those of the
+   in-memory `lloyd`, so for the same seeding the result is the
+   in-memory result up to float summation order.
 3. **Mini-batch** (`batch_size=b`): `max_iter` steps of Sculley's update
    (`minibatch_step`, the in-memory update), each on the next `b` rows of
    the stream, which is re-read from the start as often as needed.
-4. A last pass computes the inertia of the final centroids. A streamed
+4. A last pass computes the inertia of the final centroids (distances
+   only: no labels, sums or farthest points). A streamed
    fit does not keep `labels` (they would grow with the stream): call
    `predict(stream, labels_path=...)`.
 
@@ -49,10 +54,13 @@ distribution) is set, on JAX, each padded batch is laid out along the
 distribution's batch dimension (`keras.distribution.distribute_tensor`),
 so each device assigns its shard and the compiled program's per-centroid
 sums, counts and inertia are reduced across devices by XLA; centroids are
-replicated. The batch row count is rounded up to a multiple of the number
-of devices. The result equals the one-device result up to float summation
-order. The sharded path is JAX-only: on TensorFlow a set distribution is
-refused with a clear error (the streamed path itself runs on both).
+replicated. The batch row count is rounded up to a whole number of
+`SUM_BLOCK` blocks per device, so no float32 block sum is split between
+devices and XLA's reduction only adds whole blocks to zeros: the fit
+equals the one-device fit bit for bit (centroids, inertia, labels; tested
+on 8 virtual devices). The sharded path is JAX-only: on TensorFlow a set
+distribution is refused with a clear error (the streamed path itself runs
+on both).
 
 **Several processes** (JAX, after `keras.distribution.initialize`, e.g.
 one process per host of a TPU slice, or CPU processes with gloo
@@ -216,28 +224,105 @@ class Stream:
             )
 
 
-def lloyd_statistics(x, mask, centroids):
+# Rows per partial sum of a Lloyd step. Every compiled step returns its
+# per-centroid sums and inertia per block of `SUM_BLOCK` consecutive rows
+# (float32, summed in row order inside a block) and the host adds the blocks
+# in float64, in order. The padded batch holds a whole number of blocks per
+# device, so a block never straddles two devices: the blocks, hence the
+# fit, are bit for bit those of one device whatever the number of devices
+# (no float32 sum is split by the all-reduce).
+SUM_BLOCK = 2048
+# Rows assigned at a time on one device (`assign_rows`): the (rows, k)
+# distance tile then stays in cache. 2.4x faster than one (65,536, 256)
+# tile on this project's 2-core CPU, with identical labels and distances.
+ASSIGN_BLOCK = 4096
+
+
+def lloyd_layout(batch_size, k):
+    """`(rows, assign_block)` of the compiled Lloyd step: the fixed padded
+    row count of this process's batch (at least `batch_size` and `k`, a
+    whole number of `SUM_BLOCK` blocks per local device) and the rows per
+    `assign_rows` block (None: all at once, as under a distribution, where
+    each device assigns its own shard)."""
+    devices = num_devices() // _backend.process_count()
+    unit = SUM_BLOCK * devices
+    rows = int(math.ceil(max(batch_size, k) / unit) * unit)
+    block = None
+    if num_devices() == 1 and rows > SUM_BLOCK:
+        block = ASSIGN_BLOCK if rows % ASSIGN_BLOCK == 0 else SUM_BLOCK
+    return rows, block
+
+
+def assign_rows(x, centroids, block=None):
+    """`assign` (labels, squared distances) over consecutive blocks of
+    `block` rows (`ops.map`; `block` divides the rows), or all at once.
+    Row by row the same arithmetic, so the same labels and distances."""
+    if block is None:
+        return assign(x, centroids)
+    labels, dist = ops.map(
+        lambda rows: assign(rows, centroids),
+        ops.reshape(x, (-1, block, ops.shape(x)[1])),
+    )
+    return ops.reshape(labels, (-1,)), ops.reshape(dist, (-1,))
+
+
+def lloyd_statistics(x, mask, centroids, assign_block=None):
     """One batch's share of a Lloyd step.
 
     Args:
-        x: `(b, d)` float32 rows (padding rows anywhere).
+        x: `(b, d)` float32 rows (padding rows anywhere), `b` a multiple of
+            `SUM_BLOCK`.
         mask: `(b,)` bool, True for real rows.
         centroids: `(k, d)`, `k <= b`.
+        assign_block: see `assign_rows`.
 
     Returns:
-        `(sums (k, d), counts (k,), inertia, far_dist (k,), far_points (k,
-        d))`: masked per-centroid sums and counts, the summed squared
-        distance to the nearest centroid, and the batch's `k` rows
-        farthest from their centroid (padding rows rank last with -1).
+        `(sums (b / SUM_BLOCK, k, d), counts (k,), inertia (b / SUM_BLOCK,),
+        far_dist (k,), far_points (k, d))`: masked per-centroid sums and
+        summed squared distances to the nearest centroid per block of
+        `SUM_BLOCK` rows, counts, and the batch's `k` rows farthest from
+        their centroid (padding rows rank last with -1).
     """
     k = ops.shape(centroids)[0]
-    labels, min_dist = assign(x, centroids)
+    n, d = ops.shape(x)
+    blocks = n // SUM_BLOCK
+    labels, min_dist = assign_rows(x, centroids, assign_block)
     weight = ops.cast(mask, x.dtype)
-    sums = ops.segment_sum(x * weight[:, None], labels, num_segments=k)
+    block = ops.arange(n, dtype="int32") // SUM_BLOCK
+    sums = ops.segment_sum(
+        x * weight[:, None], labels + block * k, num_segments=blocks * k
+    )
     counts = ops.segment_sum(weight, labels, num_segments=k)
-    inertia = ops.sum(min_dist * weight)
+    inertia = ops.segment_sum(min_dist * weight, block, num_segments=blocks)
     far_dist, far_index = ops.top_k(ops.where(mask, min_dist, -1.0), k)
-    return sums, counts, inertia, far_dist, ops.take(x, far_index, axis=0)
+    return (
+        ops.reshape(sums, (blocks, k, d)),
+        counts,
+        inertia,
+        far_dist,
+        ops.take(x, far_index, axis=0),
+    )
+
+
+def batch_inertia(x, mask, centroids, assign_block=None):
+    """`(b / SUM_BLOCK,)` summed squared distances to the nearest centroid
+    per block of `SUM_BLOCK` rows (padding rows masked out): the last
+    pass's objective, without labels, sums or farthest points."""
+    n = ops.shape(x)[0]
+    if assign_block is None:
+        dist = ops.min(squared_distances(x, centroids), axis=1)
+    else:
+        dist = ops.reshape(
+            ops.map(
+                lambda rows: ops.min(squared_distances(rows, centroids), 1),
+                ops.reshape(x, (-1, assign_block, ops.shape(x)[1])),
+            ),
+            (-1,),
+        )
+    block = ops.arange(n, dtype="int32") // SUM_BLOCK
+    return ops.segment_sum(
+        dist * ops.cast(mask, x.dtype), block, num_segments=n // SUM_BLOCK
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -247,10 +332,12 @@ def compiled(kind, backend, **static):
     del backend  # part of the cache key only
     fn = {
         "statistics": lloyd_statistics,
+        "inertia": batch_inertia,
         "minibatch": minibatch_step,
         "assign": assign,
         "seed": kmeans_plusplus,
         "distances": squared_distances,
+        "assign_rows": assign_rows,
     }[kind]
     return _backend.jit(functools.partial(fn, **static) if static else fn)
 
@@ -448,28 +535,78 @@ def _farthest(far_dist, far_points, new_dist, new_points, k):
     return dist[order], points[order]
 
 
-def lloyd_pass(stream, centroids, rows, batches=0):
+def lloyd_pass(stream, centroids, layout, batches=0):
     """One full pass: float64 `(sums, counts, inertia)` and the `k`
     farthest points; at least `batches` compiled steps (empty, masked
     batches after the stream's own: every process of a multi-process run
-    must run as many)."""
+    must run as many). `layout`: `lloyd_layout`'s `(rows, assign_block)`.
+
+    The next batch is dispatched before the previous step's results are
+    read back, so on JAX the host reads and checks a batch while the
+    device computes (asynchronous dispatch)."""
+    rows, block = layout
     k, d = centroids.shape
-    fn = compiled("statistics", keras.backend.backend())
+    fn = compiled("statistics", keras.backend.backend(), assign_block=block)
     c = ops.convert_to_tensor(centroids)
-    sums = np.zeros((k, d), "float64")
-    counts = np.zeros(k, "float64")
-    inertia = 0.0
-    far_dist = np.full(0, -1.0, "float32")
-    far_points = np.zeros((0, d), "float32")
-    empty = np.zeros((0, d), "float32")
-    for batch in _then_empty(stream, batches, empty):
-        out = fn(*to_device(batch, rows), c)
+    totals = {
+        "sums": np.zeros((k, d), "float64"),
+        "counts": np.zeros(k, "float64"),
+        "inertia": 0.0,
+        "far_dist": np.full(0, -1.0, "float32"),
+        "far_points": np.zeros((0, d), "float32"),
+    }
+
+    def absorb(out):
         s, n, e, fd, fp = (ops.convert_to_numpy(v) for v in out)
-        sums += s
-        counts += n
-        inertia += float(e)
-        far_dist, far_points = _farthest(far_dist, far_points, fd, fp, k)
-    return sums, counts, inertia, far_points
+        for block_sums, block_inertia in zip(s.astype("float64"), e):
+            totals["sums"] += block_sums
+            totals["inertia"] += float(block_inertia)
+        totals["counts"] += n
+        totals["far_dist"], totals["far_points"] = _farthest(
+            totals["far_dist"], totals["far_points"], fd, fp, k
+        )
+
+    _pipelined(fn, c, _then_empty(stream, batches, _empty(d)), rows, absorb)
+    return (
+        totals["sums"],
+        totals["counts"],
+        totals["inertia"],
+        totals["far_points"],
+    )
+
+
+def inertia_pass(stream, centroids, layout, batches=0):
+    """One pass: the float64 inertia of `centroids` (blocks summed as in
+    `lloyd_pass`, so the same value)."""
+    rows, block = layout
+    fn = compiled("inertia", keras.backend.backend(), assign_block=block)
+    c = ops.convert_to_tensor(centroids)
+    total = [0.0]
+
+    def absorb(out):
+        for block_inertia in ops.convert_to_numpy(out):
+            total[0] += float(block_inertia)
+
+    batches_in = _then_empty(stream, batches, _empty(centroids.shape[1]))
+    _pipelined(fn, c, batches_in, rows, absorb)
+    return total[0]
+
+
+def _empty(d):
+    return np.zeros((0, d), "float32")
+
+
+def _pipelined(fn, centroids, batches, rows, absorb):
+    """`absorb(fn(x, mask, centroids))` for every batch, each step
+    dispatched before the previous one's results are read."""
+    pending = None
+    for batch in batches:
+        out = fn(*to_device(batch, rows), centroids)
+        if pending is not None:
+            absorb(pending)
+        pending = out
+    if pending is not None:
+        absorb(pending)
 
 
 def _then_empty(stream, batches, empty):
@@ -500,7 +637,7 @@ def fit_stream(kmeans, data):
     """`KMeans.fit` on a stream; sets the fitted attributes of `kmeans`."""
     spherical = kmeans.metric == "cosine"
     k = kmeans.num_clusters
-    lloyd_rows = padded_rows(kmeans.stream_batch_size, k)
+    layout = lloyd_layout(kmeans.stream_batch_size, k)
     stream = Stream(data, kmeans.stream_batch_size, "x", spherical)
     if stream.one_shot:
         raise ValueError(
@@ -536,7 +673,7 @@ def fit_stream(kmeans, data):
             shift = np.inf
             while iterations < kmeans.max_iter and shift > tolerance:
                 sums, counts, _, far = lloyd_pass(
-                    stream, centroids, lloyd_rows, batches
+                    stream, centroids, layout, batches
                 )
                 new = lloyd_update(centroids, sums, counts, far, spherical)
                 shift = float(np.sum(np.square(new - centroids)))
@@ -563,7 +700,7 @@ def fit_stream(kmeans, data):
                     if iterations == kmeans.max_iter:
                         break
             centroids = ops.convert_to_numpy(c).astype("float32")
-        _, _, inertia, _ = lloyd_pass(stream, centroids, lloyd_rows, batches)
+        inertia = inertia_pass(stream, centroids, layout, batches)
         if best is None or inertia < best[1]:
             best = (centroids, inertia, iterations)
     kmeans.centroids, kmeans.inertia, kmeans.iterations = best
@@ -612,7 +749,10 @@ def predict_stream(kmeans, data, labels_path=None, distances_path=None):
     the nearest centroid), in memory or written to `.npy` files."""
     spherical = kmeans.metric == "cosine"
     rows = padded_rows(kmeans.stream_batch_size, 1)
-    fn = compiled("assign", keras.backend.backend())
+    block = None
+    if num_devices() == 1 and rows > ASSIGN_BLOCK and rows % ASSIGN_BLOCK == 0:
+        block = ASSIGN_BLOCK
+    fn = compiled("assign_rows", keras.backend.backend(), block=block)
     c = ops.convert_to_tensor(kmeans.centroids)
     labels = NpyWriter(labels_path, "int32") if labels_path else []
     dists = NpyWriter(distances_path, "float32") if distances_path else None

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras import ops
 from sklearn.datasets import make_blobs
 
 from keras_gr.curation import KMeans
@@ -117,9 +118,9 @@ def test_one_program_for_every_batch_and_dataset(monkeypatch):
     traces = []
     original = streaming.lloyd_statistics
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         traces.append(1)
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(streaming, "lloyd_statistics", counting)
     streaming.compiled.cache_clear()
@@ -235,11 +236,61 @@ def test_sharded_over_eight_devices_equals_one_device():
             inertia=[one.inertia, many.inertia],
             same_labels=bool(np.array_equal(one_labels[untied],
                                             many_labels[untied])),
+            all_labels_equal=bool(np.array_equal(one_labels, many_labels)),
         )
         """
     )
     assert result["devices"] == 8 and result["shards"] == 8
-    assert result["max_diff"] < 1e-5
+    # Bit for bit: the per-block float32 sums never straddle two devices
+    # and the host adds the blocks in order (`streaming.SUM_BLOCK`).
+    assert result["max_diff"] == 0.0
     assert result["iterations"][0] == result["iterations"][1]
-    np.testing.assert_allclose(*result["inertia"], rtol=1e-5)
-    assert result["same_labels"]
+    assert result["inertia"][0] == result["inertia"][1]
+    assert result["same_labels"] and result["all_labels_equal"]
+
+
+def test_blocked_assignment_is_the_one_tile_assignment_bit_for_bit():
+    """`assign_rows` over blocks of rows (the fast path of one device)
+    gives exactly `assign`'s labels and distances, ties included."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2 * streaming.SUM_BLOCK, 16)).astype("float32")
+    c = rng.normal(size=(64, 16)).astype("float32")
+    x[:5] = c[:5]  # zero distances
+    c[40] = c[7]  # an exact tie: the first index wins
+    # Compiled, as the fit runs them (op-by-op eager JAX rounds the
+    # distance differently from any compiled program).
+    backend = keras.backend.backend()
+    whole = streaming.compiled("assign", backend)(x, c)
+    blocked = streaming.compiled(
+        "assign_rows", backend, block=streaming.SUM_BLOCK
+    )(x, c)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(blocked[0]), ops.convert_to_numpy(whole[0])
+    )
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(blocked[1]), ops.convert_to_numpy(whole[1])
+    )
+    assert 40 not in ops.convert_to_numpy(blocked[0])
+
+
+def test_lloyd_layout_holds_whole_sum_blocks():
+    rows, block = streaming.lloyd_layout(400, 16)
+    assert (rows, block) == (streaming.SUM_BLOCK, None)
+    rows, block = streaming.lloyd_layout(65536, 256)
+    assert (rows, block) == (65536, streaming.ASSIGN_BLOCK)
+    rows, block = streaming.lloyd_layout(10000, 256)
+    assert rows % streaming.SUM_BLOCK == 0 and rows >= 10000
+    assert rows % block == 0
+
+
+def test_last_pass_inertia_is_the_lloyd_pass_inertia():
+    x = _blobs(n=5000, seed=4)
+    c = x[:12].copy()
+    stream = streaming.Stream(x, 1500)
+    layout = streaming.lloyd_layout(1500, 12)
+    _, counts, inertia, _ = streaming.lloyd_pass(stream, c, layout)
+    assert counts.sum() == 5000
+    last = streaming.inertia_pass(stream, c, layout)
+    np.testing.assert_allclose(last, inertia, rtol=1e-6)
+    exact = ((x[:, None].astype("float64") - c[None]) ** 2).sum(-1).min(1)
+    np.testing.assert_allclose(last, exact.sum(), rtol=1e-5)
