@@ -263,6 +263,16 @@ def backfill(path):
     return True
 
 
+def _commits_from(commit, files):
+    """`commit`, then each later commit that changed `files`, oldest
+    first: where a run's sources may be stored (a run over uncommitted
+    sources saw them as a later commit stored them)."""
+    later = _git("log", "--format=%H", f"{commit}..HEAD", "--", *files)
+    if later is None or later.returncode:
+        return [commit]
+    return [commit] + later.stdout.split()[::-1]
+
+
 def _narrowed_unchanged(name, record):
     """The result's component files as `COMPONENTS` lists them now, when
     that list is a strict subset of the files the run recorded (a
@@ -282,12 +292,7 @@ def _narrowed_unchanged(name, record):
     if not files or not commit or not set(files) < set(recorded):
         return []
     now = set(files)
-    others = sorted(set(recorded) - now)
-    later = _git("log", "--format=%H", f"{commit}..HEAD", "--", *others)
-    candidates = [commit]
-    if later is not None and later.returncode == 0:
-        candidates += later.stdout.split()[::-1]
-    for candidate in candidates:
+    for candidate in _commits_from(commit, sorted(set(recorded) - now)):
         if source_hash(recorded, candidate, now=now) == record.get(
             "source_hash"
         ):
@@ -331,11 +336,7 @@ def _only_prose_changed(record):
     commit = record.get("git_commit")
     if not files or not commit:
         return []
-    later = _git("log", "--format=%H", f"{commit}..HEAD", "--", *files)
-    candidates = [commit]
-    if later is not None and later.returncode == 0:
-        candidates += later.stdout.split()[::-1]
-    for candidate in candidates:
+    for candidate in _commits_from(commit, files):
         if source_hash(files, candidate) != record.get("source_hash"):
             continue
         prose = []
