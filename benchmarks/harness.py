@@ -491,3 +491,28 @@ def tune_then_seeds(grid, run, seeds, *, score, tune_seed=None):
         "tuning": tuning,
         "results": results,
     }
+
+
+def timing_columns(summary, mean, median=None, worst=None):
+    """The columns of a timing summary (`step_summary`, or an entry of
+    `time_calls_interleaved` / `time_fit_interleaved`) for a results row:
+    its mean under `mean`, its median and worst beside it under `median`
+    and `worst` (by default `<mean>_median` and `<mean>_worst`)."""
+    return {
+        mean: summary["mean"],
+        median or f"{mean}_median": summary["median"],
+        worst or f"{mean}_worst": summary["worst"],
+    }
+
+
+def write_partial(name, record):
+    """Writes `record` to `<name>_partial.json` beside the results, so that
+    an interrupted long run leaves what it has measured; `record=None`
+    removes that file (once the complete record is written)."""
+    path = result_path(name + "_partial", ".json")
+    if record is None:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1, default=float)

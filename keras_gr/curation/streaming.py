@@ -247,23 +247,37 @@ def lloyd_layout(batch_size, k):
     devices = num_devices() // _backend.process_count()
     unit = SUM_BLOCK * devices
     rows = int(math.ceil(max(batch_size, k) / unit) * unit)
-    block = None
-    if num_devices() == 1 and rows > SUM_BLOCK:
-        block = ASSIGN_BLOCK if rows % ASSIGN_BLOCK == 0 else SUM_BLOCK
-    return rows, block
+    return rows, row_block(rows)
+
+
+def row_block(rows):
+    """Rows per block of `assign_rows` for batches of `rows` rows: the
+    largest of `ASSIGN_BLOCK`, `SUM_BLOCK` that splits them into several
+    blocks, on one device; None (all at once) otherwise, and under a
+    distribution, where each device assigns its own shard."""
+    if num_devices() == 1:
+        for block in (ASSIGN_BLOCK, SUM_BLOCK):
+            if rows > block and rows % block == 0:
+                return block
+    return None
+
+
+def _by_blocks(fn, x, block):
+    """`fn(x)` for a row-wise `fn` of 1-D outputs, computed over
+    consecutive blocks of `block` rows (`ops.map`; `block` divides the
+    rows) or, with `block=None`, at once. Row by row the same arithmetic."""
+    if block is None:
+        return fn(x)
+    out = ops.map(fn, ops.reshape(x, (-1, block, ops.shape(x)[1])))
+    if isinstance(out, (tuple, list)):
+        return tuple(ops.reshape(o, (-1,)) for o in out)
+    return ops.reshape(out, (-1,))
 
 
 def assign_rows(x, centroids, block=None):
-    """`assign` (labels, squared distances) over consecutive blocks of
-    `block` rows (`ops.map`; `block` divides the rows), or all at once.
-    Row by row the same arithmetic, so the same labels and distances."""
-    if block is None:
-        return assign(x, centroids)
-    labels, dist = ops.map(
-        lambda rows: assign(rows, centroids),
-        ops.reshape(x, (-1, block, ops.shape(x)[1])),
-    )
-    return ops.reshape(labels, (-1,)), ops.reshape(dist, (-1,))
+    """`assign` (labels, squared distances) by blocks of `block` rows (see
+    `_by_blocks`): the same labels and distances as at once."""
+    return _by_blocks(lambda rows: assign(rows, centroids), x, block)
 
 
 def lloyd_statistics(x, mask, centroids, assign_block=None):
@@ -309,16 +323,11 @@ def batch_inertia(x, mask, centroids, assign_block=None):
     per block of `SUM_BLOCK` rows (padding rows masked out): the last
     pass's objective, without labels, sums or farthest points."""
     n = ops.shape(x)[0]
-    if assign_block is None:
-        dist = ops.min(squared_distances(x, centroids), axis=1)
-    else:
-        dist = ops.reshape(
-            ops.map(
-                lambda rows: ops.min(squared_distances(rows, centroids), 1),
-                ops.reshape(x, (-1, assign_block, ops.shape(x)[1])),
-            ),
-            (-1,),
-        )
+    dist = _by_blocks(
+        lambda rows: ops.min(squared_distances(rows, centroids), axis=1),
+        x,
+        assign_block,
+    )
     block = ops.arange(n, dtype="int32") // SUM_BLOCK
     return ops.segment_sum(
         dist * ops.cast(mask, x.dtype), block, num_segments=n // SUM_BLOCK
@@ -577,7 +586,8 @@ def lloyd_pass(stream, centroids, layout, batches=0):
 
 def inertia_pass(stream, centroids, layout, batches=0):
     """One pass: the float64 inertia of `centroids` (blocks summed as in
-    `lloyd_pass`, so the same value)."""
+    `lloyd_pass`; the distances come from a program without labels, so
+    the value may differ from `lloyd_pass`'s in the last float32 bits)."""
     rows, block = layout
     fn = compiled("inertia", keras.backend.backend(), assign_block=block)
     c = ops.convert_to_tensor(centroids)
@@ -749,9 +759,7 @@ def predict_stream(kmeans, data, labels_path=None, distances_path=None):
     the nearest centroid), in memory or written to `.npy` files."""
     spherical = kmeans.metric == "cosine"
     rows = padded_rows(kmeans.stream_batch_size, 1)
-    block = None
-    if num_devices() == 1 and rows > ASSIGN_BLOCK and rows % ASSIGN_BLOCK == 0:
-        block = ASSIGN_BLOCK
+    block = row_block(rows)
     fn = compiled("assign_rows", keras.backend.backend(), block=block)
     c = ops.convert_to_tensor(kmeans.centroids)
     labels = NpyWriter(labels_path, "int32") if labels_path else []
