@@ -24,8 +24,11 @@ Run: `KERAS_BACKEND=jax python examples/curate_corpus.py [--quick]
 and `manifest.json`) go to `--out`, outside the repository by default.
 Measured wall time on the loaded 2-core development machine (JAX):
 `--quick` 92 s (41 s when rerun: every stage reused), measured while a
-benchmark ran beside it; the default run was not timed (part A at 1M
-documents plus part B's LM pretraining: several minutes).
+benchmark ran beside it. The default run (1M documents, then part B),
+on the otherwise idle machine: 210 s wall, peak RSS 2.7 GB; part A's
+stages embed 27 s, k-means 21 s, dedup 103 s, select 0.1 s; dedup kept
+794,661 of 1,000,000 documents; the 100,000 curated ones hold 0.0 %
+repeats against 19.8 % for a random selection of the same size.
 """
 
 import os
