@@ -54,18 +54,37 @@ ROOT_METHODS = ("auto", "eigh", "newton")
 """Accepted inverse-root methods (`matrix_inverse_pth_root(method=...)`)."""
 
 
-def resolve_root_method(method):
+AUTO_EIGH_MIN_SIZE = 257
+"""`"auto"` uses `eigh` (under JAX on CPU) only for matrices at least
+this large; smaller ones get Newton (`resolve_root_method`)."""
+
+
+def resolve_root_method(method, size=None):
     """The concrete root method of `method` on the running backend.
 
-    `"auto"` is `"eigh"` under JAX on CPU and `"newton"` everywhere else.
+    `"auto"` is `"eigh"` under JAX on CPU for `size x size` matrices with
+    `size >= AUTO_EIGH_MIN_SIZE` (257), and `"newton"` everywhere else.
     Measured per root of a `512 x 512` float32 block on a 2-core CPU
     (`jit`, condition number 1e6): JAX's LAPACK `eigh` 19 ms against 105 ms
     for Newton's ~20 iterations; TensorFlow's XLA-compiled `eigh` 2.4 s
     against 89 ms for Newton. On TPU and GPU Newton is batched matrix
     products, what those chips do best, while their `eigh` is iterative
-    and slow. Read when the root is traced (so a config saved with
-    `"auto"` picks the right method on the machine it is loaded on).
-    `"eigh"` and `"newton"` are returned unchanged.
+    and slow.
+
+    Small matrices get Newton on JAX CPU too. There both roots cost about
+    the same (at 128: 1.1 ms each), but JAX's CPU `eigh` runs in scipy's
+    OpenBLAS, whose worker threads keep spinning for a while after every
+    call and take cores from the next XLA step: on 2 cores, two 24 ms
+    steps after one 128 x 128 `eigh` took 26 ms longer than after a Newton
+    root (0.2 ms longer). On the Shampoo benchmark LM (every factor at
+    most 128) the mean step fell from 1.36x Adam's to 1.04-1.11x. For
+    `size` 512 the LAPACK root is still the cheaper one, spin included
+    (`benchmarks/results/shampoo_scale_*`). With `size=None` (not known)
+    `"auto"` under JAX on CPU is `"eigh"`.
+
+    Read when the root is traced (so a config saved with `"auto"` picks
+    the right method on the machine it is loaded on). `"eigh"` and
+    `"newton"` are returned unchanged.
     """
     if method != "auto":
         return method
@@ -73,7 +92,8 @@ def resolve_root_method(method):
         import jax
 
         if jax.default_backend() == "cpu":
-            return "eigh"
+            if size is None or int(size) >= AUTO_EIGH_MIN_SIZE:
+                return "eigh"
     return "newton"
 
 
@@ -161,7 +181,8 @@ def matrix_inverse_pth_root(
             eigenvalue. Defaults to `1e-6`. `0` gives the plain
             `max(lambda, matrix_epsilon)`.
         method: `"eigh"`, `"newton"` or `"auto"` (`resolve_root_method`:
-            `"eigh"` under JAX on CPU, else `"newton"`). Defaults to
+            `"eigh"` under JAX on CPU for matrices of 257 x 257 and
+            larger, else `"newton"`). Defaults to
             `"eigh"`.
         newton_iterations: iteration cap of `"newton"`. Defaults to `40`.
         newton_tolerance: stopping tolerance of `"newton"`. Defaults to
@@ -177,7 +198,7 @@ def matrix_inverse_pth_root(
             f"`method` must be one of {ROOT_METHODS}. Received: "
             f"method={method!r}"
         )
-    method = resolve_root_method(method)
+    method = resolve_root_method(method, size=mat.shape[-1])
     with _backend.highest_matmul_precision():
         mat = ops.cast(mat, "float32")
         input_finite = ops.all(ops.isfinite(mat))

@@ -285,25 +285,35 @@ def test_newton_eager_loop_equals_traced_loop(p):
     assert np.all(np.abs(eager - expected) < 1e-3 * scale)
 
 
-def test_auto_root_method_is_eigh_on_jax_cpu_else_newton():
+def test_auto_root_method_is_eigh_on_jax_cpu_for_large_blocks_else_newton():
     """`"auto"` resolves on the running backend: `eigh` under JAX on CPU
-    (LAPACK, ~5x cheaper than Newton there), Newton elsewhere
+    for matrices of `AUTO_EIGH_MIN_SIZE` (257) and more (LAPACK, ~5x
+    cheaper than Newton at 512), Newton for smaller ones there (as cheap,
+    and no OpenBLAS threads left spinning) and Newton elsewhere
     (TensorFlow's compiled `eigh` is ~25x slower than its Newton; TPUs and
-    GPUs run matrix products best), and the root it returns is that
-    method's root, bit for bit."""
-    expected = "newton"
+    GPUs run matrix products best). The root it returns is that method's
+    root, bit for bit, on each side of the size threshold."""
+    large = "newton"
     if keras.backend.backend() == "jax":
         import jax
 
-        expected = "eigh" if jax.default_backend() == "cpu" else "newton"
-    assert mf.resolve_root_method("auto") == expected
-    assert mf.resolve_root_method("eigh") == "eigh"
-    assert mf.resolve_root_method("newton") == "newton"
+        large = "eigh" if jax.default_backend() == "cpu" else "newton"
+    limit = mf.AUTO_EIGH_MIN_SIZE
+    assert limit == 257
+    assert mf.resolve_root_method("auto") == large
+    assert mf.resolve_root_method("auto", size=limit) == large
+    assert mf.resolve_root_method("auto", size=limit - 1) == "newton"
+    assert mf.resolve_root_method("auto", size=6) == "newton"
+    for size in (None, 6, limit):
+        assert mf.resolve_root_method("eigh", size=size) == "eigh"
+        assert mf.resolve_root_method("newton", size=size) == "newton"
     rng = np.random.default_rng(0)
-    g = rng.normal(size=(2, 6, 6)).astype("float32")
-    mats = g @ np.swapaxes(g, -1, -2)
-    auto, _ = mf.matrix_inverse_pth_root(mats, 2, method="auto")
-    direct, _ = mf.matrix_inverse_pth_root(mats, 2, method=expected)
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(auto), keras.ops.convert_to_numpy(direct)
-    )
+    for n, expected in ((6, "newton"), (limit, large)):
+        g = rng.normal(size=(2, n, n + 8)).astype("float32")
+        mats = g @ np.swapaxes(g, -1, -2)
+        auto, _ = mf.matrix_inverse_pth_root(mats, 2, method="auto")
+        direct, _ = mf.matrix_inverse_pth_root(mats, 2, method=expected)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(auto),
+            keras.ops.convert_to_numpy(direct),
+        )
