@@ -77,7 +77,8 @@ def resolve_root_method(method, size=None):
     call and take cores from the next XLA step: on 2 cores, two 24 ms
     steps after one 128 x 128 `eigh` took 26 ms longer than after a Newton
     root (0.2 ms longer). On the Shampoo benchmark LM (every factor at
-    most 128) the mean step fell from 1.36x Adam's to 1.04-1.11x. For
+    most 128, `benchmarks/results/shampoo_quality_jax`) the mean step of
+    `OneSidedShampoo` fell from 1.33x Adam's to 1.03x. For
     `size` 512 the LAPACK root is still the cheaper one, spin included
     (`benchmarks/results/shampoo_scale_*`). With `size=None` (not known)
     `"auto"` under JAX on CPU is `"eigh"`.

@@ -76,14 +76,22 @@ class Shampoo(StructuredPreconditioner):
     root periods in interleaved rounds, 2-core CPU; figures vary by about
     +-0.2 between runs there): on the width-512 MLP of 4 Dense 512 x 512
     kernels at batch 512 (`b = n = B = 512`) the step without roots is
-    1.33x Adam's (the formula's floor), Keras Muon's 4.4-5.4x. With
-    `statistics_frequency=10` the mean step is about 1.9-2.1x Adam's at
+    1.33x Adam's (the formula's floor), Keras Muon's 4.7-5.3x. With
+    `statistics_frequency=10` the mean step is 1.85x Adam's at
     `precondition_frequency=10` with `"auto"` (`eigh` under JAX on CPU:
-    ~20 ms per 512 root) against 2.4-2.5x with Newton (~8-10 iterations
-    on these statistics, ~70-90 ms per root step), and 1.42x against 1.50x
-    at `precondition_frequency=100`. So: first a long period, then the
-    cheaper root of the platform, then smaller blocks. A warm start of the
-    root from the previous one was measured and rejected (below).
+    ~20 ms per 512 root; with `OPENBLAS_THREAD_TIMEOUT=4`, below; 2.13x
+    without it) against 2.3-2.4x with Newton (~8-10 iterations on these
+    statistics, ~70-90 ms per root step), and 1.40x against 1.48-1.54x
+    at `precondition_frequency=100`. On the wide MLP of the benchmark
+    (kernels up to 3072 x 3072 in blocks of 1024, batch 2048) the mean
+    step is 1.28x Adam's at `precondition_frequency=10` and
+    `statistics_frequency=10`. On the small Gemma LM of the quality
+    benchmark (every factor at most 128, so `"auto"` is Newton) it is
+    1.03x Adam's at `precondition_frequency=10` and 1.10x (sequences of
+    128) to 1.24x (of 64) at 1 (`shampoo_speed_jax`,
+    `shampoo_quality_jax`). So: first a long period, then the cheaper
+    root of the platform, then smaller blocks. A warm start of the root
+    from the previous one was measured and rejected (below).
 
     - `max_preconditioner_dim` (block size `b`): a factored axis longer
       than this is split into balanced blocks of at most this length
@@ -112,8 +120,12 @@ class Shampoo(StructuredPreconditioner):
       across variables.
     - `root_method`: `"auto"` (default), `"newton"` (coupled Newton, only
       matrix products) or `"eigh"`. `"auto"` is `eigh` under JAX on CPU
-      (LAPACK: 19 ms per 512 x 512 root against 105 ms for Newton at
-      condition number 1e6) and Newton elsewhere (TensorFlow's compiled
+      for blocks of 257 and larger (LAPACK: 19 ms per 512 x 512 root
+      against 105 ms for Newton at condition number 1e6), Newton for
+      smaller blocks there (as cheap, ~1 ms at 128, and it leaves no
+      OpenBLAS thread spinning, below: on the LM of the quality
+      benchmark, every factor at most 128, the mean step fell from
+      1.33x Adam's to 1.03x) and Newton elsewhere (TensorFlow's compiled
       `eigh` on CPU: 2.4 s against 89 ms; on TPU and GPU Newton is
       batched matmuls, their `eigh` is iterative and slow). The two agree
       to about 1e-3 on training trajectories (tested); `eigh` clips the
@@ -248,7 +260,8 @@ class Shampoo(StructuredPreconditioner):
         stagger_roots: spread the root recomputations, block by block,
             over the `precondition_frequency` steps. Defaults to `True`.
         root_method: `"auto"`, `"newton"` or `"eigh"`. Defaults to
-            `"auto"`: `"eigh"` under JAX on CPU, `"newton"` elsewhere
+            `"auto"`: `"eigh"` under JAX on CPU for blocks of 257 and
+            larger, `"newton"` for smaller blocks and elsewhere
             (`matrix_functions.resolve_root_method`).
         statistics_frequency: update the statistics every this many
             steps (steps 1, 1 + k, 1 + 2k, ...); the step itself is taken
