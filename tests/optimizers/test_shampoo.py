@@ -1172,3 +1172,27 @@ RESULT = {"staggered": compiled_step(True), "unstaggered": compiled_step(False)}
         result["staggered"]["step_all_reduces"]
         == result["unstaggered"]["step_all_reduces"]
     ), result
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="JAX's CPU eigh rule"
+)
+@pytest.mark.parametrize(
+    "shape, expect_eigh", [((128, 384), False), ((512, 640), True)]
+)
+def test_auto_roots_small_blocks_without_eigh_on_jax_cpu(shape, expect_eigh):
+    """Under JAX on CPU the compiled step of the default `"auto"` root
+    contains no `eigh` for factors under 257 (its OpenBLAS threads would
+    keep spinning into the next steps) and does for larger ones."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the rule is for JAX on CPU")
+    kernel = keras.Variable(np.ones(shape, "float32"), name="kernel")
+    opt = OneSidedShampoo(1e-3, precondition_frequency=1)
+    opt.build([kernel])
+    grads = [np.full(shape, 0.1, "float32")]
+    jaxpr = jax.make_jaxpr(opt.stateless_apply)(
+        [v.value for v in opt.variables], grads, [kernel.value]
+    )
+    assert ("eigh" in str(jaxpr)) == expect_eigh
