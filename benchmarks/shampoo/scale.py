@@ -103,6 +103,19 @@ SCALE_OPTIMIZERS = {
             root_method="eigh",
         ),
     ),
+    # Blocks of 256: a quarter of the root work per kernel (m b^2), half
+    # the statistics and root application (2 m b n), and under JAX on CPU
+    # Newton roots (no OpenBLAS threads left spinning). A block-diagonal
+    # factor is coarser than a 512 one; this part measures speed only.
+    "tuned256": (
+        "tuned256: tuned + max_preconditioner_dim=256",
+        lambda: OneSidedShampoo(
+            1e-3,
+            precondition_frequency=10,
+            statistics_frequency=10,
+            max_preconditioner_dim=256,
+        ),
+    ),
     "tuned512": (
         "tuned512: tuned + max_preconditioner_dim=512",
         lambda: OneSidedShampoo(
@@ -211,7 +224,9 @@ def part_scale(args):
             "per-step ratio is about 1 + b (1 + 1/statistics_frequency) "
             "/ (3 B). CPU only (2 cores): ratios, not absolute times, are "
             "the result. `root_method='auto'` is eigh under JAX on CPU "
-            "and Newton elsewhere. JAX's CPU eigh runs in scipy's "
+            "for blocks of 257 and larger, Newton for smaller blocks and "
+            "elsewhere (so `tuned256` computes no eigh). JAX's CPU eigh "
+            "runs in scipy's "
             "OpenBLAS, whose idle threads spin after each call and slow "
             "the following steps unless OPENBLAS_THREAD_TIMEOUT (or "
             "OPENBLAS_NUM_THREADS=1) is set: `openblas_env` records "
