@@ -37,8 +37,9 @@ QUALITY_GRID = {
         1e-2,
     ),
     # The paper's algorithm recomputes the root every step; with every
-    # factor of this LM at most 128 (Newton roots of ~1 ms) that costs
-    # about 1.07x Adam's step (`shampoo_speed_jax`).
+    # factor of this LM at most 128 (Newton roots of ~1 ms) its mean step
+    # is 1.10x Adam's at sequence length 128 (`shampoo_speed_jax`) and
+    # 1.24x at this part's 64 (`shampoo_quality_jax`).
     "OneSidedShampoo precondition_frequency=1": (
         lambda lr: OneSidedShampoo(lr, precondition_frequency=1),
         1e-2,
