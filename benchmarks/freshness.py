@@ -16,7 +16,10 @@ depends on now, a strict subset, are byte for byte what the run hashed
 Results written before provenance was recorded are judged from git
 history instead: the commit that last changed the JSON stands in for the
 commit it ran at, and the result is stale when any component file changed
-after that commit (or has uncommitted changes). This is approximate: a
+after that commit (or has uncommitted changes). On both paths a Python
+file whose docstrings or comments alone changed (`code_of`: its syntax
+tree without docstrings) does not make a result stale. This is
+approximate: a
 result committed together with a code change looks fresh even if it ran
 before the change; such results are listed as "no provenance" so a reader
 knows the check is weaker.
@@ -393,11 +396,21 @@ def check(path):
     commit = out.stdout.strip() if out is not None else ""
     if not commit:
         return "unknown", "no provenance and not committed"
-    changed = [f for f in files if _dirty([f], commit)]
+    differ = [f for f in files if _dirty([f], commit)]
+    changed = [
+        f
+        for f in differ
+        if code_of(f, _read(f, commit)) != code_of(f, _read(f, None))
+    ]
     if changed:
         return "stale", (
             f"no provenance; changed after {commit[:8]} (the result's last "
             "commit): " + ", ".join(changed)
+        )
+    if differ:
+        return "fresh", (
+            f"no provenance; only docstrings or comments changed since "
+            f"{commit[:8]}: " + ", ".join(differ)
         )
     return "fresh", f"no provenance; unchanged since {commit[:8]}"
 

@@ -173,3 +173,33 @@ def test_a_docstring_or_comment_change_keeps_a_result_fresh(
     harness.write_results("probe_jax", {"t": [{"a": 1}]})
     (tmp_path / "data.txt").write_text("1 \n")
     assert freshness.check(path)[0] == "stale"
+
+
+def test_no_provenance_results_ignore_docstring_and_comment_changes(
+    tmp_path, monkeypatch
+):
+    """A result without provenance (judged from the commit that last
+    changed it) stays fresh when its component's docstrings or comments
+    change, and goes stale when its code does."""
+    import json
+
+    git = _two_file_repo(tmp_path, monkeypatch)
+    code = 'def f(x):\n    """Old words."""\n    return x + 1\n'
+    (tmp_path / "part_a.py").write_text(code)
+    (tmp_path / "results").mkdir()
+    path = tmp_path / "results" / "probe_runs_jax.json"
+    path.write_text(json.dumps({"run": [1.0]}))
+    git("add", ".")
+    git("commit", "-qm", "c2")
+    status, detail = freshness.check(str(path))
+    assert status == "fresh" and "unchanged" in detail, detail
+    (tmp_path / "part_a.py").write_text(
+        'def f(x):\n    """New words."""\n    # why\n    return x + 1\n'
+    )
+    status, detail = freshness.check(str(path))
+    assert status == "fresh" and "docstrings" in detail, detail
+    (tmp_path / "part_a.py").write_text(
+        'def f(x):\n    """New words."""\n    return x + 2\n'
+    )
+    status, detail = freshness.check(str(path))
+    assert status == "stale" and "part_a.py" in detail, detail
