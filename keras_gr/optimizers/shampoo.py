@@ -76,15 +76,22 @@ class Shampoo(StructuredPreconditioner):
     root periods in interleaved rounds, 2-core CPU; figures vary by about
     +-0.2 between runs there): on the width-512 MLP of 4 Dense 512 x 512
     kernels at batch 512 (`b = n = B = 512`) the step without roots is
-    1.33x Adam's (the formula's floor), Keras Muon's 4.7-5.3x. With
-    `statistics_frequency=10` the mean step is 1.85x Adam's at
-    `precondition_frequency=10` with `"auto"` (`eigh` under JAX on CPU:
-    ~20 ms per 512 root; with `OPENBLAS_THREAD_TIMEOUT=4`, below; 2.13x
-    without it) against 2.3-2.4x with Newton (~8-10 iterations on these
-    statistics, ~70-90 ms per root step), and 1.40x against 1.48-1.54x
-    at `precondition_frequency=100`. On the wide MLP of the benchmark
-    (kernels up to 3072 x 3072 in blocks of 1024, batch 2048) the mean
-    step is 1.28x Adam's at `precondition_frequency=10` and
+    1.33x Adam's (the formula's floor), Keras Muon's 4.6-4.9x. With
+    `statistics_frequency=10` and `precondition_frequency=10` the mean
+    step is 2.0-2.1x Adam's with `"auto"` (`eigh` under JAX on CPU: ~20
+    ms per 512 root; 1.77-1.85x with `OPENBLAS_THREAD_TIMEOUT=4`, below)
+    against 2.2-2.3x with Newton (~8-10 iterations on these statistics,
+    ~70-90 ms per root step) and 2.4x on TensorFlow (Newton). With
+    `max_preconditioner_dim=256` as well (two 256-blocks per kernel: half
+    the statistics and application work, a quarter of the root work,
+    Newton roots) it is 1.44x under JAX (worst step 2.7x Adam's mean
+    step), 1.36x with the OpenBLAS setting and 1.42x on TensorFlow (worst
+    1.8x); the benchmark measures speed only, and blocks of 256 are a
+    coarser (block-diagonal) preconditioner. At `precondition_frequency=100`
+    (and statistics every 100 steps) it is 1.39-1.40x (TensorFlow 1.68x).
+    On the wide MLP of the benchmark (kernels up to 3072 x 3072 in blocks
+    of 1024, batch 2048) it is 1.15-1.28x under JAX and 1.6-1.75x on
+    TensorFlow at `precondition_frequency=10` and
     `statistics_frequency=10`. On the small Gemma LM of the quality
     benchmark (every factor at most 128, so `"auto"` is Newton) it is
     1.03x Adam's at `precondition_frequency=10` and 1.10x (sequences of
