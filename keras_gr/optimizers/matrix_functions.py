@@ -75,9 +75,10 @@ def resolve_root_method(method, size=None):
     the same (at 128: 1.1 ms each), but JAX's CPU `eigh` runs in scipy's
     OpenBLAS, whose worker threads keep spinning for a while after every
     call and take cores from the next XLA step: on 2 cores, two 24 ms
-    steps after one 128 x 128 `eigh` took 26 ms longer than after a Newton
-    root (0.2 ms longer). On the Shampoo benchmark LM (every factor at
-    most 128, `benchmarks/results/shampoo_quality_jax`) the mean step of
+    steps after one 128 x 128 `eigh` took 26 ms longer than the same steps
+    without a root, and after a Newton root no longer (-0.2 ms, noise).
+    On the Shampoo benchmark LM (every factor at most 128,
+    `benchmarks/results/shampoo_quality_jax`) the mean step of
     `OneSidedShampoo` fell from 1.33x Adam's to 1.03x. For
     `size` 512 the LAPACK root is still the cheaper one, spin included
     (`benchmarks/results/shampoo_scale_*`). With `size=None` (not known)
