@@ -18,8 +18,23 @@ baseline's final validation CE, the final validation CE, and wall-clock
 with the per-step cost in the KD phase and after the switch (the teacher's
 forward pass is skipped after `n_kd`).
 
-Run: `KERAS_BACKEND=jax python -m benchmarks.salt [--quick] [--seeds 0 1 2 3 4]`
-(`--seeds` replaces the setting's seeds: five in the full run, one quick).
+Two settings (`--setting`):
+
+- `full` (result `salt_<backend>`): 120 steps, the student ends *above*
+  the teacher's loss, so the teacher helps to the end;
+- `long` (result `salt_<backend>_long`): the setting in which the paper's
+  two-phase effect should show (issue 28, item 6): a larger corpus and
+  pool (no data repeat), 480 steps, so that the student passes the
+  teacher's validation loss a third of the way in (the paper's regime: a
+  1.5B teacher for a 2.8B student), `n_kd` = 80 (17% of the steps, the
+  paper's 36k of 208k), the learning rate tuned for the baseline (4e-3),
+  evaluated every 30 steps. It was chosen on exploratory seed 0 (see
+  `LONG_EXPLORATION`), and its verdicts come from fresh seeds 10-14 run
+  after the choice.
+
+Run: `KERAS_BACKEND=jax python -m benchmarks.salt [--setting long]
+[--quick] [--seeds 0 1 2 3 4]` (`--seeds` replaces the setting's seeds:
+five in the full runs, one quick).
 """
 
 import argparse
@@ -97,6 +112,60 @@ QUICK = dict(
     weak_teacher=dict(FULL["weak_teacher"], train_steps=10),
 )
 
+# Issue 28, item 6: the setting where the claimed effect should be largest
+# on this machine. In `full` the student never reaches the teacher's
+# validation CE (4.66 against 4.37 after 120 steps), so distillation keeps
+# helping and "switching KD off" cannot matter. `long` trains the student
+# past the teacher.
+LONG = dict(
+    FULL,
+    docs_per_source=1200,
+    pool=8192,
+    steps=480,
+    n_kd=80,
+    eval_every=30,
+    learning_rate=4e-3,
+    seeds=(10, 11, 12, 13, 14),
+)
+# The exploration that chose `long` (exploratory seed 0, not among the
+# confirmation seeds; validation every 60 steps; teacher val CE 4.27 on the
+# students' validation set): (variant, learning rate, kd_weight, n_kd,
+# final val CE, val CE at step 60).
+LONG_EXPLORATION = (
+    ("baseline", 1e-3, 0.0, 0, 4.082, 5.302),
+    ("baseline", 2e-3, 0.0, 0, 3.824, 5.033),
+    ("baseline", 4e-3, 0.0, 0, 3.738, 4.847),
+    ("baseline", 8e-3, 0.0, 0, 3.843, 4.768),
+    ("salt", 2e-3, 0.5, 40, 3.815, 4.959),
+    ("salt", 2e-3, 0.5, 80, 3.806, 4.883),
+    ("salt", 2e-3, 0.5, 120, 3.807, 4.883),
+    ("salt", 2e-3, 0.8, 80, 3.794, 4.782),
+    ("salt", 2e-3, 1.0, 80, 3.807, 4.758),
+    ("salt_ds", 2e-3, 0.5, 80, 3.800, 4.860),
+    ("kd_always", 2e-3, 0.5, 80, 3.940, 4.883),
+    ("salt", 4e-3, 0.5, 80, 3.739, 4.663),
+    ("salt", 4e-3, 0.8, 80, 3.742, 4.590),
+    ("salt", 4e-3, 0.8, 160, 3.765, 4.590),
+    ("salt_ds", 4e-3, 0.8, 160, 3.751, 4.580),
+)
+LONG_CHOSEN_BY = (
+    "Setting `long` was chosen by looking at results (the exploration "
+    "table below, one exploratory seed). With 1200 documents per source, "
+    "a pool of 8192 windows (each seen at most once in 480 x 16 "
+    "sequences) and 480 steps, the baseline student passes the teacher's "
+    "validation CE (4.27) between steps 120 and 180. At the inherited "
+    "learning rate (2e-3) SALT's final gain was largest (-0.03 with "
+    "kd_weight 0.8), but that rate was under-tuned for the baseline: the "
+    "baseline's 4-point grid put its best at 4e-3 (inside the grid), and "
+    "every arm runs at that rate. There SALT's step-60 lead (-0.18 to "
+    "-0.26) had faded to +0.001 at the end for kd_weight 0.5 and +0.004 "
+    "for 0.8; kd_weight 0.5 and n_kd = 80 (the paper's 17% of the steps; "
+    "160 was worse) were kept. The measures and comparisons were fixed "
+    "before the confirmation run on fresh seeds 10-14; nothing was changed "
+    "after it."
+)
+SETTINGS = {"full": FULL, "long": LONG}
+
 PAPER = {
     "setting": "2.8B student, 1.5B teacher, the Pile, 208k steps",
     "n_kd": "36k steps (~17%; robust 20k-60k)",
@@ -104,6 +173,19 @@ PAPER = {
     "wall-clock saved": "~25-28%",
     "too-weak teacher (0.5B)": "helps less",
 }
+
+
+def _exploration_notes():
+    rows = "\n".join(
+        f"| {v} | {lr:g} | {w:g} | {n} | {ce:.3f} | {early:.3f} |"
+        for v, lr, w, n, ce, early in LONG_EXPLORATION
+    )
+    return (
+        LONG_CHOSEN_BY
+        + "\n\n| variant (exploratory seed 0) | learning rate | kd_weight "
+        "| n_kd | final val CE | val CE at step 60 |\n|---|---|---|---|---|"
+        "---|\n" + rows + "\n\n"
+    )
 
 
 def _corpus_file(cfg, folder):
@@ -156,6 +238,23 @@ def _student(vocab, spec, seed):
         ),
         preprocessor=None,
     )
+
+
+def _val_ce(model, val, batch_size=32):
+    """Mean next-token CE (nats/token) of causal LM `model` on the
+    benchmark's validation windows (every token weighted 1), the same
+    measure as the students' `val_ce_loss`."""
+    x, y, _ = val
+    total = 0.0
+    for i in range(0, len(y), batch_size):
+        logits = keras.ops.convert_to_numpy(
+            model({k: v[i : i + batch_size] for k, v in x.items()})
+        ).astype("float64")
+        top = logits.max(-1, keepdims=True)
+        log_z = top[..., 0] + np.log(np.exp(logits - top).sum(-1))
+        picked = np.take_along_axis(logits, y[i : i + batch_size, :, None], -1)
+        total += float((log_z - picked[..., 0]).sum())
+    return total / y.size
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -233,11 +332,17 @@ def _run(variant, cfg, teacher, data, val, selected, seed, vocab):
     }
 
 
-def main(quick=False, seeds=None):
-    cfg = QUICK if quick else FULL
+def main(quick=False, seeds=None, setting="full"):
+    if setting not in SETTINGS:
+        raise ValueError(
+            f"`setting` must be one of {sorted(SETTINGS)}; got {setting!r}"
+        )
+    cfg = QUICK if quick else SETTINGS[setting]
     if seeds:
         cfg = dict(cfg, seeds=tuple(seeds))
-    tag = "_quick" if quick else ""
+    tag = ("" if setting == "full" else f"_{setting}") + (
+        "_quick" if quick else ""
+    )
     backend = keras.backend.backend()
     cache = os.path.join(
         os.environ.get("KERAS_GR_CACHE")
@@ -281,6 +386,10 @@ def main(quick=False, seeds=None):
     vx, vy, vw = _windows(
         tokenizer, corpus.validation_texts, seq, cfg["val_sequences"], 1
     )
+    teacher_val_ce = {
+        "teacher": _val_ce(teacher, (vx, vy, vw)),
+        "weak_teacher": _val_ce(weak, (vx, vy, vw)),
+    }
     start = time.perf_counter()
     scores = salt_selection_scores(
         teacher, data[0], data[1], data[2], k=10, batch_size=64, verbose=0
@@ -403,6 +512,7 @@ def main(quick=False, seeds=None):
             "parameters": m["parameters"],
             "pretraining steps": m["config"]["train_steps"],
             "validation loss (own split)": m["validation_loss"],
+            "val CE (the students' validation set)": teacher_val_ce[role],
             "build s (measured in this run)": build_seconds[role],
         }
         for name, role, m in (
@@ -419,11 +529,15 @@ def main(quick=False, seeds=None):
                 _student(vocab, cfg["student"], 0).count_params()
             ),
             "pretraining steps": cfg["steps"],
+            "val CE (the students' validation set)": (
+                f"baseline {rows[0]['final val CE (mean)']:.4g} at the end"
+            ),
         }
     )
     verdict = _verdicts(rows, cfg)
     notes = (
-        "Paper (Rawat et al., arXiv 2410.18779): "
+        (_exploration_notes() if setting == "long" and not quick else "")
+        + "Paper (Rawat et al., arXiv 2410.18779): "
         + "; ".join(f"{k}: {v}" for k, v in PAPER.items())
         + ".\n\n"
         + f"Scoring pass (SALT_DS, k=10, {len(scores)} sequences): "
@@ -461,6 +575,7 @@ def main(quick=False, seeds=None):
         )
     }
     meta["seeds"] = list(cfg["seeds"])
+    meta["setting"] = setting
     md = write_results(
         f"salt_{backend}{tag}",
         {
@@ -530,6 +645,13 @@ def _plot(curves, every, name):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--setting",
+        choices=sorted(SETTINGS),
+        default="full",
+        help="full: 120 steps (salt_<backend>); long: 480 steps, the "
+        "student passes the teacher (salt_<backend>_long)",
+    )
     harness.add_seeds_argument(parser, default=())
     args = parser.parse_args()
-    main(args.quick, harness.seeds_of(args))
+    main(args.quick, harness.seeds_of(args), args.setting)
