@@ -151,8 +151,9 @@ LONG_EXPLORATION = (
 LONG_CHOSEN_BY = (
     "Setting `long` was chosen by looking at results (the exploration "
     "table below, one exploratory seed). With 1200 documents per source, "
-    "a pool of 8192 windows (each seen at most once in 480 x 16 "
-    "sequences) and 480 steps, the baseline student passes the teacher's "
+    "a pool of 8192 windows (neither phase wraps around its pool: 80 x 16 "
+    "KD-phase and 400 x 16 later sequences) and 480 steps, the baseline "
+    "student passes the teacher's "
     "validation CE (4.27) between steps 120 and 180. At the inherited "
     "learning rate (2e-3) SALT's final gain was largest (-0.03 with "
     "kd_weight 0.8), but that rate was under-tuned for the baseline: the "
