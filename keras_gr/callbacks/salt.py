@@ -63,7 +63,10 @@ class KDSchedule(keras.callbacks.Callback):
     starting past the switch, before its first step; the rest of the run
     then compiles a step with no teacher at all (the `ops.cond` in the step
     already skips the teacher's forward pass, this also drops it from the
-    compiled program).
+    compiled program). Measured in `benchmarks/salt.py` (JAX, CPU): after
+    the switch, a step with the teacher kept costs 1.07-1.14x the
+    student-only step; released, 1.00-1.03x, for one recompilation at the
+    switch (the two switch steps took 2.6-2.9 s there).
 
     Args:
         release_teacher: drop the teacher after the switch. Defaults to
